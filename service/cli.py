@@ -1,0 +1,91 @@
+"""The `zns-gate` command: `serve` runs the receiver, processor and API in one process.
+
+Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
+was started), 1 when the service could not start or stopped on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from service import __version__
+from service.config import ConfigError, Settings, load_settings
+from service.log.base import LogConfigError, LogError
+from service.logsetup import configure_logging, get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID_SETTINGS = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="zns-gate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"zns-gate {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the webhook receiver, processor and API")
+    serve.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+    )
+    return parser
+
+
+def _serve(settings: Settings) -> int:
+    from service.app import build_app
+
+    log = get_logger("cli")
+    if not settings.api.tokens:
+        log.warning("no API tokens configured: the /v1 API is open to anyone who can reach it")
+    if not settings.apps:
+        log.warning("no [[apps]] configured: every webhook will be refused as unknown_app")
+    app = build_app(settings)
+    log.info(
+        "starting",
+        version=__version__,
+        host=settings.server.host,
+        port=settings.server.port,
+        backend=settings.log.backend,
+    )
+    try:
+        # run_app stops listening on SIGTERM/SIGINT, lets running requests finish,
+        # then runs the cleanup that flushes and closes the log.
+        web.run_app(
+            app,
+            host=settings.server.host,
+            port=settings.server.port,
+            shutdown_timeout=settings.server.shutdown_timeout_s,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+        )
+    except LogConfigError as exc:
+        log.error("the event log disagrees with the settings", error=str(exc))
+        return EXIT_INVALID_SETTINGS
+    except (LogError, OSError) as exc:
+        log.error("could not start", error=str(exc))
+        return EXIT_FAILED
+    log.info("stopped")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except ConfigError as exc:
+        print(f"zns-gate: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
+    configure_logging(settings.log_level)
+    if args.command == "serve":
+        return _serve(settings)
+    raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
+
+
+if __name__ == "__main__":
+    sys.exit(main())

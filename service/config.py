@@ -1,0 +1,219 @@
+"""Settings of one zns-gate process: a TOML file overridden by ZNS_GATE_* variables.
+
+The shape is the contract of DESIGN.md section 1 ("Configuration"); tests and
+operators write files against it, so names here are not renamed lightly. This
+module only reads and validates: it opens no socket and touches no database.
+An invalid value raises `ConfigError` naming the setting; the CLI turns that
+into exit status 2 before anything listens.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+CONFIG_ENV = "ZNS_GATE_CONFIG"
+ENV_PREFIX = "ZNS_GATE_"
+
+RULE_SETS = ("zbs-2026", "zns-2024")
+RuleSetName = Literal["zbs-2026", "zns-2024"]
+
+
+def _id_as_string(value: object) -> object:
+    """Zalo ids are long integers kept as strings; a TOML or env number becomes its digits."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+ZaloId = Annotated[str, BeforeValidator(_id_as_string), Field(min_length=1, pattern=r"^\S+$")]
+
+
+def _refuse_repeats(name: str, ids: list[str]) -> None:
+    repeated = sorted({i for i in ids if ids.count(i) > 1})
+    if repeated:
+        raise ValueError(f"{name} listed more than once: {', '.join(repeated)}")
+
+
+class _Section(BaseModel):
+    # A typo in a file must not be silently ignored: unknown keys are errors.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    max_body_bytes: int = Field(default=256 * 1024, ge=1024)
+    """Webhook bodies over this size get 413 before they are read."""
+    publish_deadline_s: float = Field(default=1.5, gt=0, le=10)
+    """How long a request may wait for the log to accept a record before answering 503."""
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+
+
+class LogSettings(_Section):
+    backend: Literal["embedded", "kafka"] = "embedded"
+    path: Path = Path("var/zns-gate.db")
+    """SQLite file of the embedded backend."""
+    bootstrap_servers: str = "127.0.0.1:9092"
+    partitions: int = Field(default=12, ge=1, le=1024)
+    topic_prefix: str = Field(default="zns", pattern=r"^[A-Za-z0-9._-]{1,100}$")
+    retention_days: int = Field(default=200, ge=1)
+    """Retention of the events topic; longer than the longest rule window (6 months)."""
+    synchronous: Literal["OFF", "NORMAL", "FULL", "EXTRA"] = "FULL"
+    """SQLite `synchronous` pragma. FULL: an acknowledged record survives a power loss."""
+    group_commit_max: int = Field(default=1000, ge=1)
+    """At most this many appends share one SQLite transaction."""
+    replication_factor: int = Field(default=1, ge=1)
+    """Replication factor of topics the Kafka backend creates (1 suits a one-node broker)."""
+    client_id: str = "zns-gate"
+    request_timeout_ms: int = Field(default=5000, ge=100)
+    """Kafka client request timeout."""
+
+
+class AppSettings(_Section):
+    app_id: ZaloId
+    secrets: list[SecretStr] = Field(min_length=1, max_length=2)
+    """OA secret keys; the first is current, a second may stay valid during rotation."""
+
+
+class RulesSettings(_Section):
+    default: RuleSetName = "zbs-2026"
+    timezone: str = "Asia/Ho_Chi_Minh"
+    clock: Literal["wall", "stream"] = "wall"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class OaSettings(_Section):
+    oa_id: ZaloId
+    rules: RuleSetName | None = None
+    """Rule set of this OA; the `[rules] default` when left out."""
+    negative_replies: dict[str, list[str]] = Field(default_factory=dict)
+    """Quick-reply labels that count as negative, per template id."""
+
+
+class ApiToken(_Section):
+    token: SecretStr
+    scopes: list[Literal["read", "send", "admin"]] = Field(min_length=1)
+
+    @field_validator("token")
+    @classmethod
+    def _long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("a token must have at least 16 characters")
+        return value
+
+
+class ApiSettings(_Section):
+    tokens: list[ApiToken] = Field(default_factory=list)
+
+
+class Settings(BaseSettings):
+    """Everything one `zns-gate` process is configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    server: ServerSettings = ServerSettings()
+    log: LogSettings = LogSettings()
+    apps: list[AppSettings] = Field(default_factory=list)
+    rules: RulesSettings = RulesSettings()
+    oas: list[OaSettings] = Field(default_factory=list)
+    api: ApiSettings = ApiSettings()
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("apps")
+    @classmethod
+    def _unique_apps(cls, apps: list[AppSettings]) -> list[AppSettings]:
+        _refuse_repeats("app_id", [app.app_id for app in apps])
+        return apps
+
+    @field_validator("oas")
+    @classmethod
+    def _unique_oas(cls, oas: list[OaSettings]) -> list[OaSettings]:
+        _refuse_repeats("oa_id", [oa.oa_id for oa in oas])
+        return oas
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The file's values arrive as init arguments; the environment overrides them.
+        return (env_settings, init_settings)
+
+    def app_secrets(self, app_id: str) -> list[str] | None:
+        """The secrets configured for `app_id`, current first; None for an unknown app."""
+        for app in self.apps:
+            if app.app_id == app_id:
+                return [s.get_secret_value() for s in app.secrets]
+        return None
+
+
+class ConfigError(Exception):
+    """A setting is missing, unreadable or invalid. `str()` names the setting."""
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(settings)"
+        lines.append(f"invalid setting {where}: {item['msg']}")
+    return "\n".join(lines)
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    """Read settings from `path` (or $ZNS_GATE_CONFIG), then apply ZNS_GATE_* variables.
+
+    With neither, defaults apply: the embedded backend on 127.0.0.1:8080.
+    """
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    values: dict[str, Any] = {}
+    if path is not None:
+        file = Path(path)
+        try:
+            values = tomllib.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"invalid setting config: file {str(file)!r} not found") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"invalid setting config: cannot read {str(file)!r}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"invalid setting config: {str(file)!r} is not TOML: {exc}") from exc
+    try:
+        return Settings(**values)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc)) from exc

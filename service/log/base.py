@@ -1,0 +1,224 @@
+"""The event log interface that both backends (embedded SQLite, Apache Kafka) implement.
+
+The rest of zns-gate speaks only to `EventLog` and `LogConsumer`; the backend
+is chosen by configuration. Both backends partition by the same function
+(`partition_for`, Kafka's default partitioner), keep records in order per
+partition, return from `append` only once the record is durable, and keep
+consumer-group positions across restarts. Nothing here knows about Zalo.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+from aiokafka.partitioner import murmur2
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+Headers = tuple[tuple[str, bytes], ...]
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class TopicPartition:
+    topic: str
+    partition: int
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """Where `append` put a record."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One record read from the log."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: Headers = ()
+    timestamp_ms: int = 0
+    """When the log accepted the record (milliseconds since the epoch)."""
+
+    def header(self, name: str) -> bytes | None:
+        """The value of the first header called `name`, or None."""
+        for key, value in self.headers:
+            if key == name:
+                return value
+        return None
+
+    @property
+    def topic_partition(self) -> TopicPartition:
+        return TopicPartition(self.topic, self.partition)
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """The names of zns-gate's topics under one prefix (default `zns`)."""
+
+    prefix: str = "zns"
+    events: str = field(init=False)
+    oa_state: str = field(init=False)
+    decisions: str = field(init=False)
+    dlq: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        for name, suffix in (
+            ("events", "events"),
+            ("oa_state", "oa-state"),
+            ("decisions", "decisions"),
+            ("dlq", "dlq"),
+        ):
+            object.__setattr__(self, name, f"{self.prefix}.{suffix}")
+
+    def all(self) -> tuple[str, ...]:
+        return (self.events, self.oa_state, self.decisions, self.dlq)
+
+    def compacted(self) -> frozenset[str]:
+        return frozenset({self.oa_state})
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """Kafka's default partitioner: murmur2 of the key, made positive, modulo the count.
+
+    The Java client and aiokafka compute the same number, so an OA lands in the
+    same partition in both backends and in any other Kafka client.
+    """
+    if partitions < 1:
+        raise ValueError("partitions must be at least 1")
+    return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
+
+
+class LogError(Exception):
+    """A failure of the log itself. `retriable` says whether trying again can help."""
+
+    retriable: bool = True
+
+
+class LogUnavailable(LogError):
+    """The log cannot be reached or did not accept the record in time."""
+
+
+class LogClosed(LogError):
+    """The log is closed or closing; nothing more is accepted."""
+
+
+class LogConfigError(LogError):
+    """The log's layout disagrees with the configuration (e.g. a topic's partition count)."""
+
+    retriable = False
+
+
+class RebalanceListener(Protocol):
+    """Told when a consumer gains or loses partitions, before it reads from them."""
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None: ...
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None: ...
+
+
+class LogConsumer(abc.ABC):
+    """A member of a consumer group: reads the partitions the group assigns to it."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Join the group. The assignment follows (listener and `assignment()`): at once
+        with the embedded log, with the first `fetch` on Kafka."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Leave the group; uncommitted positions are forgotten."""
+
+    @abc.abstractmethod
+    def assignment(self) -> frozenset[TopicPartition]:
+        """The partitions this member reads now."""
+
+    @abc.abstractmethod
+    async def fetch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        """The next records of the assigned partitions, in order per partition.
+
+        Waits up to `timeout_s` for at least one; returns [] when none came.
+        """
+
+    @abc.abstractmethod
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        """Store, durably, the next offset to read for each partition."""
+
+    @abc.abstractmethod
+    async def committed(self, tp: TopicPartition) -> int | None:
+        """The group's committed next offset for `tp`, or None if none was committed."""
+
+    @abc.abstractmethod
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        """Make the next `fetch` read `tp` from `offset`."""
+
+    @abc.abstractmethod
+    async def position(self, tp: TopicPartition) -> int | None:
+        """The offset the next `fetch` reads from `tp`, if known."""
+
+
+class EventLog(abc.ABC):
+    """An append-only, partitioned, durable log of records."""
+
+    def __init__(self, topics: Topics, partitions: int) -> None:
+        self.topics = topics
+        self.partitions = partitions
+
+    @property
+    @abc.abstractmethod
+    def backend(self) -> str:
+        """`embedded` or `kafka`."""
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open the log and make sure its topics exist with the configured layout."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Flush what was accepted and release everything. Idempotent."""
+
+    @abc.abstractmethod
+    async def append(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+    ) -> Position:
+        """Add one record; return only once it is durable.
+
+        A record with a key goes to `partition_for(key)`; one without goes to
+        partition 0. Raises `LogUnavailable` or `LogClosed` if it cannot.
+        """
+
+    @abc.abstractmethod
+    async def read(self, tp: TopicPartition, start: int, max_records: int = 500) -> list[Record]:
+        """Records of one partition from offset `start` on, outside any consumer group.
+
+        For tools and replays; returns [] when there is nothing at or after `start`.
+        """
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Raise `LogUnavailable` unless the log answers now (for readiness)."""
+
+    @abc.abstractmethod
+    def consumer(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        listener: RebalanceListener | None = None,
+    ) -> LogConsumer:
+        """A new, not yet started, member of consumer group `group_id`."""
+
+    @abc.abstractmethod
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The offset the next appended record of each partition will get."""
+
+    def partition_for(self, key: bytes | None) -> int:
+        return 0 if key is None else partition_for(key, self.partitions)

@@ -1,0 +1,368 @@
+"""The Kafka event log: Apache Kafka through aiokafka, for more than one machine.
+
+The producer is idempotent with `acks=all`, so `append` returns only once every
+in-sync replica has the record, and a retry inside the client cannot duplicate
+it. Partitions are chosen here with the same function the embedded log uses
+(Kafka's default partitioner) and passed explicitly. On start the topics are
+created if missing; an existing topic with another partition count stops the
+start, because keys would then land in other partitions than before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+
+from service.log.base import (
+    EventLog,
+    Headers,
+    LogClosed,
+    LogConfigError,
+    LogConsumer,
+    LogUnavailable,
+    Position,
+    RebalanceListener,
+    Record,
+    TopicPartition,
+    Topics,
+)
+from service.logsetup import get_logger
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping, Sequence
+
+_log = get_logger("log.kafka")
+
+_TOPIC_ALREADY_EXISTS = 36
+
+
+def _to_kafka(tp: TopicPartition) -> KafkaTopicPartition:
+    return KafkaTopicPartition(tp.topic, tp.partition)
+
+
+def _from_kafka(tp: KafkaTopicPartition) -> TopicPartition:
+    return TopicPartition(tp.topic, tp.partition)
+
+
+def _record(message: ConsumerRecord[bytes, bytes]) -> Record:
+    return Record(
+        topic=message.topic,
+        partition=message.partition,
+        offset=message.offset,
+        key=message.key,
+        value=message.value if message.value is not None else b"",
+        headers=tuple((name, value) for name, value in message.headers),
+        timestamp_ms=message.timestamp,
+    )
+
+
+class KafkaLog(EventLog):
+    """The Apache Kafka backend of `EventLog`."""
+
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        topics: Topics | None = None,
+        partitions: int = 12,
+        *,
+        retention_days: int = 200,
+        replication_factor: int = 1,
+        client_id: str = "zns-gate",
+        request_timeout_ms: int = 5000,
+    ) -> None:
+        super().__init__(topics or Topics(), partitions)
+        self.bootstrap_servers = bootstrap_servers
+        self._retention_ms = retention_days * 86_400_000
+        self._replication_factor = replication_factor
+        self._client_id = client_id
+        self._request_timeout_ms = request_timeout_ms
+        self._producer: AIOKafkaProducer[bytes, bytes] | None = None
+        self._reader: AIOKafkaConsumer[bytes, bytes] | None = None
+        self._reader_lock = asyncio.Lock()
+        self._state = "new"
+
+    @property
+    def backend(self) -> str:
+        return "kafka"
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "bootstrap_servers": self.bootstrap_servers,
+            "client_id": self._client_id,
+            "request_timeout_ms": self._request_timeout_ms,
+        }
+
+    async def start(self) -> None:
+        try:
+            await self._ensure_topics()
+            producer: AIOKafkaProducer[bytes, bytes] = AIOKafkaProducer(
+                **self._common(),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=0,
+            )
+            await producer.start()
+            self._producer = producer
+            # A group-less consumer for end offsets and plain reads by tools.
+            reader: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
+                **self._common(),
+                group_id=None,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            await reader.start()
+            self._reader = reader
+        except KafkaError as exc:
+            await self.close()
+            raise LogUnavailable(f"cannot reach Kafka at {self.bootstrap_servers}: {exc}") from exc
+        except BaseException:
+            await self.close()
+            raise
+        self._state = "open"
+        _log.info(
+            "kafka log open", bootstrap_servers=self.bootstrap_servers, partitions=self.partitions
+        )
+
+    async def close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        if self._producer is not None:
+            # stop() flushes what was accepted before it returns.
+            await self._producer.stop()
+            self._producer = None
+        if self._reader is not None:
+            await self._reader.stop()
+            self._reader = None
+        _log.info("kafka log closed")
+
+    async def _ensure_topics(self) -> None:
+        admin = AIOKafkaAdminClient(**self._common())
+        await admin.start()
+        try:
+            existing = await self._describe(admin)
+            missing = [name for name in self.topics.all() if name not in existing]
+            if missing:
+                response = await admin.create_topics([self._new_topic(name) for name in missing])
+                for topic_error in response.topic_errors:
+                    name, code = topic_error[0], topic_error[1]
+                    if code not in (0, _TOPIC_ALREADY_EXISTS):
+                        raise LogConfigError(f"cannot create topic {name}: error code {code}")
+                    _log.info("topic created", topic=name, partitions=self.partitions)
+                existing = await self._await_topics(admin)
+            for name in self.topics.all():
+                count = existing[name]
+                if count != self.partitions:
+                    raise LogConfigError(
+                        f"topic {name} has {count} partitions, the configuration says "
+                        f"{self.partitions}; keys would land elsewhere (log.partitions)"
+                    )
+        finally:
+            await admin.close()
+
+    async def _describe(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
+        """Partition counts of our topics that exist and are fully known."""
+        described = await admin.describe_topics(list(self.topics.all()))
+        return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
+
+    async def _await_topics(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
+        """Wait until new topics show in the metadata: creation is acknowledged before that."""
+        deadline = asyncio.get_running_loop().time() + self._request_timeout_ms / 1000
+        while True:
+            existing = await self._describe(admin)
+            if all(existing.get(name) for name in self.topics.all()):
+                return existing
+            if asyncio.get_running_loop().time() > deadline:
+                absent = [name for name in self.topics.all() if not existing.get(name)]
+                raise LogUnavailable(f"topics not visible after creation: {', '.join(absent)}")
+            await asyncio.sleep(0.1)
+
+    def _new_topic(self, name: str) -> NewTopic:
+        if name in self.topics.compacted():
+            configs = {"cleanup.policy": "compact"}
+        else:
+            configs = {"cleanup.policy": "delete", "retention.ms": str(self._retention_ms)}
+        return NewTopic(name, self.partitions, self._replication_factor, topic_configs=configs)
+
+    async def append(
+        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+    ) -> Position:
+        producer = self._producer
+        if self._state != "open" or producer is None:
+            raise LogClosed("the kafka log is not open")
+        try:
+            metadata = await producer.send_and_wait(
+                topic, value, key=key, partition=self.partition_for(key), headers=list(headers)
+            )
+        except KafkaError as exc:
+            raise LogUnavailable(f"kafka did not accept the record: {exc}") from exc
+        return Position(metadata.topic, metadata.partition, metadata.offset)
+
+    async def check(self) -> None:
+        producer = self._producer
+        if self._state != "open" or producer is None:
+            raise LogUnavailable("the kafka log is not open")
+        try:
+            cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2.0)
+        except (TimeoutError, KafkaError) as exc:
+            raise LogUnavailable(f"kafka does not answer: {exc!r}") from exc
+        if not cluster.brokers():
+            raise LogUnavailable("kafka answered with no brokers")
+
+    def _live_reader(self) -> AIOKafkaConsumer[bytes, bytes]:
+        if self._state != "open" or self._reader is None:
+            raise LogClosed("the kafka log is not open")
+        return self._reader
+
+    async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        wanted = [_to_kafka(tp) for tp in partitions]
+        try:
+            ends = await self._live_reader().end_offsets(wanted)
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot read end offsets: {exc}") from exc
+        return {_from_kafka(tp): offset for tp, offset in ends.items()}
+
+    async def read(self, tp: TopicPartition, start: int, max_records: int = 500) -> list[Record]:
+        reader = self._live_reader()
+        ktp = _to_kafka(tp)
+        async with self._reader_lock:
+            try:
+                end = (await reader.end_offsets([ktp]))[ktp]
+                if start >= end:
+                    return []
+                reader.assign([ktp])
+                reader.seek(ktp, start)
+                out: list[Record] = []
+                # A fetch may return less than is there; keep going up to the end seen.
+                while len(out) < max_records:
+                    batches = await reader.getmany(
+                        ktp, timeout_ms=self._request_timeout_ms, max_records=max_records - len(out)
+                    )
+                    messages = batches.get(ktp, [])
+                    if not messages:
+                        break
+                    out.extend(_record(m) for m in messages)
+                    if out[-1].offset + 1 >= end:
+                        break
+                return out
+            except KafkaError as exc:
+                raise LogUnavailable(f"cannot read {tp}: {exc}") from exc
+
+    def consumer(
+        self,
+        group_id: str,
+        topics: Sequence[str],
+        listener: RebalanceListener | None = None,
+    ) -> KafkaConsumer:
+        return KafkaConsumer(self, group_id, tuple(topics), listener)
+
+
+class _ListenerBridge(ConsumerRebalanceListener):
+    """Passes aiokafka's rebalance callbacks on in this project's terms."""
+
+    def __init__(self, listener: RebalanceListener | None) -> None:
+        self._listener = listener
+
+    async def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
+        partitions = frozenset(_from_kafka(tp) for tp in revoked)
+        # aiokafka also "revokes" the empty set before the first join; say nothing then.
+        if self._listener is not None and partitions:
+            await self._listener.on_revoked(partitions)
+
+    async def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
+        if self._listener is not None:
+            await self._listener.on_assigned(frozenset(_from_kafka(tp) for tp in assigned))
+
+
+class KafkaConsumer(LogConsumer):
+    """A member of a Kafka consumer group; positions are committed only when told."""
+
+    def __init__(
+        self,
+        log: KafkaLog,
+        group_id: str,
+        topics: tuple[str, ...],
+        listener: RebalanceListener | None,
+    ) -> None:
+        self._log = log
+        self.group_id = group_id
+        self._topics = topics
+        self._listener = listener
+        self._consumer: AIOKafkaConsumer[bytes, bytes] | None = None
+
+    async def start(self) -> None:
+        consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
+            **self._log._common(),
+            group_id=self.group_id,
+            # Positions move only when the processor says its state is durable.
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        consumer.subscribe(list(self._topics), listener=_ListenerBridge(self._listener))
+        try:
+            await consumer.start()
+        except KafkaError as exc:
+            with contextlib.suppress(KafkaError):
+                await consumer.stop()
+            raise LogUnavailable(f"cannot join group {self.group_id}: {exc}") from exc
+        self._consumer = consumer
+
+    async def close(self) -> None:
+        if self._consumer is None:
+            return
+        # aiokafka leaves the group without a revoke callback; give the listener
+        # its chance to persist and commit while this member still owns the partitions.
+        held = self.assignment()
+        if self._listener is not None and held:
+            await self._listener.on_revoked(held)
+        consumer, self._consumer = self._consumer, None
+        await consumer.stop()
+
+    def _live(self) -> AIOKafkaConsumer[bytes, bytes]:
+        if self._consumer is None:
+            raise LogClosed("the consumer is closed")
+        return self._consumer
+
+    def assignment(self) -> frozenset[TopicPartition]:
+        if self._consumer is None:
+            return frozenset()
+        return frozenset(_from_kafka(tp) for tp in self._consumer.assignment())
+
+    async def fetch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        try:
+            batches = await self._live().getmany(
+                timeout_ms=int(timeout_s * 1000), max_records=max_records
+            )
+        except KafkaError as exc:
+            raise LogUnavailable(f"fetch failed: {exc}") from exc
+        return [_record(message) for tp in sorted(batches) for message in batches[tp]]
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        try:
+            await self._live().commit({_to_kafka(tp): offset for tp, offset in offsets.items()})
+        except KafkaError as exc:
+            raise LogUnavailable(f"commit failed: {exc}") from exc
+
+    async def committed(self, tp: TopicPartition) -> int | None:
+        try:
+            offset: int | None = await self._live().committed(_to_kafka(tp))
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot read the committed offset: {exc}") from exc
+        return offset
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self._live().seek(_to_kafka(tp), offset)
+
+    async def position(self, tp: TopicPartition) -> int | None:
+        consumer = self._live()
+        if _to_kafka(tp) not in consumer.assignment():
+            return None
+        position: int = await consumer.position(_to_kafka(tp))
+        return position

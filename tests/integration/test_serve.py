@@ -1,0 +1,152 @@
+"""`zns-gate serve` as an operator runs it: a real process, real sockets, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import aiohttp
+import orjson
+import pytest
+
+from tests.conftest import free_port
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+
+def _environment(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
+    env.update(extra)
+    return env
+
+
+class Served:
+    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
+        self.process = process
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def wait_ready(self, timeout_s: float = 30) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        async with aiohttp.ClientSession() as session:
+            while asyncio.get_running_loop().time() < deadline:
+                assert self.process.poll() is None, "zns-gate serve exited early"
+                try:
+                    async with session.get(f"{self.url}/healthz") as response:
+                        if response.status == 200:
+                            return
+                except aiohttp.ClientConnectionError:
+                    pass
+                await asyncio.sleep(0.1)
+        pytest.fail("zns-gate serve did not answer /healthz")
+
+    def end(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.communicate(timeout=30)
+
+
+def spawn(folder: Path, **env: str) -> Served:
+    """`zns-gate serve` on a free port in `folder`, with only the ZNS_GATE_* settings given."""
+    port = free_port()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "service.cli", "serve"],
+        cwd=folder,
+        env=_environment(ZNS_GATE_SERVER__PORT=str(port), **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    return Served(process, port)
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[Served]:
+    """`zns-gate serve` with no settings file, in an empty folder (so the default db path)."""
+    served = spawn(tmp_path)
+    yield served
+    served.end()
+
+
+async def test_serve_with_defaults_is_ready_on_the_embedded_log(
+    served: Served, tmp_path: Path
+) -> None:
+    await served.wait_ready()
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{served.url}/readyz") as response:
+            assert response.status == 200
+            assert await response.json() == {"status": "ready", "log": "embedded"}
+        async with session.get(f"{served.url}/no-such-thing") as response:
+            assert response.status == 404
+            body = await response.json()
+            assert body["error"]["code"] == "not_found"
+    assert (tmp_path / "var" / "zns-gate.db").exists()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_stops_gracefully(served: Served, signum: int) -> None:
+    await served.wait_ready()
+    served.process.send_signal(signum)
+    _, stderr = await asyncio.to_thread(served.process.communicate, timeout=30)
+    assert served.process.returncode == 0
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+    events = [(line.get("component"), line["event"]) for line in lines]
+    assert ("log.embedded", "embedded log closed") in events
+    assert events[-1] == ("cli", "stopped")
+    # Every line is JSON (stderr is not a terminal) and names its component.
+    assert all("component" in line and "timestamp" in line for line in lines)
+
+
+async def test_serve_on_kafka_is_ready(kafka_bootstrap: str, tmp_path: Path) -> None:
+    served = spawn(
+        tmp_path,
+        ZNS_GATE_LOG__BACKEND="kafka",
+        ZNS_GATE_LOG__BOOTSTRAP_SERVERS=kafka_bootstrap,
+        ZNS_GATE_LOG__TOPIC_PREFIX=f"serve{free_port()}",
+        ZNS_GATE_LOG__PARTITIONS="4",
+    )
+    try:
+        await served.wait_ready(timeout_s=60)
+        async with (
+            aiohttp.ClientSession() as session,
+            session.get(f"{served.url}/readyz") as response,
+        ):
+            assert response.status == 200
+            assert await response.json() == {"status": "ready", "log": "kafka"}
+        served.process.send_signal(signal.SIGTERM)
+        await asyncio.to_thread(served.process.communicate, timeout=60)
+        assert served.process.returncode == 0
+    finally:
+        served.end()
+
+
+async def test_kafka_partition_mismatch_refuses_to_start(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    prefix = f"mismatch{free_port()}"
+    base = _environment(
+        ZNS_GATE_LOG__BACKEND="kafka",
+        ZNS_GATE_LOG__BOOTSTRAP_SERVERS=kafka_bootstrap,
+        ZNS_GATE_LOG__TOPIC_PREFIX=prefix,
+    )
+    from service.log.base import Topics
+    from service.log.kafka import KafkaLog
+
+    log = KafkaLog(kafka_bootstrap, Topics(prefix), 3)
+    await log.start()
+    await log.close()
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service.cli", "serve"],
+        cwd=tmp_path,
+        env={**base, "ZNS_GATE_LOG__PARTITIONS": "5", "ZNS_GATE_SERVER__PORT": str(free_port())},
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert b"partitions" in result.stderr
