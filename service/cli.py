@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
 
 from aiohttp import web
 
@@ -16,9 +16,6 @@ from service import __version__
 from service.config import ConfigError, Settings, load_settings
 from service.log.base import LogConfigError, LogError
 from service.logsetup import configure_logging, get_logger
-
-if TYPE_CHECKING:
-    from collections.abc import Sequence
 
 EXIT_OK = 0
 EXIT_FAILED = 1

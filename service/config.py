@@ -26,6 +26,8 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from service.domain.events import id_as_string
+
 CONFIG_ENV = "ZNS_GATE_CONFIG"
 ENV_PREFIX = "ZNS_GATE_"
 
@@ -33,14 +35,8 @@ RULE_SETS = ("zbs-2026", "zns-2024")
 RuleSetName = Literal["zbs-2026", "zns-2024"]
 
 
-def _id_as_string(value: object) -> object:
-    """Zalo ids are long integers kept as strings; a TOML or env number becomes its digits."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return str(value)
-    return value
-
-
-ZaloId = Annotated[str, BeforeValidator(_id_as_string), Field(min_length=1, pattern=r"^\S+$")]
+# Zalo ids are long integers kept as strings; a TOML or env number becomes its digits.
+ZaloId = Annotated[str, BeforeValidator(id_as_string), Field(min_length=1, pattern=r"^\S+$")]
 
 
 def _refuse_repeats(name: str, ids: list[str]) -> None:
@@ -57,11 +53,25 @@ class _Section(BaseModel):
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
+    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    """How long running requests may finish after SIGTERM."""
+
+
+class ReceiverSettings(_Section):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     """Webhook bodies over this size get 413 before they are read."""
+    read_timeout_s: float = Field(default=2.0, gt=0)
+    """A body that takes longer to arrive gets 408: slow senders would hold connections,
+    and Zalo itself has given up on a request after 2 s."""
     publish_deadline_s: float = Field(default=1.5, gt=0, le=10)
-    """How long a request may wait for the log to accept a record before answering 503."""
-    shutdown_timeout_s: float = Field(default=10.0, gt=0)
+    """How long a webhook may wait for the log to accept its record before 503.
+    Zalo gives up after 2 s, so this stays well below it."""
+    retry_after_s: int = Field(default=30, ge=1)
+    """The Retry-After of a 503; Zalo retries on its own schedule in any case."""
+    max_age_s: float | None = Field(default=None, gt=0)
+    """Refuse bodies whose `timestamp` is older than this. None (the default) accepts
+    any age, because Zalo retries with the original body for about an hour and
+    duplicates are removed downstream."""
 
 
 class LogSettings(_Section):
@@ -144,6 +154,7 @@ class Settings(BaseSettings):
     )
 
     server: ServerSettings = ServerSettings()
+    receiver: ReceiverSettings = ReceiverSettings()
     log: LogSettings = LogSettings()
     apps: list[AppSettings] = Field(default_factory=list)
     rules: RulesSettings = RulesSettings()

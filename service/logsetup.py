@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import Any, TextIO
 
 import orjson
 import structlog
-
-if TYPE_CHECKING:
-    from structlog.typing import EventDict, WrappedLogger
+from structlog.typing import EventDict, WrappedLogger
 
 # Field names whose values never reach a log line, whoever passes them.
 REDACTED_KEYS = frozenset(

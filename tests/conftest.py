@@ -13,19 +13,22 @@ import os
 import socket
 import subprocess
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, settings
 
-from service.log.base import EventLog, Topics
+from service.app import build_app
+from service.config import Settings
+from service.log.base import EventLog, Record, TopicPartition, Topics
 from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
-
-if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Iterator
+from tests import zalo
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -206,3 +209,64 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         "tests that used Kafka: "
         + (", ".join(f"{n} {o}" for o, n in sorted(kafka.items())) or "none")
     )
+
+
+# --- a running service --------------------------------------------------------------------
+
+
+def make_settings(**sections: Any) -> Settings:
+    """Settings for tests: the test app with its current and a rotated-out secret."""
+    values: dict[str, Any] = {
+        "apps": [{"app_id": zalo.APP_ID, "secrets": [zalo.SECRET, zalo.OLD_SECRET]}],
+    }
+    values.update(sections)
+    return Settings(**values)
+
+
+class RunningService:
+    """zns-gate's application on a real loopback socket, with its event log."""
+
+    def __init__(self, client: TestClient[web.Request, web.Application], log: EventLog) -> None:
+        self.client = client
+        self.log = log
+
+    async def post(self, hook: zalo.Webhook) -> tuple[int, dict[str, Any]]:
+        async with self.client.post("/webhooks/zalo", data=hook.body, headers=hook.headers) as r:
+            return r.status, await r.json()
+
+    async def events(self) -> list[Record]:
+        """Every record of the events topic, partition by partition."""
+        out: list[Record] = []
+        for p in range(self.log.partitions):
+            tp = TopicPartition(self.log.topics.events, p)
+            start = 0
+            while batch := await self.log.read(tp, start, 1000):
+                out.extend(batch)
+                start = batch[-1].offset + 1
+        return out
+
+
+ServiceFactory = Callable[..., Awaitable[RunningService]]
+
+
+@pytest.fixture
+async def service_factory(log_factory: LogOpener) -> AsyncIterator[ServiceFactory]:
+    """Starts the service on the test's log backend; `settings` sections may be given."""
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(partitions: int = 3, **sections: Any) -> RunningService:
+        log = await log_factory(partitions=partitions, start=False)
+        app = build_app(make_settings(**sections), log)
+        client = TestClient(TestServer(app, host="127.0.0.1"))
+        await client.start_server()
+        clients.append(client)
+        return RunningService(client, log)
+
+    yield start
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def service(service_factory: ServiceFactory) -> RunningService:
+    return await service_factory()

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
+from service.config import LogSettings
 from service.log.base import EventLog, Topics
-
-if TYPE_CHECKING:
-    from service.config import LogSettings
 
 
 def create_log(settings: LogSettings) -> EventLog:

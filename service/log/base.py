@@ -10,13 +10,11 @@ consumer-group positions across restarts. Nothing here knows about Zalo.
 from __future__ import annotations
 
 import abc
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 from aiokafka.partitioner import murmur2
-
-if TYPE_CHECKING:
-    from collections.abc import Iterable, Mapping, Sequence
 
 Headers = tuple[tuple[str, bytes], ...]
 

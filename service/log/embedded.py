@@ -19,11 +19,12 @@ import fcntl
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, TypeVar
+from typing import IO, TypeVar
 
 import orjson
 
@@ -42,9 +43,6 @@ from service.log.base import (
     Topics,
 )
 from service.logsetup import get_logger
-
-if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping, Sequence
 
 T = TypeVar("T")
 
@@ -93,6 +91,19 @@ def _encode_headers(headers: Headers) -> bytes:
 
 def _decode_headers(blob: bytes) -> Headers:
     return tuple((name, value.encode("latin-1")) for name, value in orjson.loads(blob))
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """One write transaction: committed if the block succeeds, rolled back otherwise."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
 
 
 @dataclass(slots=True)
@@ -233,8 +244,7 @@ class EmbeddedLog(EventLog):
     def _prepare(self) -> None:
         conn = self._conn(self._writer)
         conn.executescript(_SCHEMA)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             stored = dict(conn.execute("SELECT name, value FROM meta").fetchall())
             if "partitions" in stored and int(stored["partitions"]) != self.partitions:
                 raise LogConfigError(
@@ -245,10 +255,6 @@ class EmbeddedLog(EventLog):
                 "INSERT OR IGNORE INTO meta (name, value) VALUES (?, ?)",
                 [("partitions", str(self.partitions)), ("schema_version", str(SCHEMA_VERSION))],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _read_heads(self) -> dict[TopicPartition, int]:
         rows = self._conn(self._reader).execute("SELECT topic, partition, next_offset FROM heads")
@@ -264,8 +270,7 @@ class EmbeddedLog(EventLog):
         self, rows: list[tuple[object, ...]], heads: dict[TopicPartition, int]
     ) -> None:
         conn = self._conn(self._writer)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             conn.executemany(
                 "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -276,10 +281,6 @@ class EmbeddedLog(EventLog):
                 " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
                 [(tp.topic, tp.partition, nxt) for tp, nxt in heads.items()],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     # -- appending ---------------------------------------------------------------------
 
@@ -421,18 +422,13 @@ class EmbeddedLog(EventLog):
 
     def _commit_sync(self, group_id: str, offsets: list[tuple[TopicPartition, int]]) -> None:
         conn = self._conn(self._writer)
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with _transaction(conn):
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition, next_offset)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (group_id, topic, partition)"
                 " DO UPDATE SET next_offset = excluded.next_offset",
                 [(group_id, tp.topic, tp.partition, nxt) for tp, nxt in offsets],
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
 
     def _committed_sync(self, group_id: str) -> dict[TopicPartition, int]:
         rows = self._conn(self._reader).execute(
@@ -468,12 +464,11 @@ class EmbeddedLog(EventLog):
                 (tp.topic, tp.partition, cutoff),
             ).fetchone()
             keep_from = row[0] if row is not None else self._heads[tp]
-            conn.execute("BEGIN IMMEDIATE")
-            cursor = conn.execute(
-                "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
-                (tp.topic, tp.partition, keep_from),
-            )
-            conn.execute("COMMIT")
+            with _transaction(conn):
+                cursor = conn.execute(
+                    "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
+                    (tp.topic, tp.partition, keep_from),
+                )
             deleted += cursor.rowcount
         return deleted
 

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import orjson
 import pytest
@@ -25,9 +25,6 @@ from service.log.base import (
 )
 from service.log.embedded import EmbeddedLog
 from tests.conftest import ROOT, LogOpener
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 async def drain(consumer: LogConsumer, count: int, timeout_s: float = 30.0) -> list[Record]:

@@ -7,17 +7,14 @@ import os
 import signal
 import subprocess
 import sys
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import orjson
 import pytest
 
 from tests.conftest import free_port
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
-    from pathlib import Path
 
 
 def _environment(**extra: str) -> dict[str, str]:

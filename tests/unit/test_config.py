@@ -61,8 +61,9 @@ def test_defaults_without_a_file() -> None:
     assert settings.log.partitions == 12
     assert settings.log.synchronous == "FULL"
     assert (settings.server.host, settings.server.port) == ("127.0.0.1", 8080)
-    assert settings.server.max_body_bytes == 256 * 1024
-    assert settings.server.publish_deadline_s == 1.5
+    assert settings.receiver.max_body_bytes == 256 * 1024
+    assert settings.receiver.publish_deadline_s == 1.5
+    assert settings.receiver.max_age_s is None
     assert settings.rules.default == "zbs-2026"
     assert settings.rules.timezone == "Asia/Ho_Chi_Minh"
     assert settings.rules.clock == "wall"

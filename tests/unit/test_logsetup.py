@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 import orjson
 import pytest
 import structlog
 
 from service.logsetup import configure_logging, get_logger
-
-if TYPE_CHECKING:
-    from collections.abc import Iterator
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The webhook receiver: verify Zalo's calls and publish them to the event log."""
