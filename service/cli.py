@@ -30,7 +30,28 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
     )
+    schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
+    schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
+    schemas.add_argument(
+        "--check", action="store_true", help="write nothing; exit 1 if a file is out of date"
+    )
     return parser
+
+
+def _schemas(out: str, check: bool) -> int:
+    from pathlib import Path
+
+    from service import schemas
+
+    root = Path(out)
+    if check:
+        stale = schemas.differences(root)
+        for line in stale:
+            print(line, file=sys.stderr)
+        return EXIT_FAILED if stale else EXIT_OK
+    for path in schemas.write(root):
+        print(path)
+    return EXIT_OK
 
 
 def _serve(settings: Settings) -> int:
@@ -73,6 +94,8 @@ def _serve(settings: Settings) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "schemas":
+        return _schemas(args.out, args.check)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:

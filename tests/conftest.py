@@ -83,8 +83,10 @@ class Broker:
             check=False,
         )
 
-    def start(self) -> None:
-        self.run("clean")
+    def start(self, clean: bool = True) -> None:
+        """Start the broker; `clean=False` keeps the data of an earlier start (a restart)."""
+        if clean:
+            self.run("clean")
         result = self.run("start")
         if result.returncode != 0:
             pytest.fail(

@@ -129,7 +129,7 @@ def dedup_key(body: dict[str, Any], raw: bytes) -> str:
 class _Part(BaseModel):
     """A nested object of a payload; unknown fields are kept."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, use_attribute_docstrings=True)
 
 
 class ZaloEvent(_Part):

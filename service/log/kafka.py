@@ -114,6 +114,8 @@ class KafkaLog(EventLog):
                 group_id=None,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                # `read` asks for records it knows exist; don't let the broker wait for more.
+                fetch_max_wait_ms=20,
             )
             await reader.start()
             self._reader = reader

@@ -1,0 +1,62 @@
+"""JSON Schemas of every payload that crosses a boundary, generated from the pydantic models.
+
+`zns-gate schemas` writes them under `schemas/`; the files are committed so
+that consumers in any language can read them, and a test fails when they no
+longer match the models. Generation is deterministic (sorted keys, fixed
+indentation) so a diff shows only real changes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from service.domain.events import EVENT_MODELS, GenericEvent
+
+
+def _documents() -> dict[str, type[BaseModel]]:
+    """Relative path -> model, for every schema the project publishes."""
+    docs: dict[str, type[BaseModel]] = {
+        f"webhooks/{name}.json": model for name, model in sorted(EVENT_MODELS.items())
+    }
+    docs["webhooks/generic_event.json"] = GenericEvent
+    return docs
+
+
+def render(model: type[BaseModel]) -> str:
+    schema: dict[str, Any] = {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        **model.model_json_schema(mode="validation"),
+    }
+    return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate() -> dict[str, str]:
+    """Relative path -> file content of every schema."""
+    return {path: render(model) for path, model in _documents().items()}
+
+
+def write(root: Path) -> list[Path]:
+    """Write every schema under `root`; returns the files written."""
+    written = []
+    for relative, text in generate().items():
+        path = root / relative
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def differences(root: Path) -> list[str]:
+    """Schema files under `root` that are missing or differ from the models."""
+    out = []
+    for relative, text in generate().items():
+        path = root / relative
+        if not path.exists():
+            out.append(f"{relative}: missing")
+        elif path.read_text(encoding="utf-8") != text:
+            out.append(f"{relative}: differs from the model")
+    return out

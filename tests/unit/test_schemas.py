@@ -1,0 +1,33 @@
+"""The committed JSON Schemas are exactly what the models generate."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from service import schemas
+from service.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_committed_schemas_match_the_models() -> None:
+    stale = schemas.differences(ROOT / "schemas")
+    assert stale == [], "run `zns-gate schemas` and commit the result: " + "; ".join(stale)
+
+
+def test_every_schema_is_valid_json_with_a_draft(tmp_path: Path) -> None:
+    assert main(["schemas", "--out", str(tmp_path)]) == 0
+    files = sorted(tmp_path.rglob("*.json"))
+    assert len(files) == len(schemas.generate())
+    for path in files:
+        document = json.loads(path.read_text(encoding="utf-8"))
+        assert document["$schema"].startswith("https://json-schema.org/")
+        assert document["type"] == "object"
+
+
+def test_check_mode_reports_a_stale_file(tmp_path: Path) -> None:
+    main(["schemas", "--out", str(tmp_path)])
+    assert main(["schemas", "--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "webhooks" / "user_feedback.json").write_text("{}\n", encoding="utf-8")
+    assert main(["schemas", "--out", str(tmp_path), "--check"]) == 1
