@@ -7,6 +7,7 @@ was started), 1 when the service could not start or stopped on an error.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -54,6 +55,15 @@ def _schemas(out: str, check: bool) -> int:
     return EXIT_OK
 
 
+def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
+    """A new event loop of the kind the settings name."""
+    if kind == "uvloop":
+        import uvloop
+
+        return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def _serve(settings: Settings) -> int:
     from service.app import build_app
 
@@ -75,6 +85,7 @@ def _serve(settings: Settings) -> int:
         # then runs the cleanup that flushes and closes the log.
         web.run_app(
             app,
+            loop=new_event_loop(settings.server.event_loop),
             host=settings.server.host,
             port=settings.server.port,
             shutdown_timeout=settings.server.shutdown_timeout_s,

@@ -55,6 +55,8 @@ class ServerSettings(_Section):
     port: int = Field(default=8080, ge=0, le=65535)
     shutdown_timeout_s: float = Field(default=10.0, gt=0)
     """How long running requests may finish after SIGTERM."""
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
+    """uvloop (libuv) serves more requests per core; asyncio is the standard library's loop."""
 
 
 class ReceiverSettings(_Section):

@@ -28,6 +28,7 @@ from service.config import Settings
 from service.log.base import EventLog, Record, TopicPartition, Topics
 from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
+from service.logsetup import configure_logging
 from tests import zalo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +44,12 @@ settings.register_profile(
 )
 settings.register_profile("dev", deadline=None, max_examples=100)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _production_logging() -> None:
+    """Tests log the way the service does (JSON lines), so logging code paths run for real."""
+    configure_logging("INFO", json=True)
 
 
 def free_port() -> int:

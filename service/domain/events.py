@@ -67,7 +67,10 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise MalformedBody(str(exc)) from exc
     if _LONG_NUMBER.search(raw):
-        value = json.loads(raw, parse_constant=_refuse_constant)
+        try:
+            value = json.loads(raw, parse_constant=_refuse_constant)
+        except RecursionError as exc:  # orjson nests deeper than Python's stack allows
+            raise MalformedBody("the body nests too deeply") from exc
     if not isinstance(value, dict):
         raise MalformedBody("the body is not a JSON object")
     return value

@@ -10,6 +10,7 @@ consumer-group positions across restarts. Nothing here knows about Zalo.
 from __future__ import annotations
 
 import abc
+import asyncio
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -116,6 +117,27 @@ class LogConfigError(LogError):
     retriable = False
 
 
+def _expire(done: asyncio.Future[Position], timeout_s: float) -> None:
+    if not done.done():
+        done.set_exception(LogUnavailable(f"the log did not accept the record in {timeout_s} s"))
+
+
+async def wait_durable(done: asyncio.Future[Position], timeout_s: float | None) -> Position:
+    """Wait for a backend's append to complete, at most `timeout_s` seconds.
+
+    A plain timer rather than `asyncio.timeout`: it runs for every webhook. The
+    backend skips a future that is already done, so giving up never disturbs
+    the batch the record belongs to.
+    """
+    if timeout_s is None:
+        return await done
+    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, done, timeout_s)
+    try:
+        return await done
+    finally:
+        timer.cancel()
+
+
 class RebalanceListener(Protocol):
     """Told when a consumer gains or loses partitions, before it reads from them."""
 
@@ -186,12 +208,19 @@ class EventLog(abc.ABC):
 
     @abc.abstractmethod
     async def append(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        timeout_s: float | None = None,
     ) -> Position:
         """Add one record; return only once it is durable.
 
         A record with a key goes to `partition_for(key)`; one without goes to
-        partition 0. Raises `LogUnavailable` or `LogClosed` if it cannot.
+        partition 0. Raises `LogUnavailable` or `LogClosed` if it cannot, and
+        `LogUnavailable` once `timeout_s` has passed; a record given up on that
+        way may still be written later, whole.
         """
 
     @abc.abstractmethod

@@ -41,6 +41,7 @@ from service.log.base import (
     Record,
     TopicPartition,
     Topics,
+    wait_durable,
 )
 from service.logsetup import get_logger
 
@@ -285,16 +286,21 @@ class EmbeddedLog(EventLog):
     # -- appending ---------------------------------------------------------------------
 
     async def append(
-        self, topic: str, key: bytes | None, value: bytes, headers: Headers = ()
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        timeout_s: float | None = None,
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the embedded log is not open")
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         item = _Append(topic, self.partition_for(key), key, value, tuple(headers), done)
         self._queue.put_nowait(item)
-        # shield: a caller that stops waiting (a deadline) must not cancel the
-        # shared write; the record is then written and deduplicated downstream.
-        return await asyncio.shield(done)
+        # A caller that stops waiting leaves the record queued: it is written
+        # all the same, and deduplicated downstream if Zalo sends it again.
+        return await wait_durable(done, timeout_s)
 
     async def _write_loop(self) -> None:
         stopping = False

@@ -209,6 +209,8 @@ async def post_raw(
         (b'"just a string"', "malformed_json"),
         (b"\xff\xfe{}", "malformed_json"),
         (b'{"app_id": NaN, "timestamp": "1"}', "malformed_json"),
+        (b'{"a":' + b"[" * 1000 + b"12345678901234567890" + b"]" * 1000 + b"}", "malformed_json"),
+        (b"[" * 5000 + b"]" * 5000, "malformed_json"),
         (b'{"timestamp": "1"}', "missing_field"),
         (b'{"app_id": "2074138120372622546"}', "missing_field"),
         (b'{"app_id": null, "timestamp": "1"}', "missing_field"),

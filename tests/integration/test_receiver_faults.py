@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import io
-import logging
 import random
 from collections.abc import Iterator
 
 import aiohttp
 import orjson
 import pytest
-import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -54,14 +52,10 @@ async def test_2000_concurrent_webhooks_all_land_once(service_factory: ServiceFa
 @pytest.fixture
 def captured_logs() -> Iterator[io.StringIO]:
     """Every log line of the process, at DEBUG, as JSON, for the duration of a test."""
-    root = logging.getLogger()
-    saved = (root.handlers[:], root.level)
     out = io.StringIO()
     configure_logging("DEBUG", stream=out, json=True)
     yield out
-    structlog.reset_defaults()
-    root.handlers[:], _ = saved
-    root.setLevel(saved[1])
+    configure_logging("INFO", json=True)  # as the rest of the session has it
 
 
 async def test_no_secret_or_user_text_in_any_log_line(

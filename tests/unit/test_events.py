@@ -150,6 +150,12 @@ def test_parse_body_keeps_long_integers_exact_even_inside_nesting() -> None:
     }
 
 
+def test_deep_nesting_with_a_long_number_is_malformed_not_a_crash() -> None:
+    deep = b"[" * 1000 + b"12345678901234567890" + b"]" * 1000
+    with pytest.raises(MalformedBody):
+        parse_body(b'{"a":' + deep + b"}")
+
+
 def test_every_model_is_published() -> None:
     assert set(events.EVENT_MODELS) == {
         name for name, model in EXPECTED_MODEL.items() if model is not GenericEvent

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import orjson
 import pytest
-import structlog
 
 from service.logsetup import configure_logging, get_logger
 
@@ -18,8 +17,7 @@ def stream() -> Iterator[io.StringIO]:
     out = io.StringIO()
     configure_logging("INFO", stream=out)
     yield out
-    structlog.reset_defaults()
-    logging.getLogger().handlers.clear()
+    configure_logging("INFO", json=True)  # as the rest of the session has it
 
 
 def lines(stream: io.StringIO) -> list[dict[str, object]]:
@@ -67,8 +65,7 @@ def test_a_terminal_gets_readable_lines() -> None:
     try:
         get_logger("cli").info("starting", port=8080)
     finally:
-        structlog.reset_defaults()
-        logging.getLogger().handlers.clear()
+        configure_logging("INFO", json=True)
     text = out.getvalue()
     assert "starting" in text
     assert "port" in text
