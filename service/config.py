@@ -9,6 +9,7 @@ into exit status 2 before anything listens.
 
 from __future__ import annotations
 
+import functools
 import os
 import tomllib
 from pathlib import Path
@@ -188,12 +189,14 @@ class Settings(BaseSettings):
         # The file's values arrive as init arguments; the environment overrides them.
         return (env_settings, init_settings)
 
-    def app_secrets(self, app_id: str) -> list[str] | None:
+    def app_secrets(self, app_id: str) -> tuple[str, ...] | None:
         """The secrets configured for `app_id`, current first; None for an unknown app."""
-        for app in self.apps:
-            if app.app_id == app_id:
-                return [s.get_secret_value() for s in app.secrets]
-        return None
+        return self._secrets_by_app.get(app_id)
+
+    @functools.cached_property
+    def _secrets_by_app(self) -> dict[str, tuple[str, ...]]:
+        # Looked up for every webhook; settings never change while the process runs.
+        return {app.app_id: tuple(s.get_secret_value() for s in app.secrets) for app in self.apps}
 
 
 class ConfigError(Exception):

@@ -11,6 +11,11 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import functools
+import heapq
+import itertools
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -86,11 +91,13 @@ class Topics:
         return frozenset({self.oa_state})
 
 
+@functools.lru_cache(maxsize=65_536)
 def partition_for(key: bytes, partitions: int) -> int:
     """Kafka's default partitioner: murmur2 of the key, made positive, modulo the count.
 
     The Java client and aiokafka compute the same number, so an OA lands in the
-    same partition in both backends and in any other Kafka client.
+    same partition in both backends and in any other Kafka client. murmur2 is
+    pure Python here and the same OA ids come back all day, hence the cache.
     """
     if partitions < 1:
         raise ValueError("partitions must be at least 1")
@@ -117,25 +124,48 @@ class LogConfigError(LogError):
     retriable = False
 
 
-def _expire(done: asyncio.Future[Position], timeout_s: float) -> None:
-    if not done.done():
-        done.set_exception(LogUnavailable(f"the log did not accept the record in {timeout_s} s"))
+class Deadlines:
+    """Gives up on appends that take too long, for all of a log's appends with one task.
 
-
-async def wait_durable(done: asyncio.Future[Position], timeout_s: float | None) -> Position:
-    """Wait for a backend's append to complete, at most `timeout_s` seconds.
-
-    A plain timer rather than `asyncio.timeout`: it runs for every webhook. The
-    backend skips a future that is already done, so giving up never disturbs
-    the batch the record belongs to.
+    A timer per append (`asyncio.timeout`, `call_later`) costs more than the
+    rest of a webhook's own work; instead each append goes on a heap by its
+    deadline, and one task fails the overdue ones every `tick_s`. A deadline
+    is therefore met within `tick_s`. The backends skip a future that is
+    already done, so giving up never disturbs the batch the record belongs to.
     """
-    if timeout_s is None:
+
+    def __init__(self, tick_s: float = 0.05) -> None:
+        self._tick_s = tick_s
+        self._heap: list[tuple[float, int, asyncio.Future[Position]]] = []
+        self._serial = itertools.count()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._sweep(), name="append-deadlines")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def wait(self, done: asyncio.Future[Position], timeout_s: float | None) -> Position:
+        """The append's position, or `LogUnavailable` once `timeout_s` has passed."""
+        if timeout_s is not None:
+            deadline = time.monotonic() + timeout_s
+            heapq.heappush(self._heap, (deadline, next(self._serial), done))
         return await done
-    timer = asyncio.get_running_loop().call_later(timeout_s, _expire, done, timeout_s)
-    try:
-        return await done
-    finally:
-        timer.cancel()
+
+    async def _sweep(self) -> None:
+        heap = self._heap
+        while True:
+            await asyncio.sleep(self._tick_s)
+            now = time.monotonic()
+            while heap and heap[0][0] <= now:
+                _, _, done = heapq.heappop(heap)
+                if not done.done():
+                    done.set_exception(LogUnavailable("the log did not accept the record in time"))
 
 
 class RebalanceListener(Protocol):

@@ -29,6 +29,7 @@ from typing import IO, TypeVar
 import orjson
 
 from service.log.base import (
+    Deadlines,
     EventLog,
     Headers,
     LogClosed,
@@ -41,7 +42,6 @@ from service.log.base import (
     Record,
     TopicPartition,
     Topics,
-    wait_durable,
 )
 from service.logsetup import get_logger
 
@@ -149,6 +149,7 @@ class EmbeddedLog(EventLog):
         self._heads: dict[TopicPartition, int] = {}
         self._appended = asyncio.Event()
         self._groups: dict[str, EmbeddedConsumer] = {}
+        self._deadlines = Deadlines()
         self._state = "new"
 
     @property
@@ -174,6 +175,7 @@ class EmbeddedLog(EventLog):
         self._state = "open"
         self._writer_task = asyncio.create_task(self._write_loop(), name="sqlite-writer")
         self._retention_task = asyncio.create_task(self._retention_loop(), name="sqlite-retention")
+        self._deadlines.start()
         _log.info("embedded log open", path=str(self.path), partitions=self.partitions)
 
     async def close(self) -> None:
@@ -190,6 +192,7 @@ class EmbeddedLog(EventLog):
             self._queue.put_nowait(_STOP)
             await self._writer_task
         self._appended.set()
+        await self._deadlines.stop()
         await self._release()
         self._state = "closed"
         _log.info("embedded log closed", path=str(self.path))
@@ -300,7 +303,7 @@ class EmbeddedLog(EventLog):
         self._queue.put_nowait(item)
         # A caller that stops waiting leaves the record queued: it is written
         # all the same, and deduplicated downstream if Zalo sends it again.
-        return await wait_durable(done, timeout_s)
+        return await self._deadlines.wait(done, timeout_s)
 
     async def _write_loop(self) -> None:
         stopping = False

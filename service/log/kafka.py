@@ -24,6 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 from service.log.base import (
+    Deadlines,
     EventLog,
     Headers,
     LogClosed,
@@ -36,7 +37,6 @@ from service.log.base import (
     Record,
     TopicPartition,
     Topics,
-    wait_durable,
 )
 from service.logsetup import get_logger
 
@@ -129,6 +129,7 @@ class KafkaLog(EventLog):
         self._reader_lock = asyncio.Lock()
         self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
         self._batcher: asyncio.Task[None] | None = None
+        self._deadlines = Deadlines()
         self._state = "new"
 
     @property
@@ -156,6 +157,7 @@ class KafkaLog(EventLog):
             await producer.start()
             self._producer = producer
             self._batcher = asyncio.create_task(self._batch_loop(producer), name="kafka-batcher")
+            self._deadlines.start()
             # A group-less consumer for end offsets and plain reads by tools.
             reader: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
                 **self._common(),
@@ -194,6 +196,7 @@ class KafkaLog(EventLog):
         if self._reader is not None:
             await self._reader.stop()
             self._reader = None
+        await self._deadlines.stop()
         _log.info("kafka log closed")
 
     async def _ensure_topics(self) -> None:
@@ -256,7 +259,7 @@ class KafkaLog(EventLog):
             raise LogClosed("the kafka log is not open")
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Append(topic, self.partition_for(key), key, value, headers, done))
-        return await wait_durable(done, timeout_s)
+        return await self._deadlines.wait(done, timeout_s)
 
     async def _batch_loop(self, producer: AIOKafkaProducer[bytes, bytes]) -> None:
         """Submit what was appended as one batch per partition, while earlier ones are in flight.

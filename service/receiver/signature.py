@@ -16,12 +16,17 @@ from collections.abc import Iterable
 _PREFIX = "mac="
 
 
-def signature_hex(app_id: str, raw_body: bytes, timestamp: str, secret: str) -> str:
-    """The lowercase hex digest Zalo sends for this body."""
-    digest = hashlib.sha256()
-    digest.update(app_id.encode())
+def _unkeyed(app_id: str, raw_body: bytes, timestamp: str) -> hashlib._Hash:
+    """The hash state before the secret: shared by every secret tried."""
+    digest = hashlib.sha256(app_id.encode())
     digest.update(raw_body)
     digest.update(timestamp.encode())
+    return digest
+
+
+def signature_hex(app_id: str, raw_body: bytes, timestamp: str, secret: str) -> str:
+    """The lowercase hex digest Zalo sends for this body."""
+    digest = _unkeyed(app_id, raw_body, timestamp)
     digest.update(secret.encode())
     return digest.hexdigest()
 
@@ -49,8 +54,10 @@ def verify(
     if not header:
         return False
     claimed = _claimed_hex(header).encode("ascii", "replace")
+    unkeyed = _unkeyed(app_id, raw_body, timestamp)  # the body is hashed once
     matched = False
     for secret in secrets:
-        expected = signature_hex(app_id, raw_body, timestamp, secret).encode()
-        matched |= hmac.compare_digest(claimed, expected)
+        digest = unkeyed.copy()
+        digest.update(secret.encode())
+        matched |= hmac.compare_digest(claimed, digest.hexdigest().encode())
     return matched

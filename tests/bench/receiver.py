@@ -7,7 +7,12 @@ classifies and durably publishes each one. Results are ratios to the bare
 endpoint, so the machine's speed cancels out. This is not a test and asserts
 nothing about speed.
 
-    python -m tests.bench.receiver [--seconds 10] [--rounds 3] [--connections 32]
+    python -m tests.bench.receiver [--seconds 6] [--rounds 5] [--connections 256]
+    python -m tests.bench.receiver --instructions 2000
+
+The second form counts the instructions each server executes per webhook with
+callgrind (valgrind): slow, but the same on every run, where wall-clock rates
+on a shared machine drift by a third between minutes.
 
 Needs wrk (`apt-get install wrk`), and Java and Maven for the Kafka target.
 """
@@ -141,6 +146,9 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
+    cpu_us: float = 0.0
+    """CPU time of the server process per request served (all its threads)."""
 
 
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -185,13 +193,29 @@ def run_wrk(url: str, script: Path, seconds: int, connections: int, target: str)
     errors = int(errors_match.group(1)) if errors_match else 0
     if socket_errors:
         errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(0)))
-    return Result(target, rps, _latency(output, "50"), _latency(output, "99"), errors)
+    requests_match = re.search(r"(\d+) requests in", output)
+    requests = int(requests_match.group(1)) if requests_match else 0
+    return Result(target, rps, _latency(output, "50"), _latency(output, "99"), errors, requests)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
 
 
 class Server:
     """One server process on SERVER_CPU."""
 
-    def __init__(self, target: str, folder: Path, bootstrap: str | None, event_loop: str) -> None:
+    def __init__(
+        self,
+        target: str,
+        folder: Path,
+        bootstrap: str | None,
+        event_loop: str,
+        wrapper: tuple[str, ...] = (),
+    ) -> None:
         self.target = target
         self.port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
@@ -219,14 +243,14 @@ class Server:
             if bootstrap:
                 env["ZNS_GATE_LOG__BOOTSTRAP_SERVERS"] = bootstrap
         self.process = subprocess.Popen(
-            ["taskset", "-c", SERVER_CPU, *command],
+            ["taskset", "-c", SERVER_CPU, *wrapper, *command],
             cwd=ROOT,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
         self.url = f"http://127.0.0.1:{self.port}"
-        wait_ready(self.url + ("/healthz" if target == "bare" else "/readyz"))
+        wait_ready(self.url + ("/healthz" if target == "bare" else "/readyz"), timeout_s=300)
 
     def stop(self) -> None:
         self.process.send_signal(signal.SIGTERM)
@@ -237,11 +261,75 @@ class Server:
             self.process.wait()
 
 
+# --- instructions per request ---------------------------------------------------------------
+
+
+def post_webhooks(url: str, count: int, concurrency: int = 16) -> None:
+    """Send `count` distinct signed webhooks, `concurrency` at a time; all must get 200."""
+    import asyncio
+
+    import aiohttp
+
+    hooks = zalo.Webhooks()
+    sent = [hooks.build("user_feedback", oa_id=f"oa-{i % 50}") for i in range(count)]
+
+    async def run() -> None:
+        gate = asyncio.Semaphore(concurrency)
+        async with aiohttp.ClientSession() as session:
+
+            async def one(hook: zalo.Webhook) -> int:
+                async with gate, session.post(url, data=hook.body, headers=hook.headers) as r:
+                    await r.read()
+                    return r.status
+
+            statuses = await asyncio.gather(*(one(h) for h in sent))
+        if set(statuses) - {200}:
+            raise RuntimeError(f"not every webhook was accepted: {sorted(set(statuses))}")
+
+    asyncio.run(run())
+
+
+def instructions(
+    target: str, count: int, folder: Path, bootstrap: str | None, event_loop: str
+) -> int:
+    """Instructions the server executed (callgrind) from start to stop, serving `count`."""
+    out = folder / f"callgrind-{target}-{count}.out"
+    wrapper = ("valgrind", "--tool=callgrind", f"--callgrind-out-file={out}")
+    server = Server(target, folder, bootstrap, event_loop, wrapper)
+    try:
+        post_webhooks(server.url + "/webhooks/zalo", count)
+    finally:
+        server.stop()
+    match = re.search(r"^summary:\s+(\d+)", out.read_text(), re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no summary in {out}")
+    return int(match.group(1))
+
+
+def report_instructions(
+    targets: list[str], count: int, folder: Path, bootstrap: str | None, event_loop: str
+) -> None:
+    """Instructions per webhook: the difference between serving `count` and serving none."""
+    per_request: dict[str, float] = {}
+    for target in targets:
+        idle = instructions(target, 0, folder, bootstrap, event_loop)
+        busy = instructions(target, count, folder, bootstrap, event_loop)
+        per_request[target] = (busy - idle) / count
+        print(f"{target:9} {per_request[target] / 1000:8.1f} k instructions/request", flush=True)
+    base = per_request.get("bare")
+    print(f"\n{event_loop} loop, {count} webhooks, 16 at a time, counted by callgrind")
+    print("| target | instructions/request | bare / this |")
+    print("| --- | ---: | ---: |")
+    for target, value in per_request.items():
+        ratio = f"{base / value:.0%}" if base else "-"
+        print(f"| {target} | {value / 1000:.0f} k | {ratio} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=6)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=256)
     parser.add_argument("--targets", default="bare,embedded,kafka")
     parser.add_argument(
         "--loop",
@@ -249,12 +337,21 @@ def main() -> int:
         default="uvloop",
         help="event loop of every server (default: uvloop, as zns-gate serves)",
     )
+    parser.add_argument(
+        "--instructions",
+        type=int,
+        metavar="N",
+        help="instead of wrk: count instructions per webhook over N webhooks with callgrind",
+    )
     parser.add_argument("--bare-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.bare_server:
         run_bare_server(args.bare_server, args.loop)
         return 0
-    if shutil.which("wrk") is None:
+    if args.instructions and shutil.which("valgrind") is None:
+        print("valgrind is needed: apt-get install valgrind", file=sys.stderr)
+        return 2
+    if not args.instructions and shutil.which("wrk") is None:
         print("wrk is needed: apt-get install wrk", file=sys.stderr)
         return 2
     if os.cpu_count() is None or os.cpu_count() < 2:  # type: ignore[operator]
@@ -281,12 +378,16 @@ def main() -> int:
             )
             bootstrap = f"127.0.0.1:{broker_args[3]}"
         try:
+            if args.instructions:
+                report_instructions(targets, args.instructions, folder, bootstrap, args.loop)
+                return 0
             results: dict[str, list[Result]] = {t: [] for t in targets}
             for round_ in range(args.rounds):
                 for target in targets:
                     server = Server(target, folder, bootstrap, args.loop)
                     try:
                         run_wrk(server.url + "/webhooks/zalo", script, 2, args.connections, target)
+                        cpu_before = cpu_seconds(server.process.pid)
                         result = run_wrk(
                             server.url + "/webhooks/zalo",
                             script,
@@ -294,13 +395,15 @@ def main() -> int:
                             args.connections,
                             target,
                         )
+                        cpu = cpu_seconds(server.process.pid) - cpu_before
+                        result.cpu_us = cpu / max(result.requests, 1) * 1e6
                     finally:
                         server.stop()
                     results[target].append(result)
                     print(
                         f"round {round_ + 1} {target:9} {result.rps:8.0f} req/s  "
                         f"p50 {result.p50_ms:6.2f} ms  p99 {result.p99_ms:6.2f} ms  "
-                        f"errors {result.errors}",
+                        f"cpu {result.cpu_us:5.0f} us/request  errors {result.errors}",
                         flush=True,
                     )
         finally:
@@ -311,23 +414,32 @@ def main() -> int:
 
 
 def report(results: dict[str, list[Result]], args: argparse.Namespace) -> None:
-    def median(target: str, field: str) -> float:
-        return float(statistics.median(getattr(r, field) for r in results[target]))
+    """Medians over rounds. Ratios are taken within each round, where bare ran just before,
+    so that a machine whose speed drifts between rounds still compares like with like."""
 
-    base = median("bare", "rps") if "bare" in results else None
+    def median(values: list[float]) -> float:
+        return float(statistics.median(values))
+
+    bare = results.get("bare")
     print(
         f"\n{args.loop} loop, median of {args.rounds} rounds of {args.seconds} s, "
         f"{args.connections} connections, server on one core"
     )
-    print("| target | req/s | vs bare | p50 ms | p99 ms | errors |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: |")
-    for target in results:
-        rps = median(target, "rps")
-        ratio = f"{rps / base:.0%}" if base else "-"
-        errors = sum(r.errors for r in results[target])
+    print("| target | req/s | vs bare | p50 ms | p99 ms | CPU µs/req | bare CPU / this | errors |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for target, rounds in results.items():
+        ratio = cpu_ratio = "-"
+        if bare:
+            ratio = f"{median([r.rps / b.rps for r, b in zip(rounds, bare, strict=True)]):.0%}"
+            cpu_ratio = (
+                f"{median([b.cpu_us / r.cpu_us for r, b in zip(rounds, bare, strict=True)]):.0%}"
+            )
         print(
-            f"| {target} | {rps:.0f} | {ratio} | {median(target, 'p50_ms'):.2f} | "
-            f"{median(target, 'p99_ms'):.2f} | {errors} |"
+            f"| {target} | {median([r.rps for r in rounds]):.0f} | {ratio} | "
+            f"{median([r.p50_ms for r in rounds]):.2f} | "
+            f"{median([r.p99_ms for r in rounds]):.2f} | "
+            f"{median([r.cpu_us for r in rounds]):.0f} | {cpu_ratio} | "
+            f"{sum(r.errors for r in rounds)} |"
         )
 
 

@@ -74,7 +74,7 @@ def test_defaults_without_a_file() -> None:
 
 def test_the_design_example_reads_as_written(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, DESIGN_EXAMPLE))
-    assert settings.app_secrets("2074138120372622546") == ["oa-secret-key"]
+    assert settings.app_secrets("2074138120372622546") == ("oa-secret-key",)
     assert settings.app_secrets("someone-else") is None
     [oa] = settings.oas
     assert (oa.oa_id, oa.rules) == ("388613280878808645", "zns-2024")
