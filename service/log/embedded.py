@@ -451,19 +451,29 @@ class EmbeddedLog(EventLog):
     async def _retention_loop(self) -> None:
         while True:
             try:
-                deleted = await self._on_writer(self._purge_sync)
+                deleted = await self.purge_expired()
                 if deleted:
                     _log.info("retention removed old records", records=deleted)
             except sqlite3.Error as exc:
                 _log.warning("retention failed", error=repr(exc))
             await asyncio.sleep(3600)
 
-    def _purge_sync(self) -> int:
-        """Delete records of the events topic older than the retention period."""
+    async def purge_expired(self, now_ms: int | None = None) -> int:
+        """Delete records of the events topic older than the retention period; how many.
+
+        Runs hourly by itself. Offsets are never reused: the next record of a
+        partition still gets the offset after the newest one ever written.
+        """
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        # The heads are copied here, on the loop, which alone changes them.
+        purge = partial(self._purge_sync, dict(self._heads), now_ms - self._retention_ms)
+        return await self._on_writer(purge)
+
+    def _purge_sync(self, heads: dict[TopicPartition, int], cutoff: int) -> int:
         conn = self._conn(self._writer)
-        cutoff = int(time.time() * 1000) - self._retention_ms
         deleted = 0
-        for tp in list(self._heads):
+        for tp, head in heads.items():
             if tp.topic != self.topics.events:
                 continue
             # Offsets grow with time in a partition: find the first record to keep.
@@ -472,7 +482,7 @@ class EmbeddedLog(EventLog):
                 " AND timestamp_ms >= ? ORDER BY offset LIMIT 1",
                 (tp.topic, tp.partition, cutoff),
             ).fetchone()
-            keep_from = row[0] if row is not None else self._heads[tp]
+            keep_from = row[0] if row is not None else head
             with _transaction(conn):
                 cursor = conn.execute(
                     "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -347,3 +348,23 @@ async def test_embedded_file_serves_one_process_at_a_time(tmp_path: Path) -> Non
     second = EmbeddedLog(path, partitions=2)  # free once the first closed
     await second.start()
     await second.close()
+
+
+async def test_embedded_retention_removes_old_events_and_keeps_offsets(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path / "retained.db", partitions=1, retention_days=1)
+    await log.start()
+    try:
+        tp = TopicPartition(log.topics.events, 0)
+        for i in range(3):
+            await log.append(log.topics.events, b"oa", str(i).encode())
+        await log.append(log.topics.decisions, b"oa", b"kept: not the events topic")
+        assert await log.purge_expired() == 0  # nothing is a day old yet
+        two_days_later = int(time.time() * 1000) + 2 * 86_400_000
+        assert await log.purge_expired(now_ms=two_days_later) == 3
+        assert await log.read(tp, 0) == []
+        position = await log.append(log.topics.events, b"oa", b"after")
+        assert position.offset == 3  # offsets are never reused
+        decisions = TopicPartition(log.topics.decisions, 0)
+        assert [r.value for r in await log.read(decisions, 0)] == [b"kept: not the events topic"]
+    finally:
+        await log.close()
