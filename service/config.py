@@ -24,6 +24,7 @@ from pydantic import (
     SecretStr,
     ValidationError,
     field_validator,
+    model_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -63,9 +64,9 @@ class ServerSettings(_Section):
 class ReceiverSettings(_Section):
     max_body_bytes: int = Field(default=256 * 1024, ge=1024)
     """Webhook bodies over this size get 413 before they are read."""
-    read_timeout_s: float = Field(default=2.0, gt=0)
-    """A body that takes longer to arrive gets 408: slow senders would hold connections,
-    and Zalo itself has given up on a request after 2 s."""
+    read_timeout_s: float = Field(default=0.4, gt=0)
+    """A body that takes longer to arrive gets 408: slow senders would hold connections.
+    Zalo sends small bodies at once; with the publish deadline it stays within 2 s."""
     publish_deadline_s: float = Field(default=1.5, gt=0, le=10)
     """How long a webhook may wait for the log to accept its record before 503.
     Zalo gives up after 2 s, so this stays well below it."""
@@ -75,6 +76,15 @@ class ReceiverSettings(_Section):
     """Refuse bodies whose `timestamp` is older than this. None (the default) accepts
     any age, because Zalo retries with the original body for about an hour and
     duplicates are removed downstream."""
+
+    @model_validator(mode="after")
+    def _within_zalos_limit(self) -> ReceiverSettings:
+        # Zalo gives up after 2 s; reading plus publishing must answer well before.
+        if self.read_timeout_s + self.publish_deadline_s > 1.9:
+            raise ValueError(
+                "read_timeout_s + publish_deadline_s must stay within 1.9 s (Zalo waits 2 s)"
+            )
+        return self
 
 
 class LogSettings(_Section):
@@ -101,6 +111,14 @@ class AppSettings(_Section):
     app_id: ZaloId
     secrets: list[SecretStr] = Field(min_length=1, max_length=2)
     """OA secret keys; the first is current, a second may stay valid during rotation."""
+
+    @field_validator("secrets")
+    @classmethod
+    def _not_guessable(cls, secrets: list[SecretStr]) -> list[SecretStr]:
+        # An empty secret would make the signature a plain hash anyone can compute.
+        if any(len(s.get_secret_value()) < 8 for s in secrets):
+            raise ValueError("a secret must have at least 8 characters")
+        return secrets
 
 
 class RulesSettings(_Section):

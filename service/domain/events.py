@@ -94,12 +94,15 @@ def find_oa_id(body: dict[str, Any]) -> str | None:
     """The OA id, wherever this event puts it: `oa_id`, `oaId` or `sender.id`.
 
     Feedback, quick replies and template events use `oa_id`; the daily-quota
-    event uses `oaId`; a ZNS delivery receipt names the OA as its `sender`.
+    event uses `oaId`; a delivery receipt names the OA as its `sender`. Only a
+    receipt: in the chat events a user sends, the sender is the user.
     """
-    for candidate in (body.get("oa_id"), body.get("oaId"), _nested(body, "sender", "id")):
+    for candidate in (body.get("oa_id"), body.get("oaId")):
         found = text_of(candidate)
         if found is not None:
             return found
+    if body.get("event_name") == "user_received_message":
+        return text_of(_nested(body, "sender", "id"))
     return None
 
 

@@ -104,6 +104,15 @@ def partition_for(key: bytes, partitions: int) -> int:
     return (int(murmur2(key)) & 0x7FFFFFFF) % partitions
 
 
+def check_record(key: bytes | None, value: bytes, headers: Headers) -> None:
+    """Refuse, at the caller, a record no backend can store (a programming error)."""
+    if not isinstance(value, bytes) or not (key is None or isinstance(key, bytes)):
+        raise TypeError("a record's key and value are bytes")
+    for name, header in headers:
+        if not isinstance(name, str) or not isinstance(header, bytes):
+            raise TypeError(f"header {name!r}: names are str and values bytes")
+
+
 class LogError(Exception):
     """A failure of the log itself. `retriable` says whether trying again can help."""
 

@@ -42,6 +42,7 @@ from service.log.base import (
     Record,
     TopicPartition,
     Topics,
+    check_record,
 )
 from service.logsetup import get_logger
 
@@ -105,6 +106,12 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
+
+
+def _fail(items: list[_Append], error: Exception) -> None:
+    for item in items:
+        if not item.done.done():
+            item.done.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -183,18 +190,20 @@ class EmbeddedLog(EventLog):
             return
         was_open = self._state == "open"
         self._state = "closing"
-        if self._retention_task is not None:
-            self._retention_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._retention_task
-        if was_open and self._writer_task is not None:
-            # Everything queued before the stop marker is still written.
-            self._queue.put_nowait(_STOP)
-            await self._writer_task
-        self._appended.set()
-        await self._deadlines.stop()
-        await self._release()
-        self._state = "closed"
+        try:
+            if self._retention_task is not None:
+                self._retention_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._retention_task
+            if was_open and self._writer_task is not None:
+                # Everything queued before the stop marker is still written.
+                self._queue.put_nowait(_STOP)
+                await self._writer_task
+        finally:
+            self._appended.set()
+            await self._deadlines.stop()
+            await self._release()
+            self._state = "closed"
         _log.info("embedded log closed", path=str(self.path))
 
     def _take_lock(self) -> IO[str]:
@@ -298,6 +307,7 @@ class EmbeddedLog(EventLog):
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the embedded log is not open")
+        check_record(key, value, headers)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         item = _Append(topic, self.partition_for(key), key, value, tuple(headers), done)
         self._queue.put_nowait(item)
@@ -316,7 +326,11 @@ class EmbeddedLog(EventLog):
                 elif isinstance(item, _Append):
                     batch.append(item)
             if batch:
-                await self._commit_batch(batch)
+                try:
+                    await self._commit_batch(batch)
+                except Exception as exc:
+                    _log.exception("embedded log batch failed", records=len(batch))
+                    _fail(batch, LogUnavailable(f"the embedded log could not write: {exc!r}"))
 
     def _drain(self, first: object) -> Iterable[object]:
         yield first
@@ -329,6 +343,11 @@ class EmbeddedLog(EventLog):
             taken += 1
 
     async def _commit_batch(self, batch: list[_Append]) -> None:
+        # A record whose caller gave up (the deadline passed) was never acknowledged:
+        # Zalo sends it again, so it is not written late, ahead of fresher ones.
+        batch = [item for item in batch if not item.done.done()]
+        if not batch:
+            return
         now_ms = int(time.time() * 1000)
         heads: dict[TopicPartition, int] = {}
         rows: list[tuple[object, ...]] = []
@@ -397,6 +416,8 @@ class EmbeddedLog(EventLog):
     async def check(self) -> None:
         if self._state != "open":
             raise LogUnavailable("the embedded log is not open")
+        if self._writer_task is None or self._writer_task.done():
+            raise LogUnavailable("the embedded log's writer has stopped")
         try:
             await asyncio.wait_for(
                 self._on_reader(lambda: self._conn(self._reader).execute("SELECT 1").fetchone()),
@@ -514,12 +535,12 @@ class EmbeddedConsumer(LogConsumer):
     async def start(self) -> None:
         if self._log._state != "open":
             raise LogClosed("the embedded log is not open")
-        self._log._join(self)
-        self._started = True
         assigned = frozenset(
             TopicPartition(topic, p) for topic in self._topics for p in range(self._log.partitions)
         )
         committed = await self._log._on_reader(lambda: self._log._committed_sync(self.group_id))
+        self._log._join(self)
+        self._started = True
         self._positions = {tp: committed.get(tp, 0) for tp in assigned}
         self._assigned = assigned
         if self._listener is not None:

@@ -30,13 +30,13 @@ from service.log.base import (
     LogClosed,
     LogConfigError,
     LogConsumer,
-    LogError,
     LogUnavailable,
     Position,
     RebalanceListener,
     Record,
     TopicPartition,
     Topics,
+    check_record,
 )
 from service.logsetup import get_logger
 
@@ -129,6 +129,7 @@ class KafkaLog(EventLog):
         self._reader_lock = asyncio.Lock()
         self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
         self._batcher: asyncio.Task[None] | None = None
+        self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._deadlines = Deadlines()
         self._state = "new"
 
@@ -184,11 +185,17 @@ class KafkaLog(EventLog):
         if self._state == "closed":
             return
         self._state = "closed"
-        if self._batcher is not None:
-            # Everything queued before the stop marker is still submitted.
-            self._queue.put_nowait(_STOP)
-            await self._batcher
+        try:
+            if self._batcher is not None:
+                # Everything queued before the stop marker is still submitted.
+                self._queue.put_nowait(_STOP)
+                await self._batcher
+                await asyncio.gather(*self._tails.values(), return_exceptions=True)
+        finally:
             self._batcher = None
+            await self._release()
+
+    async def _release(self) -> None:
         if self._producer is not None:
             # stop() flushes what was accepted before it returns.
             await self._producer.stop()
@@ -203,7 +210,10 @@ class KafkaLog(EventLog):
         admin = AIOKafkaAdminClient(**self._common())
         await admin.start()
         try:
-            existing = await self._describe(admin)
+            # list_topics asks for all topics, which never auto-creates one; a metadata
+            # request that names a missing topic would, on a broker that allows it,
+            # create it with the broker's defaults instead of ours.
+            existing = set(await admin.list_topics())
             missing = [name for name in self.topics.all() if name not in existing]
             if missing:
                 response = await admin.create_topics([self._new_topic(name) for name in missing])
@@ -211,40 +221,43 @@ class KafkaLog(EventLog):
                     name, code = topic_error[0], topic_error[1]
                     if code not in (0, _TOPIC_ALREADY_EXISTS):
                         raise LogConfigError(f"cannot create topic {name}: error code {code}")
-                    _log.info("topic created", topic=name, partitions=self.partitions)
-                existing = await self._await_topics(admin)
+                    if code == 0:
+                        _log.info("topic created", topic=name, partitions=self.partitions)
+                await self._await_topics(admin)
+            counts = await self._partition_counts(admin)
             for name in self.topics.all():
-                count = existing[name]
-                if count != self.partitions:
+                if counts.get(name) != self.partitions:
                     raise LogConfigError(
-                        f"topic {name} has {count} partitions, the configuration says "
-                        f"{self.partitions}; keys would land elsewhere (log.partitions)"
+                        f"topic {name} has {counts.get(name, 0)} partitions, the configuration "
+                        f"says {self.partitions}; keys would land elsewhere (log.partitions)"
                     )
         finally:
             await admin.close()
 
-    async def _describe(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
-        """Partition counts of our topics that exist and are fully known."""
+    async def _partition_counts(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
+        """Partition counts of our topics (call only once they exist)."""
         described = await admin.describe_topics(list(self.topics.all()))
         return {t["topic"]: len(t["partitions"]) for t in described if t["error_code"] == 0}
 
-    async def _await_topics(self, admin: AIOKafkaAdminClient) -> dict[str, int]:
+    async def _await_topics(self, admin: AIOKafkaAdminClient) -> None:
         """Wait until new topics show in the metadata: creation is acknowledged before that."""
         deadline = asyncio.get_running_loop().time() + self._request_timeout_ms / 1000
         while True:
-            existing = await self._describe(admin)
-            if all(existing.get(name) for name in self.topics.all()):
-                return existing
+            listed = set(await admin.list_topics())
+            absent = [name for name in self.topics.all() if name not in listed]
+            if not absent:
+                return
             if asyncio.get_running_loop().time() > deadline:
-                absent = [name for name in self.topics.all() if not existing.get(name)]
                 raise LogUnavailable(f"topics not visible after creation: {', '.join(absent)}")
             await asyncio.sleep(0.1)
 
     def _new_topic(self, name: str) -> NewTopic:
+        # With more than one replica, acks=all must mean at least two copies.
+        configs = {"min.insync.replicas": str(min(2, self._replication_factor))}
         if name in self.topics.compacted():
-            configs = {"cleanup.policy": "compact"}
+            configs["cleanup.policy"] = "compact"
         else:
-            configs = {"cleanup.policy": "delete", "retention.ms": str(self._retention_ms)}
+            configs.update({"cleanup.policy": "delete", "retention.ms": str(self._retention_ms)})
         return NewTopic(name, self.partitions, self._replication_factor, topic_configs=configs)
 
     async def append(
@@ -257,6 +270,7 @@ class KafkaLog(EventLog):
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the kafka log is not open")
+        check_record(key, value, headers)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         self._queue.put_nowait(_Append(topic, self.partition_for(key), key, value, headers, done))
         return await self._deadlines.wait(done, timeout_s)
@@ -266,30 +280,37 @@ class KafkaLog(EventLog):
 
         aiokafka's per-record `send` costs tens of microseconds of Python; a
         batch built here costs a fraction of that per record, and the producer
-        still assigns the idempotent sequence numbers and sends one request per
-        broker at a time.
+        still assigns the idempotent sequence numbers. Each partition has its
+        own chain of submissions, so that one slow partition (a leader moving)
+        holds up only its own records, and records keep their order.
         """
         stopping = False
         while not stopping:
             items = [await self._queue.get()]
             while not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            if any(item is _STOP for item in items):
-                stopping = True
+            stopping = any(item is _STOP for item in items)
             by_partition: dict[tuple[str, int], list[_Append]] = {}
             for item in items:
                 if isinstance(item, _Append):
                     by_partition.setdefault((item.topic, item.partition), []).append(item)
-            for (topic, partition), group in by_partition.items():
-                await self._submit(producer, topic, partition, group)
+            for tp, group in by_partition.items():
+                before = self._tails.get(tp)
+                self._tails[tp] = asyncio.create_task(self._submit(producer, tp, group, before))
 
     async def _submit(
         self,
         producer: AIOKafkaProducer[bytes, bytes],
-        topic: str,
-        partition: int,
+        tp: tuple[str, int],
         items: list[_Append],
+        before: asyncio.Task[None] | None,
     ) -> None:
+        if before is not None:
+            await asyncio.wait([before])  # keeps the partition's order; its outcome is its own
+        topic, partition = tp
+        # A record whose caller gave up (the deadline passed) was never acknowledged:
+        # Zalo sends it again, so it is not written late, ahead of fresher ones.
+        items = [item for item in items if not item.done.done()]
         while items:
             batch = producer.create_batch()
             taken: list[_Append] = []
@@ -302,15 +323,18 @@ class KafkaLog(EventLog):
                 ):
                     break
                 taken.append(item)
-            if not taken:  # one record larger than a whole batch
-                _fail([items[0]], LogError(f"a record of {len(items[0].value)} bytes is too large"))
+            if not taken:  # one record larger than a whole batch: it can never be written
+                _fail(
+                    items[:1],
+                    LogConfigError(f"a record of {len(items[0].value)} bytes is too large"),
+                )
                 items = items[1:]
                 continue
             items = items[len(taken) :]
             try:
                 delivered = await producer.send_batch(batch, topic, partition=partition)
-            except KafkaError as exc:
-                _fail(taken, LogUnavailable(f"kafka did not accept the records: {exc}"))
+            except Exception as exc:
+                _fail(taken, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
                 continue
             delivered.add_done_callback(functools.partial(_settle, taken))
 
@@ -318,6 +342,8 @@ class KafkaLog(EventLog):
         producer = self._producer
         if self._state != "open" or producer is None:
             raise LogUnavailable("the kafka log is not open")
+        if self._batcher is None or self._batcher.done():
+            raise LogUnavailable("the kafka log's batcher has stopped")
         try:
             cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2.0)
         except (TimeoutError, KafkaError) as exc:
@@ -426,13 +452,15 @@ class KafkaConsumer(LogConsumer):
     async def close(self) -> None:
         if self._consumer is None:
             return
-        # aiokafka leaves the group without a revoke callback; give the listener
-        # its chance to persist and commit while this member still owns the partitions.
-        held = self.assignment()
-        if self._listener is not None and held:
-            await self._listener.on_revoked(held)
-        consumer, self._consumer = self._consumer, None
-        await consumer.stop()
+        try:
+            # aiokafka leaves the group without a revoke callback; give the listener
+            # its chance to persist and commit while this member still owns the partitions.
+            held = self.assignment()
+            if self._listener is not None and held:
+                await self._listener.on_revoked(held)
+        finally:
+            consumer, self._consumer = self._consumer, None
+            await consumer.stop()
 
     def _live(self) -> AIOKafkaConsumer[bytes, bytes]:
         if self._consumer is None:

@@ -110,7 +110,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             401,
             "unknown_app",
             "no secret is configured for this app_id",
-            app_id=app_id,
+            app_id=app_id[:64],  # not authenticated: keep what reaches the log short
         )
     if not verify(request.headers.get("X-ZEvent-Signature"), app_id, raw, timestamp, secrets):
         return _refuse(
@@ -128,13 +128,14 @@ async def receive_webhook(request: web.Request) -> web.Response:
     headers: Headers = (
         ("kind", b"webhook"),
         ("event_name", event_name.encode()),
-        ("server", server.encode()),
+        # aiohttp decoded header bytes that are not UTF-8 as surrogates: give them back.
+        ("server", server.encode("utf-8", "surrogateescape")),
         ("received_at", str(int(time.time() * 1000)).encode()),
         ("dedup_key", dedup.encode()),
     )
     retry = request.headers.get(RETRY_HEADER)
     if retry is not None:
-        headers += (("retry", retry[:16].encode()),)
+        headers += (("retry", retry[:16].encode("utf-8", "surrogateescape")),)
 
     # 5. One durable append, or a 503 that makes Zalo try again.
     log = request.app[LOG]

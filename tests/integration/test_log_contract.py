@@ -368,3 +368,38 @@ async def test_embedded_retention_removes_old_events_and_keeps_offsets(tmp_path:
         assert [r.value for r in await log.read(decisions, 0)] == [b"kept: not the events topic"]
     finally:
         await log.close()
+
+
+async def test_concurrent_appends_each_get_their_own_position(log_factory: LogOpener) -> None:
+    """Appends made together share batches; every returned position holds its own record."""
+    log = await log_factory(partitions=3)
+    values = [f"record-{n}".encode() for n in range(300)]
+    positions = await asyncio.gather(
+        *(log.append(log.topics.events, f"oa-{n % 7}".encode(), v) for n, v in enumerate(values))
+    )
+    assert len({(p.partition, p.offset) for p in positions}) == len(values)
+    for value, position in zip(values, positions, strict=True):
+        tp = TopicPartition(position.topic, position.partition)
+        [record] = await log.read(tp, position.offset, 1)
+        assert (record.offset, record.value) == (position.offset, value)
+
+
+async def test_a_malformed_append_is_refused_and_the_log_goes_on(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=1)
+    with pytest.raises(TypeError, match="header"):
+        await log.append(log.topics.events, b"oa", b"v", (("kind", "not bytes"),))  # type: ignore[arg-type]
+    with pytest.raises(TypeError):
+        await log.append(log.topics.events, b"oa", "not bytes")  # type: ignore[arg-type]
+    position = await log.append(log.topics.events, b"oa", b"fine", timeout_s=30)
+    [record] = await log.read(TopicPartition(position.topic, 0), position.offset, 1)
+    assert record.value == b"fine"
+
+
+async def test_embedded_file_is_in_wal_mode(tmp_path: Path) -> None:
+    import sqlite3
+
+    log = EmbeddedLog(tmp_path / "wal.db", partitions=1)
+    await log.start()
+    await log.close()
+    with sqlite3.connect(tmp_path / "wal.db") as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)

@@ -106,7 +106,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_ids_given_as_numbers_stay_their_digits(tmp_path: Path) -> None:
-    text = '[[apps]]\napp_id = 2074138120372622546\nsecrets = ["s"]\n'
+    text = '[[apps]]\napp_id = 2074138120372622546\nsecrets = ["secret-8"]\n'
     [app] = load_settings(write(tmp_path, text)).apps
     assert app.app_id == "2074138120372622546"
 
@@ -129,9 +129,12 @@ def test_ids_given_as_numbers_stay_their_digits(tmp_path: Path) -> None:
             "api.tokens.0.scopes.0",
         ),
         (
-            '[[apps]]\napp_id = "1"\nsecrets = ["a"]\n[[apps]]\napp_id = "1"\nsecrets = ["b"]\n',
+            '[[apps]]\napp_id = "1"\nsecrets = ["secret-a"]\n'
+            '[[apps]]\napp_id = "1"\nsecrets = ["secret-b"]\n',
             "apps",
         ),
+        ('[[apps]]\napp_id = "1"\nsecrets = [""]\n', "apps.0.secrets"),
+        ("[receiver]\nread_timeout_s = 1.0\n", "receiver"),
         ("[log\n", "config"),
     ],
 )

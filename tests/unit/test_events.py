@@ -112,7 +112,8 @@ def test_a_malformed_known_event_is_a_validation_error() -> None:
     [
         ({"oa_id": "1"}, "1"),
         ({"oaId": "2"}, "2"),
-        ({"sender": {"id": "3"}}, "3"),
+        ({"event_name": "user_received_message", "sender": {"id": "3"}}, "3"),
+        ({"event_name": "user_send_text", "sender": {"id": "a-user"}}, None),
         ({"oa_id": 4}, "4"),
         ({"oa_id": "", "oaId": "5"}, "5"),
         ({"sender": "not an object"}, None),
