@@ -56,13 +56,9 @@ def _from_kafka(tp: KafkaTopicPartition) -> TopicPartition:
 # Large enough for many webhooks (at most 256 KiB each), within Kafka's default request size.
 _MAX_BATCH_BYTES = 1_000_000
 
-_STOP = object()
-
 
 @dataclass(slots=True)
 class _Append:
-    topic: str
-    partition: int
     key: bytes | None
     value: bytes
     headers: Headers
@@ -127,9 +123,9 @@ class KafkaLog(EventLog):
         self._producer: AIOKafkaProducer[bytes, bytes] | None = None
         self._reader: AIOKafkaConsumer[bytes, bytes] | None = None
         self._reader_lock = asyncio.Lock()
-        self._queue: asyncio.Queue[_Append | object] = asyncio.Queue()
-        self._batcher: asyncio.Task[None] | None = None
-        self._tails: dict[tuple[str, int], asyncio.Task[None]] = {}
+        # Records waiting for their partition's sender, and the sender tasks.
+        self._pending: dict[tuple[str, int], list[_Append]] = {}
+        self._senders: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._deadlines = Deadlines()
         self._state = "new"
 
@@ -157,7 +153,6 @@ class KafkaLog(EventLog):
             )
             await producer.start()
             self._producer = producer
-            self._batcher = asyncio.create_task(self._batch_loop(producer), name="kafka-batcher")
             self._deadlines.start()
             # A group-less consumer for end offsets and plain reads by tools.
             reader: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
@@ -186,13 +181,9 @@ class KafkaLog(EventLog):
             return
         self._state = "closed"
         try:
-            if self._batcher is not None:
-                # Everything queued before the stop marker is still submitted.
-                self._queue.put_nowait(_STOP)
-                await self._batcher
-                await asyncio.gather(*self._tails.values(), return_exceptions=True)
+            # Everything appended before the close is still submitted.
+            await asyncio.gather(*self._senders.values(), return_exceptions=True)
         finally:
-            self._batcher = None
             await self._release()
 
     async def _release(self) -> None:
@@ -272,41 +263,34 @@ class KafkaLog(EventLog):
             raise LogClosed("the kafka log is not open")
         check_record(key, value, headers)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(_Append(topic, self.partition_for(key), key, value, headers, done))
+        tp = (topic, self.partition_for(key))
+        self._pending.setdefault(tp, []).append(_Append(key, value, headers, done))
+        sender = self._senders.get(tp)
+        if sender is None or sender.done():
+            self._senders[tp] = asyncio.create_task(self._send_partition(tp))
         return await self._deadlines.wait(done, timeout_s)
 
-    async def _batch_loop(self, producer: AIOKafkaProducer[bytes, bytes]) -> None:
-        """Submit what was appended as one batch per partition, while earlier ones are in flight.
+    async def _send_partition(self, tp: tuple[str, int]) -> None:
+        """Send a partition's pending records, one batch at a time, until none are left.
 
         aiokafka's per-record `send` costs tens of microseconds of Python; a
         batch built here costs a fraction of that per record, and the producer
-        still assigns the idempotent sequence numbers. Each partition has its
-        own chain of submissions, so that one slow partition (a leader moving)
+        still assigns the idempotent sequence numbers. While a batch waits for
+        the broker, new records of the partition gather into the next one. Each
+        partition has its own sender, so one slow partition (a leader moving)
         holds up only its own records, and records keep their order.
         """
-        stopping = False
-        while not stopping:
-            items = [await self._queue.get()]
-            while not self._queue.empty():
-                items.append(self._queue.get_nowait())
-            stopping = any(item is _STOP for item in items)
-            by_partition: dict[tuple[str, int], list[_Append]] = {}
-            for item in items:
-                if isinstance(item, _Append):
-                    by_partition.setdefault((item.topic, item.partition), []).append(item)
-            for tp, group in by_partition.items():
-                before = self._tails.get(tp)
-                self._tails[tp] = asyncio.create_task(self._submit(producer, tp, group, before))
+        producer = self._producer
+        while (items := self._pending.pop(tp, None)) and producer is not None:
+            try:
+                await self._submit(producer, tp, items)
+            except Exception as exc:  # the sender must outlive a bad batch
+                _log.exception("kafka batch failed", topic=tp[0], partition=tp[1])
+                _fail(items, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
 
     async def _submit(
-        self,
-        producer: AIOKafkaProducer[bytes, bytes],
-        tp: tuple[str, int],
-        items: list[_Append],
-        before: asyncio.Task[None] | None,
+        self, producer: AIOKafkaProducer[bytes, bytes], tp: tuple[str, int], items: list[_Append]
     ) -> None:
-        if before is not None:
-            await asyncio.wait([before])  # keeps the partition's order; its outcome is its own
         topic, partition = tp
         # A record whose caller gave up (the deadline passed) was never acknowledged:
         # Zalo sends it again, so it is not written late, ahead of fresher ones.
@@ -342,8 +326,6 @@ class KafkaLog(EventLog):
         producer = self._producer
         if self._state != "open" or producer is None:
             raise LogUnavailable("the kafka log is not open")
-        if self._batcher is None or self._batcher.done():
-            raise LogUnavailable("the kafka log's batcher has stopped")
         try:
             cluster = await asyncio.wait_for(producer.client.fetch_all_metadata(), timeout=2.0)
         except (TimeoutError, KafkaError) as exc:
