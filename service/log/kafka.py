@@ -299,12 +299,11 @@ class KafkaLog(EventLog):
             batch = producer.create_batch()
             taken: list[_Append] = []
             for item in items:
-                if (
-                    batch.append(
-                        key=item.key, value=item.value, timestamp=None, headers=list(item.headers)
-                    )
-                    is None
-                ):
+                headers = list(item.headers)
+                added = batch.append(
+                    key=item.key, value=item.value, timestamp=None, headers=headers
+                )
+                if added is None:  # the batch is full: the rest go in the next one
                     break
                 taken.append(item)
             if not taken:  # one record larger than a whole batch: it can never be written
