@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import sqlite3
 import sys
 from collections.abc import Sequence
 
@@ -96,7 +97,7 @@ def _serve(settings: Settings) -> int:
     except LogConfigError as exc:
         log.error("the event log disagrees with the settings", error=str(exc))
         return EXIT_INVALID_SETTINGS
-    except (LogError, OSError) as exc:
+    except (LogError, OSError, sqlite3.Error) as exc:
         log.error("could not start", error=str(exc))
         return EXIT_FAILED
     log.info("stopped")

@@ -559,6 +559,8 @@ class EmbeddedConsumer(LogConsumer):
         return self._assigned
 
     async def fetch(self, max_records: int = 500, timeout_s: float = 1.0) -> list[Record]:
+        if max_records < 1:
+            raise ValueError("max_records must be at least 1")
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
             if not self._started or self._log._state != "open":

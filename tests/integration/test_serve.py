@@ -147,3 +147,22 @@ async def test_kafka_partition_mismatch_refuses_to_start(
     )
     assert result.returncode == 2
     assert b"partitions" in result.stderr
+
+
+async def test_an_unusable_database_path_fails_cleanly(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a folder", encoding="utf-8")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service.cli", "serve"],
+        cwd=tmp_path,
+        env=_environment(
+            ZNS_GATE_SERVER__PORT=str(free_port()), ZNS_GATE_LOG__PATH="file/zns-gate.db"
+        ),
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 1
+    lines = [orjson.loads(line) for line in result.stderr.splitlines() if line.startswith(b"{")]
+    assert lines[-1]["event"] == "could not start"
+    assert b"Traceback" not in result.stderr
