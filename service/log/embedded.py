@@ -311,8 +311,9 @@ class EmbeddedLog(EventLog):
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
         item = _Append(topic, self.partition_for(key), key, value, tuple(headers), done)
         self._queue.put_nowait(item)
-        # A caller that stops waiting leaves the record queued: it is written
-        # all the same, and deduplicated downstream if Zalo sends it again.
+        # A record given up on while still queued is dropped (it was never
+        # acknowledged: Zalo sends it again); one already being written lands
+        # whole, and the duplicate is removed downstream.
         return await self._deadlines.wait(done, timeout_s)
 
     async def _write_loop(self) -> None:
