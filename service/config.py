@@ -33,7 +33,7 @@ from service.domain.events import id_as_string
 CONFIG_ENV = "ZNS_GATE_CONFIG"
 ENV_PREFIX = "ZNS_GATE_"
 
-RULE_SETS = ("zbs-2026", "zns-2024")
+# The names of service.domain.rules.RULE_SETS (a test keeps the two the same).
 RuleSetName = Literal["zbs-2026", "zns-2024"]
 
 

@@ -226,9 +226,6 @@ class UserClickResponseButton(ZaloEvent):
     message: QuickReplyMessage
 
 
-TemplateStatus = Literal["ENABLE", "PENDING_REVIEW", "REJECT", "DISABLE", "DELETE", "DRAFT"]
-
-
 class StatusChange(_Part):
     prev_status: str | None = None
     new_status: str

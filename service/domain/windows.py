@@ -11,7 +11,7 @@ never reads the clock: every function takes the moment it is about.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from datetime import UTC, date, datetime, time, timedelta
+from datetime import date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 HOUR_S = 3600
@@ -133,8 +133,3 @@ class DailyCounts(Buckets):
 
     def forget_before(self, day: date) -> None:
         self.prune(day.toordinal())
-
-
-def utc(moment: datetime) -> datetime:
-    """The same moment in UTC (for storage and comparisons that must ignore zones)."""
-    return moment.astimezone(UTC)

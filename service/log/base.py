@@ -113,6 +113,20 @@ def check_record(key: bytes | None, value: bytes, headers: Headers) -> None:
             raise TypeError(f"header {name!r}: names are str and values bytes")
 
 
+class Waiting(Protocol):
+    """An append a backend holds until it is written: its caller waits on `done`."""
+
+    @property
+    def done(self) -> asyncio.Future[Position]: ...
+
+
+def fail_waiting(items: Iterable[Waiting], error: Exception) -> None:
+    """Fail every append of `items` whose caller still waits (its deadline may have passed)."""
+    for item in items:
+        if not item.done.done():
+            item.done.set_exception(error)
+
+
 class LogError(Exception):
     """A failure of the log itself. `retriable` says whether trying again can help."""
 

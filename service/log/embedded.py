@@ -43,6 +43,7 @@ from service.log.base import (
     TopicPartition,
     Topics,
     check_record,
+    fail_waiting,
 )
 from service.logsetup import get_logger
 
@@ -106,12 +107,6 @@ def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
         if conn.in_transaction:
             conn.execute("ROLLBACK")
         raise
-
-
-def _fail(items: list[_Append], error: Exception) -> None:
-    for item in items:
-        if not item.done.done():
-            item.done.set_exception(error)
 
 
 @dataclass(slots=True)
@@ -331,7 +326,9 @@ class EmbeddedLog(EventLog):
                     await self._commit_batch(batch)
                 except Exception as exc:
                     _log.exception("embedded log batch failed", records=len(batch))
-                    _fail(batch, LogUnavailable(f"the embedded log could not write: {exc!r}"))
+                    fail_waiting(
+                        batch, LogUnavailable(f"the embedded log could not write: {exc!r}")
+                    )
 
     def _drain(self, first: object) -> Iterable[object]:
         yield first

@@ -37,6 +37,7 @@ from service.log.base import (
     TopicPartition,
     Topics,
     check_record,
+    fail_waiting,
 )
 from service.logsetup import get_logger
 
@@ -65,20 +66,14 @@ class _Append:
     done: asyncio.Future[Position]
 
 
-def _fail(items: list[_Append], error: Exception) -> None:
-    for item in items:
-        if not item.done.done():
-            item.done.set_exception(error)
-
-
 def _settle(items: list[_Append], delivered: asyncio.Future[Any]) -> None:
     """Give each record of a delivered batch its offset: the batch's base offset plus its index."""
     if delivered.cancelled():
-        _fail(items, LogUnavailable("the batch was cancelled"))
+        fail_waiting(items, LogUnavailable("the batch was cancelled"))
         return
     error = delivered.exception()
     if error is not None:
-        _fail(items, LogUnavailable(f"kafka did not accept the records: {error}"))
+        fail_waiting(items, LogUnavailable(f"kafka did not accept the records: {error}"))
         return
     metadata = delivered.result()
     for index, item in enumerate(items):
@@ -286,7 +281,7 @@ class KafkaLog(EventLog):
                 await self._submit(producer, tp, items)
             except Exception as exc:  # the sender must outlive a bad batch
                 _log.exception("kafka batch failed", topic=tp[0], partition=tp[1])
-                _fail(items, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
+                fail_waiting(items, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
 
     async def _submit(
         self, producer: AIOKafkaProducer[bytes, bytes], tp: tuple[str, int], items: list[_Append]
@@ -307,7 +302,7 @@ class KafkaLog(EventLog):
                     break
                 taken.append(item)
             if not taken:  # one record larger than a whole batch: it can never be written
-                _fail(
+                fail_waiting(
                     items[:1],
                     LogConfigError(f"a record of {len(items[0].value)} bytes is too large"),
                 )
@@ -317,7 +312,7 @@ class KafkaLog(EventLog):
             try:
                 delivered = await producer.send_batch(batch, topic, partition=partition)
             except Exception as exc:
-                _fail(taken, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
+                fail_waiting(taken, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
                 continue
             delivered.add_done_callback(functools.partial(_settle, taken))
 

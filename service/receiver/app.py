@@ -11,6 +11,7 @@ never logged. Duplicates are answered 200 and removed downstream.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -33,23 +34,16 @@ _log = get_logger("receiver")
 _DEBUG = logging.getLogger("receiver")  # the standard library logger behind _log, for its level
 
 
-_accepted: dict[str, Counter] = {}
-_publish: dict[str, Histogram] = {}
+# labels() takes a lock and builds a tuple on every call: keep the children. Event names
+# reach these only after the signature is verified, so they are a small set.
+@functools.cache
+def _accepted(event_name: str) -> Counter:
+    return WEBHOOKS.labels(outcome="accepted", event_name=event_name)
 
 
+@functools.cache
 def _publish_seconds(backend: str) -> Histogram:
-    histogram = _publish.get(backend)
-    if histogram is None:
-        histogram = _publish[backend] = PUBLISH_SECONDS.labels(backend=backend)
-    return histogram
-
-
-def _count_accepted(event_name: str) -> None:
-    # labels() costs a lock and a tuple per call; verified event names are a small set.
-    counter = _accepted.get(event_name)
-    if counter is None:
-        counter = _accepted[event_name] = WEBHOOKS.labels(outcome="accepted", event_name=event_name)
-    counter.inc()
+    return PUBLISH_SECONDS.labels(backend=backend)
 
 
 def _refuse(
@@ -156,7 +150,7 @@ async def receive_webhook(request: web.Request) -> web.Response:
             {"Retry-After": str(limits.retry_after_s)},
         )
     _publish_seconds(log.backend).observe(time.perf_counter() - started)
-    _count_accepted(event_name)
+    _accepted(event_name).inc()
     if _DEBUG.isEnabledFor(logging.DEBUG):  # every webhook passes here: skip the work when off
         _log.debug(
             "webhook accepted",

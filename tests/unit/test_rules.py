@@ -81,3 +81,11 @@ def test_a_malformed_rule_set_is_refused() -> None:
         RuleSet("bad", (1_000, None, 5_000), 1_000, None, None, 4)
     with pytest.raises(ValueError, match="start quota"):
         RuleSet("bad", (1_000, 5_000), 2_000, None, None, 4)
+
+
+def test_the_settings_name_exactly_these_rule_sets() -> None:
+    from typing import get_args
+
+    from service.config import RuleSetName
+
+    assert set(get_args(RuleSetName)) == set(RULE_SETS)
