@@ -95,9 +95,25 @@ class Buckets:
 
 
 class HourlyCounts(Buckets):
-    """Counts in one-hour buckets, for the rolling windows (48 h, 7 days)."""
+    """Counts in one-hour buckets, for the rolling windows (48 h, 7 days).
 
-    __slots__ = ()
+    A window's total is asked for after nearly every record, so the total of
+    each span is kept beside the buckets for the hour it was computed in and
+    moved along by `add_at`; it is summed again only when the hour changes.
+    """
+
+    __slots__ = ("_totals",)
+
+    def __init__(self, counts: Mapping[int, int] | None = None) -> None:
+        super().__init__(counts)
+        self._totals: dict[int, tuple[int, int]] = {}
+        """span in hours -> (the last hour of the window, its total)."""
+
+    def add(self, key: int, amount: int = 1) -> None:
+        super().add(key, amount)
+        for span, (last, total) in self._totals.items():
+            if last - span < key <= last:
+                self._totals[span] = (last, total + amount)
 
     def add_at(self, moment: datetime, amount: int = 1) -> None:
         self.add(hour_index(moment), amount)
@@ -106,7 +122,17 @@ class HourlyCounts(Buckets):
         """The count of the `span` up to `now`, to the hour: the current hour's bucket and
         the buckets before it, `span` hours in all."""
         last = hour_index(now)
-        return self.total(last - int(span.total_seconds()) // HOUR_S + 1, last)
+        hours = int(span.total_seconds()) // HOUR_S
+        cached = self._totals.get(hours)
+        if cached is not None and cached[0] == last:
+            return cached[1]
+        total = self.total(last - hours + 1, last)
+        self._totals[hours] = (last, total)
+        return total
+
+    def prune(self, before: int) -> None:
+        super().prune(before)
+        self._totals.clear()
 
     def forget_before(self, moment: datetime) -> None:
         self.prune(hour_index(moment))

@@ -1,0 +1,756 @@
+"""The fold: how each record of `zns.events` changes the state of its OA (DESIGN.md 3 and 4).
+
+`read_item` turns a record (kind, key, value, headers) into an `Item`, or
+raises `Unprocessable` with the reason the processor puts in `zns.dlq`.
+`fold(state, item, now, policy)` applies it and returns the changes that
+become decision records. The fold is deterministic: given the same state,
+item and `now` it makes the same changes, which is what makes a replay equal
+to live processing. It changes `state` in place (copying a large OA per record
+would cost more than the rest of the work) and does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from pydantic import ValidationError
+
+from service.domain.events import (
+    ChangeOaDailyQuota,
+    ChangeTemplateQuality,
+    ChangeTemplateStatus,
+    MalformedBody,
+    UserClickResponseButton,
+    UserFeedback,
+    UserReceivedMessage,
+    ZaloEvent,
+    as_datetime,
+    dedup_key,
+    find_oa_id,
+    parse_body,
+    parse_event,
+)
+from service.domain.records import (
+    AdmissionRecord,
+    CommandRecord,
+    SendRecord,
+    SyncRecord,
+    recipient_hash,
+)
+from service.domain.rules import Quota
+from service.domain.scoring import Level
+from service.domain.state import (
+    MESSAGE_DAYS,
+    RECIPIENT_DAYS,
+    WINDOW_7D,
+    Change,
+    Grant,
+    Message,
+    OAState,
+    Policy,
+    Template,
+)
+from service.domain.windows import DailyCounts, day_start, month_index
+
+FUTURE_SLACK = timedelta(minutes=5)
+"""An event time further ahead of `now` than this is taken as `now`."""
+
+NEGATIVE_SEND_ERRORS = frozenset({-141, -139})
+"""Send errors that mean the user refused or blocked the OA: negative signals."""
+
+Body = ZaloEvent | SendRecord | AdmissionRecord | SyncRecord | CommandRecord
+
+
+class Unprocessable(ValueError):
+    """A record the fold cannot apply; `reason` is the code `zns.dlq` records."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """One record of `zns.events`, parsed."""
+
+    kind: str
+    oa_id: str
+    body: Body
+    at: datetime
+    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`."""
+    dedup_key: str | None = None
+
+
+_RECORD_MODELS: dict[str, type[SendRecord | AdmissionRecord | SyncRecord | CommandRecord]] = {
+    "send": SendRecord,
+    "admission": AdmissionRecord,
+    "sync": SyncRecord,
+    "command": CommandRecord,
+}
+
+
+def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[str, str]) -> Item:
+    """The record as an `Item`. Raises `Unprocessable` (`unknown_kind`, `no_oa_id`,
+    `malformed_record`)."""
+    try:
+        if kind == "webhook":
+            return _read_webhook(value, headers)
+        model = _RECORD_MODELS.get(kind or "")
+        if model is None:
+            raise Unprocessable("unknown_kind", f"no record kind {kind!r}")
+        record = model.model_validate_json(value)
+    except (ValidationError, MalformedBody, ValueError) as exc:
+        if isinstance(exc, Unprocessable):
+            raise
+        raise Unprocessable("malformed_record", _short(exc)) from exc
+    if key is not None and key.decode(errors="replace") != record.oa_id:
+        raise Unprocessable("malformed_record", "the record's key is not its oa_id")
+    return Item(kind or "", record.oa_id, record, as_datetime(_record_time(record)))
+
+
+def _record_time(record: SendRecord | AdmissionRecord | SyncRecord | CommandRecord) -> str:
+    if isinstance(record, SendRecord):
+        return record.send.sent_time
+    if isinstance(record, SyncRecord):
+        return record.as_of
+    return record.at
+
+
+def _read_webhook(value: bytes, headers: dict[str, str]) -> Item:
+    body = parse_body(value)
+    oa_id = find_oa_id(body)
+    if oa_id is None:
+        raise Unprocessable("no_oa_id", "the event names no OA")
+    event = parse_event(body, headers.get("server"))
+    if isinstance(event, UserReceivedMessage):
+        at = event.message.delivered_at
+    elif isinstance(event, UserFeedback | UserClickResponseButton):
+        at = event.message.submitted_at
+    else:
+        at = event.emitted_at
+    return Item("webhook", oa_id, event, at, headers.get("dedup_key") or dedup_key(body, value))
+
+
+def _short(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        first = exc.errors()[0]
+        return f"{'.'.join(str(p) for p in first['loc'])}: {first['msg']}"
+    return str(exc)[:300]
+
+
+def fold(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Change]:
+    """Apply `item` to `state` at `now`; the changes it made, in order."""
+    return _Fold(state, policy, now).apply(item)
+
+
+def advance(state: OAState, now: datetime, policy: Policy) -> list[Change]:
+    """Bring `state` to `now` without a record: the day changes, grant expiries and pause
+    ends that became due (a query of an idle OA uses it)."""
+    run = _Fold(state, policy, now)
+    run.advance()
+    return run.changes
+
+
+class _Fold:
+    """One application of one record; `changes` collects what it changed."""
+
+    def __init__(self, state: OAState, policy: Policy, now: datetime) -> None:
+        self.state = state
+        self.policy = policy
+        self.thresholds = policy.thresholds
+        self.now = now
+        self.changes: list[Change] = []
+
+    def apply(self, item: Item) -> list[Change]:
+        self.advance()
+        state = self.state
+        at = item.at if item.at <= self.now + FUTURE_SLACK else self.now
+        if item.dedup_key is not None:
+            if item.dedup_key in state.dedup:
+                return self.changes
+            state.dedup[item.dedup_key] = _ms(at)
+        body = item.body
+        if isinstance(body, SendRecord):
+            self.send(body, at)
+        elif isinstance(body, AdmissionRecord):
+            self.admission(body, at)
+        elif isinstance(body, SyncRecord):
+            self.sync(body, at)
+        elif isinstance(body, CommandRecord):
+            self.command(body, at)
+        else:
+            self.webhook(body, at)
+        self.check_oa_levels()
+        return self.changes
+
+    def change(self, kind: str, rule: str, before: Any, after: Any, at: datetime,
+               template_id: str | None = None, **inputs: Any) -> None:
+        self.changes.append(Change(kind, rule, before, after, at, inputs, template_id))
+
+    # --- time ---------------------------------------------------------------------------
+
+    def advance(self) -> None:
+        state = self.state
+        day = self.policy.day(self.now)
+        if state.today is None:
+            state.today = day
+            state.day_start_quota = state.daily_quota
+        while state.today < day:
+            state.today += 1
+            self.day_change(state.today)
+        self.expire_grants()
+        self.end_pauses()
+
+    def day_change(self, day: int) -> None:
+        """00:00 of `day`: the tier evaluation if due, then what resets with the day."""
+        stamp = day_start(date.fromordinal(day), self.policy.zone)
+        self.evaluate_tier(day, stamp)
+        state = self.state
+        state.day_start_quota = state.daily_quota
+        self.prune(day, stamp)
+
+    def evaluate_tier(self, day: int, stamp: datetime) -> None:
+        state, t = self.state, self.thresholds
+        if state.first_send_day is None or day < state.first_send_day + t.first_evaluation_days:
+            return
+        if state.tier_changed_day is not None and day < state.tier_changed_day + t.wait_days:
+            return
+        moment = stamp - timedelta(milliseconds=1)  # the 7 days before midnight
+        zalo = state.zalo_levels(moment, t)
+        basis, level = ("zalo", zalo[1]) if zalo is not None else (
+            "proxy", state.proxy_levels(moment, t)[1])
+        sent_ok = state.sent_ok.total(day - 7, day - 1)
+        quota = state.daily_quota
+        rules = state.rule_set()
+        if level is Level.HIGH and quota is not None and sent_ok >= t.upgrade_volume_factor * quota:
+            new, rule = rules.step_up(quota), "evaluation_up"
+        elif level is Level.LOW:
+            new, rule = rules.step_down(quota), "evaluation_down"
+        else:
+            return
+        if new == quota:
+            return
+        state.daily_quota = new
+        state.tier_changed_day = day
+        self.change("tier", rule, quota, new, stamp, level_7d=level.value, basis=basis,
+                    sent_ok_7d=sent_ok, delivered_7d=state.delivered.within(moment, WINDOW_7D),
+                    negatives_7d=state.negatives.within(moment, WINDOW_7D),
+                    window_start=_iso(stamp - WINDOW_7D), window_end=_iso(stamp),
+                    upgrade_needs=None if quota is None else t.upgrade_volume_factor * quota)
+
+    def prune(self, day: int, stamp: datetime) -> None:
+        state = self.state
+        oldest_hour = stamp - timedelta(days=MESSAGE_DAYS)
+        oldest_day = date.fromordinal(day - MESSAGE_DAYS)
+        for hourly in (state.delivered, state.negatives, state.positives):
+            hourly.forget_before(oldest_hour)
+        for daily in (state.negatives_by_day, state.sent_ok, state.consumed,
+                      *state.granted.values()):
+            daily.forget_before(oldest_day)
+        month = month_index(date.fromordinal(day))
+        state.tag12_ok_month.prune(month - 2)
+        state.promo_used_month.prune(month - 1)
+        for template in state.templates.values():
+            template.delivered.forget_before(oldest_hour)
+            template.negatives.forget_before(oldest_hour)
+            template.sent_ok.forget_before(oldest_day)
+        state.messages = {k: m for k, m in state.messages.items() if m.day > day - MESSAGE_DAYS}
+        state.grants = {k: g for k, g in state.grants.items() if g.day > day - MESSAGE_DAYS}
+        state.recipients = {k: r for k, r in state.recipients.items()
+                            if r.last_seen_day > day - RECIPIENT_DAYS}
+        cutoff = _ms(stamp - self.policy.dedup_ttl)
+        state.dedup = {k: t for k, t in state.dedup.items() if t >= cutoff}
+        state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
+
+    def expire_grants(self) -> None:
+        """Granted units no send has reported within `grant_ttl` go back."""
+        cutoff = _ms(self.now - self.thresholds.grant_ttl)
+        for grant in self.state.grants.values():
+            if grant.at_ms <= cutoff and grant.open > 0:
+                self.give_back(grant, grant.open)
+
+    def give_back(self, grant: Grant, units: int) -> None:
+        state = self.state
+        grant.returned += units
+        state.consumed.add(grant.day, -units)
+        state.granted[str(grant.tag)].add(grant.day, -units)
+        if grant.tag == 3:
+            state.promo_used_month.add(month_index(date.fromordinal(grant.day)), -units)
+
+    def end_pauses(self) -> None:
+        now_ms = _ms(self.now)
+        for template in self.state.templates.values():
+            end = template.paused_until
+            if end is None or end > now_ms:
+                continue
+            template.paused_until = None
+            ended = _at(end)
+            self.change("pause", "pause_ended", "paused", "sendable", ended, template.template_id)
+            level = template.proxy_level(ended, self.thresholds)
+            if level is Level.LOW:
+                self.pause(template, ended)
+
+    # --- quota and tier -----------------------------------------------------------------
+
+    def first_send(self, day: int) -> None:
+        if self.state.first_send_day is None:
+            self.state.first_send_day = day
+
+    def consume(self, day: int, units: int) -> None:
+        self.state.consumed.add(day, units)
+
+    def set_quota(self, value: Quota, at: datetime, rule: str) -> None:
+        """Zalo's own daily quota: the latest event time wins."""
+        state = self.state
+        at_ms = _ms(at)
+        if at_ms < state.quota_at:
+            return
+        state.quota_at = at_ms
+        before = state.daily_quota
+        if value == before:
+            return
+        state.daily_quota = value
+        day = self.policy.day(at)
+        state.tier_changed_day = day
+        lowered = before is None or (value is not None and value < before)
+        if lowered and day == state.today:
+            state.penalty_day = day  # Zalo lowered it today: that is the day's penalty
+        self.change("tier", rule, before, value, at)
+
+    def set_remaining(self, value: int, at: datetime) -> None:
+        state = self.state
+        at_ms = _ms(at)
+        if at_ms < state.zalo_remaining_at:
+            return
+        day = self.policy.day(at)
+        state.zalo_remaining_at = at_ms
+        state.zalo_remaining = value
+        state.zalo_remaining_day = day
+        state.zalo_remaining_base = state.consumed.get(day)
+
+    def negative(self, message: Message | None, template: Template | None, at: datetime,
+                 cause: str) -> None:
+        """A negative signal at `at`; counted once per message, and as delivered if it was not."""
+        state = self.state
+        if message is not None:
+            if message.negative:
+                return
+            message.negative = True
+        if message is None or not message.delivered:
+            if message is not None:
+                message.delivered = True
+            state.delivered.add_at(at)
+            if template is not None:
+                template.delivered.add_at(at)
+        state.negatives.add_at(at)
+        day = self.policy.day(at)
+        state.negatives_by_day.add(day)
+        if template is not None:
+            template.negatives.add_at(at)
+            self.check_template(template, at)
+        if day == state.today:
+            self.check_penalty(at, cause)
+
+    def check_penalty(self, at: datetime, cause: str) -> None:
+        state = self.state
+        threshold = state.penalty_threshold(self.policy)
+        if threshold is None or state.penalty_day == state.today or state.today is None:
+            return
+        negatives = state.negatives_by_day.get(state.today)
+        if negatives <= threshold:
+            return
+        state.penalty_day = state.today
+        before = state.daily_quota
+        after = state.rule_set().step_down(before)
+        if after == before:
+            return
+        state.daily_quota = after
+        state.tier_changed_day = state.today
+        self.change("penalty", "penalty", before, after, at, negatives_today=negatives,
+                    threshold=threshold, day_start_quota=state.day_start_quota,
+                    penalty_rate=self.thresholds.penalty_rate, last_signal=cause)
+
+    def check_oa_levels(self) -> None:
+        state = self.state
+        levels = state.proxy_levels(self.now, self.thresholds)
+        for window, level in zip(("48h", "7d"), levels, strict=True):
+            attr = f"proxy_{window}"
+            before = getattr(state, attr)
+            if before != level.value:
+                setattr(state, attr, level.value)
+                span = timedelta(hours=48) if window == "48h" else WINDOW_7D
+                self.change("quality", f"proxy_{window}", before, level.value, self.now,
+                            delivered=state.delivered.within(self.now, span),
+                            negatives=state.negatives.within(self.now, span),
+                            z=self.thresholds.quality_z,
+                            rate_standard=self.thresholds.rate_standard,
+                            rate_limit=self.thresholds.rate_limit)
+
+    # --- templates ----------------------------------------------------------------------
+
+    def check_template(self, template: Template, at: datetime) -> None:
+        """Its proxy level after its counts changed; a turn to LOW pauses it (DESIGN.md 4.5)."""
+        level = template.proxy_level(self.now, self.thresholds)
+        before = template.proxy_7d
+        if level.value == before:
+            return
+        template.proxy_7d = level.value
+        self.change("quality", "template_proxy_7d", before, level.value, at,
+                    template.template_id,
+                    delivered=template.delivered.within(self.now, WINDOW_7D),
+                    negatives=template.negatives.within(self.now, WINDOW_7D))
+        if level is Level.LOW and not template.paused(_ms(at)):
+            self.pause(template, at)
+
+    def pause(self, template: Template, at: datetime) -> None:
+        ladder = self.thresholds.pause_ladder
+        start = _ms(at)
+        recent = [p for p in template.pauses if p > start - ladder.lookback.total_seconds() * 1000]
+        length = ladder.next_pause(len(recent))
+        template.pauses = [*recent, start]
+        if length is None:
+            template.gate_disabled = True
+            self.change("pause", "template_disabled", "sendable", "disabled", at,
+                        template.template_id, pauses_in_lookback=len(recent))
+        else:
+            template.paused_until = start + int(length.total_seconds() * 1000)
+            self.change("pause", "template_paused", "sendable", "paused", at,
+                        template.template_id, pause_s=int(length.total_seconds()),
+                        until=_iso(_at(template.paused_until)), pauses_in_lookback=len(recent))
+
+    def template_of(self, template_id: str | None) -> Template | None:
+        return None if template_id is None else self.state.template(template_id)
+
+    # --- the records --------------------------------------------------------------------
+
+    def webhook(self, event: ZaloEvent, at: datetime) -> None:
+        if isinstance(event, UserReceivedMessage):
+            self.receipt(event, at)
+        elif isinstance(event, UserFeedback):
+            self.feedback(event, at)
+        elif isinstance(event, UserClickResponseButton):
+            self.quick_reply(event, at)
+        elif isinstance(event, ChangeTemplateStatus):
+            template = self.state.template(event.template_id)
+            if _ms(at) >= template.status_at:
+                before = template.status
+                template.status, template.status_at = event.status.new_status, _ms(at)
+                if event.status.new_status == "ENABLE":
+                    template.zalo_disabled = False
+                if before != template.status:
+                    self.change("template", "zalo_change_template_status", before,
+                                template.status, at, template.template_id, reason=event.reason)
+        elif isinstance(event, ChangeTemplateQuality):
+            self.template_quality(self.state.template(event.template_id), event.quality, at,
+                                  "zalo_change_template_quality")
+        elif isinstance(event, ChangeOaDailyQuota):
+            self.set_quota(event.quota.new_value, at, "zalo_change_oa_daily_quota")
+        # Other events (tags, journeys, chat) change nothing zns-gate models.
+
+    def template_quality(self, template: Template, quality: str, at: datetime, rule: str) -> None:
+        if _ms(at) < template.zalo_quality_at:
+            return
+        before = template.zalo_quality
+        template.zalo_quality, template.zalo_quality_at = quality, _ms(at)
+        if quality != "LOW":
+            template.zalo_disabled = False
+        if before != quality:
+            self.change("template", rule, before, quality, at, template.template_id)
+
+    def receipt(self, event: UserReceivedMessage, at: datetime) -> None:
+        state = self.state
+        day = self.policy.day(at)
+        msg_id = event.message.msg_id
+        message = state.messages.get(msg_id)
+        if message is not None and message.delivered:
+            return
+        self.first_send(day)
+        if message is None:
+            message = state.messages[msg_id] = Message(day, recipient=_hash(event.recipient.id))
+        if not message.sent_ok and not message.sent:
+            self.settle_unsent(message, day)
+        message.delivered = True
+        state.delivered.add_at(at)
+        template = self.template_of(message.template_id)
+        if template is not None:
+            template.delivered.add_at(at)
+        if not message.sent_ok:
+            message.sent_ok = True
+            self.count_sent_ok(day, template, message.tag, message.recipient)
+        if template is not None:
+            self.check_template(template, at)
+
+    def settle_unsent(self, message: Message, day: int) -> None:
+        """A receipt with no send record: it settles one open unit of that day's grants,
+        or, with none open, consumes a unit itself (DESIGN.md 3)."""
+        for admission_id, grant in self.state.grants.items():
+            if grant.day == day and grant.open > 0:
+                grant.settled += 1
+                message.settled = admission_id
+                message.template_id = message.template_id or grant.template_id
+                message.tag = message.tag or grant.tag
+                return
+        self.consume(day, 1)
+        message.consumed = True
+
+    def count_sent_ok(self, day: int, template: Template | None, tag: int | None,
+                      recipient: str | None) -> None:
+        state = self.state
+        state.sent_ok.add(day)
+        if template is not None:
+            template.sent_ok.add(day)
+        if tag in (1, 2):
+            state.tag12_ok_month.add(month_index(date.fromordinal(day)))
+            if recipient is not None:
+                person = state.recipient(recipient, day)
+                person.last_tag12_day = max(person.last_tag12_day or day, day)
+                person.not_eligible = False
+
+    def feedback(self, event: UserFeedback, at: datetime) -> None:
+        message = self.message_for(event.message.msg_id, at)
+        if message.rated:
+            return
+        message.rated = True
+        rate = event.message.rate
+        if rate <= self.thresholds.negative_rating_max:
+            self.negative(message, self.template_of(message.template_id), at, "rating")
+        elif rate >= self.thresholds.positive_rating_min:
+            self.state.positives.add_at(at)
+
+    def quick_reply(self, event: UserClickResponseButton, at: datetime) -> None:
+        message = self.message_for(event.msg_id, at)
+        if message.template_id is None:
+            return  # the answer cannot be judged without its template
+        negative_labels = self.policy.negative_replies.get(message.template_id, frozenset())
+        if event.message.data in negative_labels:
+            self.negative(message, self.template_of(message.template_id), at, "quick_reply")
+
+    def message_for(self, msg_id: str, at: datetime) -> Message:
+        message = self.state.messages.get(msg_id)
+        if message is None:
+            message = self.state.messages[msg_id] = Message(self.policy.day(at))
+        return message
+
+    def admission(self, record: AdmissionRecord, at: datetime) -> None:
+        state = self.state
+        state.idempotency[record.idempotency_key] = [
+            _ms(at), record.request_hash, record.answer.model_dump(mode="json")]
+        granted = record.answer.granted
+        if granted == 0 or record.admission_id in state.grants:
+            return
+        day = self.policy.day(at)
+        self.first_send(day)
+        state.grants[record.admission_id] = Grant(day, record.tag, record.template_id, granted,
+                                                  _ms(at))
+        self.consume(day, granted)
+        state.granted.setdefault(str(record.tag), DailyCounts()).add(day, granted)
+        template = state.template(record.template_id)
+        if template.tag is None:
+            template.tag = record.tag
+        if record.tag == 3:
+            self.promotion_used(day, granted, record.granted_recipients)
+
+    def promotion_used(self, day: int, units: int, recipients: list[str]) -> None:
+        state = self.state
+        month = month_index(date.fromordinal(day))
+        state.promo_used_month.add(month, units)
+        if state.first_tag3_month is None or month < state.first_tag3_month:
+            state.first_tag3_month = month
+        for key in recipients:
+            person = state.recipient(key, day)
+            if person.promo_day != day:
+                person.promo_day, person.promo_day_count = day, 0
+            if person.promo_month != month:
+                person.promo_month, person.promo_month_count = month, 0
+            person.promo_day_count += 1
+            person.promo_month_count += 1
+
+    def send(self, record: SendRecord, at: datetime) -> None:
+        state, outcome = self.state, record.send
+        tracking_key = "send:" + outcome.tracking_id
+        if tracking_key in state.dedup:
+            return
+        state.dedup[tracking_key] = _ms(at)
+        message = state.messages.get(outcome.msg_id) if outcome.msg_id else None
+        if message is not None and message.sent:
+            return  # the same message reported under another tracking id
+        day = self.policy.day(at)
+        template = state.template(outcome.template_id)
+        if outcome.tag is not None and template.tag is None:
+            template.tag = outcome.tag
+        tag = outcome.tag or template.tag
+        grant = state.grants.get(outcome.admission_id) if outcome.admission_id else None
+        if outcome.error == 0:
+            self.sent(outcome.msg_id, message, grant, outcome.admission_id, day, template, tag,
+                      outcome.recipient, at)
+        else:
+            self.send_failed(outcome.error, grant, day, template, tag, outcome.recipient, at)
+        if outcome.quota is not None:
+            if "dailyQuota" in outcome.quota.model_fields_set:
+                self.set_quota(outcome.quota.dailyQuota, at, "zalo_send_quota")
+            if outcome.quota.remainingQuota is not None:
+                self.set_remaining(outcome.quota.remainingQuota, at)
+
+    def sent(self, msg_id: str | None, message: Message | None, grant: Grant | None,
+             admission_id: str | None, day: int, template: Template, tag: int | None,
+             recipient: str | None, at: datetime) -> None:
+        state = self.state
+        self.first_send(day)
+        if message is None and msg_id is not None:
+            message = state.messages[msg_id] = Message(day)
+        if message is not None:
+            message.sent = True
+            message.template_id = template.template_id
+            message.tag = tag
+            message.recipient = message.recipient or recipient
+        if grant is not None and admission_id is not None:
+            self.settle_with_grant(message, grant, admission_id, day)
+        elif message is None or not (message.settled or message.consumed):
+            self.consume(day, 1)
+            if message is not None:
+                message.consumed = True
+            if tag == 3:
+                self.promotion_used(day, 1, [recipient] if recipient else [])
+        if message is None or not message.sent_ok:
+            if message is not None:
+                message.sent_ok = True
+            self.count_sent_ok(day, template, tag, recipient)
+        if recipient is not None:
+            state.recipient(recipient, day).opted_out = False
+        if state.suspended:
+            state.suspended = False
+            self.change("suspension", "successful_send", True, False, at,
+                        reason=state.suspended_reason)
+            state.suspended_reason = None
+
+    def settle_with_grant(self, message: Message | None, grant: Grant, admission_id: str,
+                          day: int) -> None:
+        """A send that names its admission uses that grant and consumes nothing more."""
+        if message is not None and message.settled == admission_id:
+            return
+        if message is not None and message.settled is not None:
+            earlier = self.state.grants.get(message.settled)
+            if earlier is not None:
+                earlier.settled -= 1  # the receipt guessed another grant; move the unit
+        elif message is not None and message.consumed:
+            self.consume(message.day, -1)  # the receipt had consumed a unit for it
+            message.consumed = False
+        if grant.open > 0:
+            grant.settled += 1
+        else:
+            self.consume(day, 1)  # the grant was used up or returned: this send is extra
+            if message is not None:
+                message.consumed = True
+                message.settled = None
+                return
+        if message is not None:
+            message.settled = admission_id
+
+    def send_failed(self, error: int, grant: Grant | None, day: int, template: Template,
+                    tag: int | None, recipient: str | None, at: datetime) -> None:
+        state = self.state
+        if grant is not None and grant.open > 0:
+            if error == -144:
+                grant.settled += 1  # the unit stays used: Zalo says nothing remains
+            else:
+                self.give_back(grant, 1)
+        person = state.recipient(recipient, day) if recipient is not None else None
+        if error in NEGATIVE_SEND_ERRORS:
+            if person is not None:
+                person.opted_out = True
+            self.negative(None, template, at, f"send_error_{error}")
+        elif error == -144:
+            state.exhausted_day = day
+        elif error == -1441:
+            state.promo_exhausted_month = month_index(date.fromordinal(day))
+        elif error == -146:
+            if not template.zalo_disabled:
+                template.zalo_disabled = True
+                self.change("template", "send_error_-146", "enabled", "disabled", at,
+                            template.template_id)
+        elif error == -147:
+            template.exhausted_day = day
+        elif error == -145 and tag is not None:
+            state.tag_blocked[str(tag)] = day
+        elif error == -140 and person is not None:
+            person.not_eligible = True
+        elif error == -1471 and person is not None:
+            person.limit_month = month_index(date.fromordinal(day))
+        elif error == -1472 and person is not None:
+            person.limit_day = day
+        elif error == -133:
+            template.night_restricted = True
+        elif error in (-1351, -135) and not state.suspended:
+            state.suspended, state.suspended_reason = True, f"send_error_{error}"
+            self.change("suspension", f"send_error_{error}", False, True, at)
+
+    def sync(self, record: SyncRecord, at: datetime) -> None:
+        state = self.state
+        given = record.model_fields_set
+        if "daily_quota" in given:
+            self.set_quota(record.daily_quota, at, "sync")
+        if record.remaining_quota is not None:
+            self.set_remaining(record.remaining_quota, at)
+        if (record.quality_48h or record.quality_7d) and _ms(at) >= state.zalo_quality_at:
+            state.zalo_quality_48h = record.quality_48h or state.zalo_quality_48h
+            state.zalo_quality_7d = record.quality_7d or state.zalo_quality_7d
+            state.zalo_quality_at = _ms(at)
+        if record.allowed_tags is not None:
+            state.allowed_tags = sorted(set(record.allowed_tags))
+        state.tag_blocked.clear()
+        month = month_index(date.fromordinal(self.policy.day(at)))
+        if record.monthly_promotion_quota is not None or (
+                record.remaining_monthly_promotion_quota is not None):
+            state.zalo_promo_month = month
+            state.zalo_promo_quota = record.monthly_promotion_quota
+            state.zalo_promo_remaining = record.remaining_monthly_promotion_quota
+            state.zalo_promo_base = state.promo_used_month.get(month)
+        for item in record.templates:
+            template = state.template(item.template_id)
+            if item.tag is not None:
+                template.tag = item.tag
+            if item.status is not None and _ms(at) >= template.status_at:
+                before = template.status
+                template.status, template.status_at = item.status, _ms(at)
+                if before != item.status:
+                    self.change("template", "sync", before, item.status, at, item.template_id)
+            if item.quality is not None:
+                self.template_quality(template, item.quality, at, "sync")
+
+    def command(self, record: CommandRecord, at: datetime) -> None:
+        state = self.state
+        if record.action == "resume_oa":
+            if state.suspended:
+                state.suspended = False
+                self.change("suspension", "resume_oa", True, False, at,
+                            reason=state.suspended_reason)
+                state.suspended_reason = None
+        elif record.template_id is not None:
+            template = state.template(record.template_id)
+            if template.gate_disabled or template.paused_until is not None:
+                before = "disabled" if template.gate_disabled else "paused"
+                template.paused_until = None
+                template.gate_disabled = False
+                self.change("pause", "resume_template", before, "sendable", at,
+                            record.template_id)
+
+
+def _hash(recipient: str) -> str | None:
+    try:
+        return recipient_hash(recipient)
+    except ValueError:
+        return None
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _at(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.isoformat()

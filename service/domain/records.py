@@ -1,0 +1,201 @@
+"""zns-gate's own records in `zns.events` (kinds `send`, `admission`, `sync`, `command`), and
+what the processor writes to `zns.decisions` and `zns.dlq` (DESIGN.md section 3).
+
+The receiver writes Zalo's raw bodies (kind `webhook`); the API writes the
+records here. Every model is the JSON value of one record; `zns-gate schemas`
+turns them into the JSON Schemas in `schemas/topics/`. Recipients are stored
+as the sha256 of the normalised phone (`recipient_hash`), never as the phone.
+This module does no I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from service.domain.events import ZaloId, ZaloTime
+
+Tag = Literal[1, 2, 3]
+
+_HASHED = re.compile(r"^[0-9a-f]{64}$")
+
+
+def recipient_hash(recipient: str) -> str:
+    """The sha256 (hex) of a phone normalised to the `84...` form; a 64-hex value is
+    taken as already hashed (DESIGN.md 4). Raises ValueError for something that is
+    neither."""
+    value = recipient.strip().lower()
+    if _HASHED.match(value):
+        return value
+    digits = re.sub(r"[\s().+-]", "", value)
+    if not digits.isdigit() or not 8 <= len(digits) <= 15:
+        raise ValueError("a recipient is a phone number or the sha256 of one")
+    if digits.startswith("0"):
+        digits = "84" + digits[1:]
+    elif not digits.startswith("84"):
+        digits = "84" + digits
+    return hashlib.sha256(digits.encode()).hexdigest()
+
+
+RecipientHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+
+
+class ZaloQuota(BaseModel):
+    """The `quota` object of Zalo's answer to a send, as Zalo names its fields."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    dailyQuota: int | None = None
+    remainingQuota: int | None = None
+
+
+class SendOutcome(_Record):
+    """One send a sender made through Zalo, and what Zalo answered (kind `send`)."""
+
+    template_id: ZaloId
+    tag: Tag | None = None
+    """The template's tag, if the sender knows it."""
+    recipient: RecipientHash | None = None
+    """The recipient's hash (the API hashes a phone before it writes the record)."""
+    tracking_id: str = Field(min_length=1, max_length=200)
+    """The sender's own id of the send (Zalo requires one); duplicates are dropped by it."""
+    msg_id: ZaloId | None = None
+    """Zalo's message id, when the send succeeded."""
+    admission_id: str | None = Field(default=None, max_length=200)
+    """The admission whose grant this send used, if any."""
+    sent_time: ZaloTime
+    """Milliseconds since the epoch."""
+    error: int
+    """Zalo's error code; 0 means sent."""
+    quota: ZaloQuota | None = None
+
+
+class SendRecord(_Record):
+    """The value of a `send` record."""
+
+    oa_id: ZaloId
+    send: SendOutcome
+
+
+class Denial(_Record):
+    recipient: RecipientHash | None = None
+    count: int = Field(ge=1)
+    reason: str
+    zalo_error: int | None = None
+
+
+class AdmissionAnswer(_Record):
+    """The answer an admission request got (DESIGN.md 5), kept whole for idempotency."""
+
+    admission_id: str
+    granted: int = Field(ge=0)
+    denied: list[Denial] = Field(default_factory=list)
+    remaining: int | None
+    retry_after_s: int | None = None
+
+
+class AdmissionRecord(_Record):
+    """The value of an `admission` record: one decision, written before it is answered."""
+
+    oa_id: ZaloId
+    admission_id: str
+    idempotency_key: str
+    request_hash: str
+    """sha256 of the request body, to tell a repeat from a conflicting reuse of the key."""
+    template_id: ZaloId
+    tag: Tag
+    granted_recipients: list[RecipientHash] = Field(default_factory=list)
+    """The granted recipients in order; empty when the request named none."""
+    at: ZaloTime
+    """When the decision was made (milliseconds since the epoch)."""
+    answer: AdmissionAnswer
+
+
+class SyncTemplate(_Record):
+    template_id: ZaloId
+    status: str | None = None
+    quality: str | None = None
+    tag: Tag | None = None
+
+
+class SyncRecord(_Record):
+    """The value of a `sync` record: values read from Zalo's own API, as of `as_of`.
+
+    A field left out is not known; `daily_quota` given as null means unlimited.
+    """
+
+    oa_id: ZaloId
+    as_of: ZaloTime
+    daily_quota: int | None = None
+    remaining_quota: int | None = None
+    quality_48h: str | None = None
+    quality_7d: str | None = None
+    allowed_tags: list[Tag] | None = None
+    monthly_promotion_quota: int | None = None
+    remaining_monthly_promotion_quota: int | None = None
+    templates: list[SyncTemplate] = Field(default_factory=list)
+
+    @field_validator("quality_48h", "quality_7d")
+    @classmethod
+    def _level(cls, value: str | None) -> str | None:
+        if value is not None and value not in {"HIGH", "MEDIUM", "LOW", "UNDEFINED"}:
+            raise ValueError("a level is HIGH, MEDIUM, LOW or UNDEFINED")
+        return value
+
+
+class CommandRecord(_Record):
+    """The value of a `command` record: an operator's action."""
+
+    oa_id: ZaloId
+    action: Literal["resume_oa", "resume_template"]
+    template_id: ZaloId | None = None
+    at: ZaloTime
+
+
+class Source(_Record):
+    """Where in the log the record that caused something sits."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+class DecisionRecord(_Record):
+    """A value of `zns.decisions`: one change of a quality level, a tier, a penalty, a pause
+    or a suspension, with what caused it."""
+
+    decision_id: str
+    """Made from the source's partition and offset and the rule: the same on a repeat."""
+    oa_id: str
+    template_id: str | None = None
+    kind: Literal["quality", "tier", "penalty", "pause", "suspension", "template"]
+    rule: str
+    """What fired, e.g. `evaluation_up`, `penalty`, `zalo_change_oa_daily_quota`."""
+    before: Any
+    after: Any
+    inputs: dict[str, Any]
+    """The counts, window bounds and thresholds the rule looked at."""
+    at: str
+    """When it took effect, ISO 8601 in the configured zone (a day change: its midnight)."""
+    source: Source
+
+
+class DeadLetter(_Record):
+    """A value of `zns.dlq`: a record of `zns.events` the processor could not apply."""
+
+    reason: str
+    """`no_oa_id`, `malformed_record`, `unknown_kind` or `apply_failed`."""
+    error: str
+    source: Source
+    kind: str | None = None
+    key: str | None = None
+    value: str
+    """The record's value, as text (invalid UTF-8 replaced)."""
+    headers: dict[str, str] = Field(default_factory=dict)

@@ -1,0 +1,392 @@
+"""The state of one OA, its templates and its recipients: what the fold of its records builds.
+
+Windows are bucketed counters (`windows.py`); beside them an OA keeps bounded
+indexes (DESIGN.md 4): dedup keys, messages for 8 days (so that ratings and
+quick replies, which carry no template id, find their template), recipients
+for 6 months (by the sha256 of the phone), and its grants. Days are kept as
+ordinals of the local calendar day and months as `month_index` values, so the
+state is plain numbers and strings and serialises to JSON as it is. The
+questions every reader asks (remaining today, the levels, the penalty
+threshold) are methods here; the changes are made by `fold.py`. No I/O.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo
+
+from service.domain.promotion import PromotionQuota, promotion_quota
+from service.domain.rules import RULE_SETS, Quota, RuleSet, Thresholds
+from service.domain.scoring import Level, quality_level, worse
+from service.domain.windows import Buckets, DailyCounts, HourlyCounts, local_day, month_index
+
+SCHEMA_VERSION = 1
+"""The version of the state document; a snapshot of another version is rebuilt from the log."""
+
+WINDOW_48H = timedelta(hours=48)
+WINDOW_7D = timedelta(days=7)
+MESSAGE_DAYS = 8
+"""Messages are remembered this many days (ratings and quick replies find their template)."""
+RECIPIENT_DAYS = 186
+"""Recipients are remembered about 6 months (promotion eligibility)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """The rules one OA is judged by: its rule set, zns-gate's thresholds, the zone."""
+
+    rules: RuleSet
+    thresholds: Thresholds
+    zone: ZoneInfo
+    negative_replies: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    """Per template: the quick-reply labels that count as a negative signal."""
+    dedup_ttl: timedelta = timedelta(hours=48)
+    """How long a delivery's dedup key is kept (at least 24 h; Zalo retries for about 1 h)."""
+
+    def day(self, moment: datetime) -> int:
+        """The ordinal of the local calendar day of `moment`."""
+        return local_day(moment, self.zone).toordinal()
+
+
+@dataclass(slots=True)
+class Change:
+    """One change the fold made that a decision record reports (DESIGN.md 3)."""
+
+    kind: str
+    rule: str
+    before: Any
+    after: Any
+    at: datetime
+    inputs: dict[str, Any] = field(default_factory=dict)
+    template_id: str | None = None
+
+
+@dataclass(slots=True)
+class Message:
+    """What the OA knows of one message, by `msg_id`, for 8 days."""
+
+    day: int
+    template_id: str | None = None
+    tag: int | None = None
+    recipient: str | None = None
+    sent: bool = False
+    """A send record names it."""
+    sent_ok: bool = False
+    """Counted as sent OK, by its send or by its receipt."""
+    delivered: bool = False
+    """Counted in `delivered` (by its receipt, or by a negative that came first)."""
+    negative: bool = False
+    rated: bool = False
+    settled: str | None = None
+    """The admission whose unit this message settled."""
+    consumed: bool = False
+    """The message took a unit of the daily quota itself (no grant covered it)."""
+
+
+@dataclass(slots=True)
+class Grant:
+    """Units an admission granted; they count as consumed until a send or its TTL settles them."""
+
+    day: int
+    tag: int
+    template_id: str
+    units: int
+    at_ms: int
+    settled: int = 0
+    returned: int = 0
+
+    @property
+    def open(self) -> int:
+        return self.units - self.settled - self.returned
+
+
+@dataclass(slots=True)
+class Recipient:
+    """One recipient of the OA, known by the sha256 of the phone."""
+
+    last_seen_day: int
+    last_tag12_day: int | None = None
+    """The last day a tag 1 or 2 message to them was sent OK (promotion eligibility)."""
+    promo_day: int = 0
+    promo_day_count: int = 0
+    promo_month: int = 0
+    promo_month_count: int = 0
+    opted_out: bool = False
+    """-141 or -139, until a later send to them succeeds."""
+    not_eligible: bool = False
+    """-140, until a tag 1/2 send to them succeeds."""
+    limit_month: int | None = None
+    """-1471: the month (index) they are at Zalo's promotion limit."""
+    limit_day: int | None = None
+    """-1472: the day they are at Zalo's promotion limit."""
+
+    def promotions_today(self, day: int) -> int:
+        return self.promo_day_count if self.promo_day == day else 0
+
+    def promotions_this_month(self, month: int) -> int:
+        return self.promo_month_count if self.promo_month == month else 0
+
+
+@dataclass(slots=True)
+class Template:
+    template_id: str
+    tag: int | None = None
+    status: str | None = None
+    """Zalo's status: ENABLE, PENDING_REVIEW, REJECT, DISABLE, DELETE; None while unknown."""
+    status_at: int = 0
+    zalo_quality: str | None = None
+    zalo_quality_at: int = 0
+    zalo_disabled: bool = False
+    """A send met -146: disabled as by Zalo's LOW, until Zalo says otherwise."""
+    exhausted_day: int | None = None
+    """-147: the template's own quota is used up on this day."""
+    night_restricted: bool = False
+    """-133: no sends 22:00-06:00."""
+    delivered: HourlyCounts = field(default_factory=HourlyCounts)
+    negatives: HourlyCounts = field(default_factory=HourlyCounts)
+    sent_ok: DailyCounts = field(default_factory=DailyCounts)
+    proxy_7d: str = Level.UNDEFINED.value
+    """The proxy level last computed (a change is a decision)."""
+    paused_until: int | None = None
+    """zns-gate's pause ends at this time (ms)."""
+    pauses: list[int] = field(default_factory=list)
+    """When zns-gate paused it (ms), for the ladder's 30-day look-back."""
+    gate_disabled: bool = False
+    """zns-gate disabled it (the third pause within 30 days) until an operator resumes it."""
+
+    def proxy_level(self, now: datetime, thresholds: Thresholds) -> Level:
+        return quality_level(
+            self.negatives.within(now, WINDOW_7D), self.delivered.within(now, WINDOW_7D), thresholds
+        )
+
+    def paused(self, now_ms: int) -> bool:
+        return self.gate_disabled or (self.paused_until is not None and now_ms < self.paused_until)
+
+
+@dataclass(slots=True)
+class OAState:
+    """Everything zns-gate knows about one OA: a fold over its records."""
+
+    oa_id: str
+    rules: str
+    position: int = -1
+    """The offset in its `zns.events` partition of the last record folded in."""
+    today: int | None = None
+    """The local day the state has been brought to (day changes are applied lazily)."""
+    first_send_day: int | None = None
+    daily_quota: Quota = None
+    quota_at: int = 0
+    """Event time (ms) of the last authoritative quota value; a later one wins."""
+    day_start_quota: Quota = None
+    """The daily quota at the start of today (the penalty threshold is 2 % of it)."""
+    tier_changed_day: int | None = None
+    penalty_day: int | None = None
+    exhausted_day: int | None = None
+    """-144: today's remaining is 0."""
+    zalo_remaining: int | None = None
+    zalo_remaining_day: int | None = None
+    zalo_remaining_base: int = 0
+    """What was consumed that day when Zalo reported `zalo_remaining`."""
+    zalo_remaining_at: int = 0
+    zalo_quality_48h: str | None = None
+    zalo_quality_7d: str | None = None
+    zalo_quality_at: int = 0
+    allowed_tags: list[int] | None = None
+    """From a sync; None while unknown."""
+    tag_blocked: dict[str, int] = field(default_factory=dict)
+    """-145: tag -> the day it is blocked (until the next sync or day)."""
+    suspended: bool = False
+    suspended_reason: str | None = None
+    first_tag3_month: int | None = None
+    zalo_promo_month: int | None = None
+    zalo_promo_quota: int | None = None
+    zalo_promo_remaining: int | None = None
+    zalo_promo_base: int = 0
+    """Promotion units used that month when Zalo reported `zalo_promo_remaining`."""
+    promo_exhausted_month: int | None = None
+    delivered: HourlyCounts = field(default_factory=HourlyCounts)
+    negatives: HourlyCounts = field(default_factory=HourlyCounts)
+    positives: HourlyCounts = field(default_factory=HourlyCounts)
+    negatives_by_day: DailyCounts = field(default_factory=DailyCounts)
+    sent_ok: DailyCounts = field(default_factory=DailyCounts)
+    consumed: DailyCounts = field(default_factory=DailyCounts)
+    granted: dict[str, DailyCounts] = field(default_factory=dict)
+    """Per tag ("1", "2", "3"): units granted per day, less those returned."""
+    tag12_ok_month: Buckets = field(default_factory=Buckets)
+    promo_used_month: Buckets = field(default_factory=Buckets)
+    proxy_48h: str = Level.UNDEFINED.value
+    proxy_7d: str = Level.UNDEFINED.value
+    templates: dict[str, Template] = field(default_factory=dict)
+    messages: dict[str, Message] = field(default_factory=dict)
+    recipients: dict[str, Recipient] = field(default_factory=dict)
+    grants: dict[str, Grant] = field(default_factory=dict)
+    dedup: dict[str, int] = field(default_factory=dict)
+    """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
+    idempotency: dict[str, list[Any]] = field(default_factory=dict)
+    """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
+
+    @classmethod
+    def new(cls, oa_id: str, rules: RuleSet) -> OAState:
+        return cls(oa_id=oa_id, rules=rules.name, daily_quota=rules.start_quota,
+                   day_start_quota=rules.start_quota)
+
+    # --- questions ----------------------------------------------------------------------
+
+    def template(self, template_id: str) -> Template:
+        found = self.templates.get(template_id)
+        if found is None:
+            found = self.templates[template_id] = Template(template_id)
+        return found
+
+    def recipient(self, key: str, day: int) -> Recipient:
+        found = self.recipients.get(key)
+        if found is None:
+            found = self.recipients[key] = Recipient(last_seen_day=day)
+        else:
+            found.last_seen_day = max(found.last_seen_day, day)
+        return found
+
+    def granted_on(self, tag: int, day: int) -> int:
+        counts = self.granted.get(str(tag))
+        return counts.get(day) if counts is not None else 0
+
+    def penalty_threshold(self, policy: Policy) -> int | None:
+        """T of DESIGN.md 4.3, from the quota at the start of today."""
+        return policy.thresholds.penalty_threshold(self.day_start_quota)
+
+    def remaining_today(self, day: int) -> int | None:
+        """What may still be consumed on `day` (None: unlimited), after Zalo's own figure."""
+        if self.exhausted_day == day:
+            return 0
+        consumed = self.consumed.get(day)
+        computed = None if self.daily_quota is None else max(0, self.daily_quota - consumed)
+        if self.zalo_remaining is not None and self.zalo_remaining_day == day:
+            reported = max(0, self.zalo_remaining - (consumed - self.zalo_remaining_base))
+            return reported if computed is None else min(reported, computed)
+        return computed
+
+    def proxy_levels(self, now: datetime, thresholds: Thresholds) -> tuple[Level, Level]:
+        """The proxy quality over 48 h and over 7 days."""
+        return (
+            quality_level(self.negatives.within(now, WINDOW_48H),
+                          self.delivered.within(now, WINDOW_48H), thresholds),
+            quality_level(self.negatives.within(now, WINDOW_7D),
+                          self.delivered.within(now, WINDOW_7D), thresholds),
+        )
+
+    def zalo_levels(self, now: datetime, thresholds: Thresholds) -> tuple[Level, Level] | None:
+        """Zalo's own levels while they are fresher than `zalo_quality_ttl`, else None."""
+        if self.zalo_quality_at == 0:
+            return None
+        age_ms = now.timestamp() * 1000 - self.zalo_quality_at
+        if age_ms > thresholds.zalo_quality_ttl.total_seconds() * 1000:
+            return None
+        return (_level(self.zalo_quality_48h), _level(self.zalo_quality_7d))
+
+    def effective_levels(self, now: datetime, thresholds: Thresholds) -> tuple[Level, Level]:
+        """What the governor and pauses go by: the worse of Zalo's (while fresh) and the proxy."""
+        proxy = self.proxy_levels(now, thresholds)
+        zalo = self.zalo_levels(now, thresholds)
+        if zalo is None:
+            return proxy
+        return worse(proxy[0], zalo[0]), worse(proxy[1], zalo[1])
+
+    def promotion(self, today: date, thresholds: Thresholds) -> PromotionQuota:
+        """This month's promotion quota (Zalo's value wins for its month) and the estimate."""
+        computed = promotion_quota(
+            self.tag12_ok_month,
+            None if self.first_tag3_month is None else _month_date(self.first_tag3_month),
+            today,
+            thresholds,
+        )
+        if self.zalo_promo_quota is not None and self.zalo_promo_month == month_index(today):
+            return dataclasses.replace(computed, monthly_quota=self.zalo_promo_quota)
+        return computed
+
+    def promotion_remaining(self, today: date, thresholds: Thresholds) -> int:
+        month = month_index(today)
+        if self.promo_exhausted_month == month:
+            return 0
+        used = self.promo_used_month.get(month)
+        computed = max(0, self.promotion(today, thresholds).monthly_quota - used)
+        if self.zalo_promo_remaining is not None and self.zalo_promo_month == month:
+            reported = max(0, self.zalo_promo_remaining - (used - self.zalo_promo_base))
+            return min(reported, computed)
+        return computed
+
+    def rule_set(self) -> RuleSet:
+        return RULE_SETS[self.rules]
+
+    # --- snapshots ----------------------------------------------------------------------
+
+    def to_document(self) -> dict[str, Any]:
+        """The state as plain JSON values (the `zns.oa-state` document)."""
+        document: dict[str, Any] = _encode(self)
+        return document
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> OAState:
+        return _decode(cls, document)
+
+
+def _level(value: str | None) -> Level:
+    try:
+        return Level(value) if value is not None else Level.UNDEFINED
+    except ValueError:
+        return Level.UNDEFINED
+
+
+def _month_date(index: int) -> date:
+    return date(index // 12, index % 12 + 1, 1)
+
+
+# --- the state as a JSON document ---------------------------------------------------------
+#
+# Dataclasses become objects, counters become [[key, count], ...]; the decoder reads the
+# field types back from the classes, so a new field needs no code here.
+
+_T = TypeVar("_T")
+
+_NESTED: dict[str, type] = {"templates": Template, "messages": Message,
+                            "recipients": Recipient, "grants": Grant}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, Buckets):
+        return [list(item) for item in value.items()]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {key: _encode(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_encode(item) for item in value]
+    return value
+
+
+def _counts(kind: type[Buckets], pairs: list[list[int]]) -> Buckets:
+    return kind({int(k): int(v) for k, v in pairs})
+
+
+def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name not in document:
+            continue  # an older document: the field's default applies
+        raw = document[f.name]
+        annotation = str(f.type)
+        if annotation in ("HourlyCounts", "DailyCounts", "Buckets"):
+            kinds: dict[str, type[Buckets]] = {"HourlyCounts": HourlyCounts,
+                                               "DailyCounts": DailyCounts, "Buckets": Buckets}
+            values[f.name] = _counts(kinds[annotation], raw)
+        elif annotation == "dict[str, DailyCounts]":
+            values[f.name] = {k: _counts(DailyCounts, v) for k, v in raw.items()}
+        elif f.name in _NESTED and cls is OAState:
+            nested = _NESTED[f.name]
+            values[f.name] = {k: _decode(nested, v) for k, v in raw.items()}
+        else:
+            values[f.name] = raw
+    return cls(**values)
