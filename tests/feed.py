@@ -34,93 +34,171 @@ def ms(moment: datetime) -> str:
 def webhook(body: dict[str, Any], server: str | None = None) -> Raw:
     value = orjson.dumps(body)
     oa_id = find_oa_id(body) or APP_ID
-    headers = {"kind": "webhook", "event_name": str(body.get("event_name")),
-               "dedup_key": dedup_key(body, value)}
+    headers = {
+        "kind": "webhook",
+        "event_name": str(body.get("event_name")),
+        "dedup_key": dedup_key(body, value),
+    }
     if server is not None:
         headers["server"] = server
     return Raw("webhook", oa_id.encode(), value, headers)
 
 
 def receipt(msg_id: str, at: datetime, recipient: str = PHONE, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "user_received_message", "timestamp": ms(at),
-        "sender": {"id": oa_id}, "recipient": {"id": recipient},
-        "message": {"delivery_time": ms(at), "msg_id": msg_id, "tracking_id": "t-" + msg_id},
-    }, server="ZNS")
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "user_received_message",
+            "timestamp": ms(at),
+            "sender": {"id": oa_id},
+            "recipient": {"id": recipient},
+            "message": {"delivery_time": ms(at), "msg_id": msg_id, "tracking_id": "t-" + msg_id},
+        },
+        server="ZNS",
+    )
 
 
 def rating(msg_id: str, rate: int, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "user_feedback", "timestamp": ms(at), "oa_id": oa_id,
-        "message": {"msg_id": msg_id, "rate": rate, "submit_time": ms(at),
-                    "note": "free text", "feedbacks": []},
-    })
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "user_feedback",
+            "timestamp": ms(at),
+            "oa_id": oa_id,
+            "message": {
+                "msg_id": msg_id,
+                "rate": rate,
+                "submit_time": ms(at),
+                "note": "free text",
+                "feedbacks": [],
+            },
+        }
+    )
 
 
 def quick_reply(msg_id: str, label: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "user_click_response_button", "timestamp": ms(at),
-        "oa_id": oa_id, "msg_id": msg_id,
-        "message": {"submit_time": ms(at), "button_type": "response", "data": label},
-    })
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "user_click_response_button",
+            "timestamp": ms(at),
+            "oa_id": oa_id,
+            "msg_id": msg_id,
+            "message": {"submit_time": ms(at), "button_type": "response", "data": label},
+        }
+    )
 
 
 def template_status(template_id: str, status: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "change_template_status", "timestamp": ms(at),
-        "oa_id": oa_id, "template_id": template_id, "status": {"new_status": status},
-    })
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "change_template_status",
+            "timestamp": ms(at),
+            "oa_id": oa_id,
+            "template_id": template_id,
+            "status": {"new_status": status},
+        }
+    )
 
 
 def template_quality(template_id: str, quality: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "change_template_quality", "timestamp": ms(at),
-        "oa_id": oa_id, "template_id": template_id, "quality": quality,
-    })
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "change_template_quality",
+            "timestamp": ms(at),
+            "oa_id": oa_id,
+            "template_id": template_id,
+            "quality": quality,
+        }
+    )
 
 
 def daily_quota(new_value: int | None, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook({
-        "app_id": APP_ID, "event_name": "change_oa_daily_quota", "timestamp": ms(at),
-        "oaId": oa_id, "quota": {"prev_value": None, "new_value": new_value},
-    })
+    return webhook(
+        {
+            "app_id": APP_ID,
+            "event_name": "change_oa_daily_quota",
+            "timestamp": ms(at),
+            "oaId": oa_id,
+            "quota": {"prev_value": None, "new_value": new_value},
+        }
+    )
 
 
 def _record(kind: str, oa_id: str, value: dict[str, Any]) -> Raw:
     return Raw(kind, oa_id.encode(), orjson.dumps({"oa_id": oa_id, **value}), {"kind": kind})
 
 
-def send(template_id: str, tracking_id: str, at: datetime, *, error: int = 0,
-         msg_id: str | None = None, tag: int | None = None, admission_id: str | None = None,
-         recipient: str | None = None, quota: dict[str, Any] | None = None,
-         oa_id: str = OA_ID) -> Raw:
-    outcome: dict[str, Any] = {"template_id": template_id, "tracking_id": tracking_id,
-                               "sent_time": ms(at), "error": error}
-    for name, value in (("msg_id", msg_id), ("tag", tag), ("admission_id", admission_id),
-                        ("recipient", recipient), ("quota", quota)):
+def send(
+    template_id: str,
+    tracking_id: str,
+    at: datetime,
+    *,
+    error: int = 0,
+    msg_id: str | None = None,
+    tag: int | None = None,
+    admission_id: str | None = None,
+    recipient: str | None = None,
+    quota: dict[str, Any] | None = None,
+    oa_id: str = OA_ID,
+) -> Raw:
+    outcome: dict[str, Any] = {
+        "template_id": template_id,
+        "tracking_id": tracking_id,
+        "sent_time": ms(at),
+        "error": error,
+    }
+    for name, value in (
+        ("msg_id", msg_id),
+        ("tag", tag),
+        ("admission_id", admission_id),
+        ("recipient", recipient),
+        ("quota", quota),
+    ):
         if value is not None:
             outcome[name] = value
     return _record("send", oa_id, {"send": outcome})
 
 
-def admission(admission_id: str, template_id: str, tag: int, granted: int, at: datetime, *,
-              recipients: tuple[str, ...] = (), key: str | None = None,
-              oa_id: str = OA_ID) -> Raw:
-    return _record("admission", oa_id, {
-        "admission_id": admission_id, "idempotency_key": key or "key-" + admission_id,
-        "request_hash": "0" * 64, "template_id": template_id, "tag": tag,
-        "granted_recipients": list(recipients), "at": ms(at),
-        "answer": {"admission_id": admission_id, "granted": granted, "denied": [],
-                   "remaining": None},
-    })
+def admission(
+    admission_id: str,
+    template_id: str,
+    tag: int,
+    granted: int,
+    at: datetime,
+    *,
+    recipients: tuple[str, ...] = (),
+    key: str | None = None,
+    oa_id: str = OA_ID,
+) -> Raw:
+    return _record(
+        "admission",
+        oa_id,
+        {
+            "admission_id": admission_id,
+            "idempotency_key": key or "key-" + admission_id,
+            "request_hash": "0" * 64,
+            "template_id": template_id,
+            "tag": tag,
+            "granted_recipients": list(recipients),
+            "at": ms(at),
+            "answer": {
+                "admission_id": admission_id,
+                "granted": granted,
+                "denied": [],
+                "remaining": None,
+            },
+        },
+    )
 
 
 def sync(at: datetime, oa_id: str = OA_ID, **fields: Any) -> Raw:
     return _record("sync", oa_id, {"as_of": ms(at), **fields})
 
 
-def command(action: str, at: datetime, template_id: str | None = None,
-            oa_id: str = OA_ID) -> Raw:
+def command(action: str, at: datetime, template_id: str | None = None, oa_id: str = OA_ID) -> Raw:
     value: dict[str, Any] = {"action": action, "at": ms(at)}
     if template_id is not None:
         value["template_id"] = template_id

@@ -11,6 +11,7 @@ would cost more than the rest of the work) and does no I/O.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
@@ -107,7 +108,12 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
         raise Unprocessable("malformed_record", _short(exc)) from exc
     if key is not None and key.decode(errors="replace") != record.oa_id:
         raise Unprocessable("malformed_record", "the record's key is not its oa_id")
-    return Item(kind or "", record.oa_id, record, as_datetime(_record_time(record)))
+    # A repeated sync or command is recognised by its bytes (sends by their tracking id and
+    # admissions by their id, in the fold).
+    repeat = None
+    if isinstance(record, SyncRecord | CommandRecord):
+        repeat = f"{kind}:{hashlib.sha256(value).hexdigest()}"
+    return Item(kind or "", record.oa_id, record, as_datetime(_record_time(record)), repeat)
 
 
 def _record_time(record: SendRecord | AdmissionRecord | SyncRecord | CommandRecord) -> str:
@@ -185,8 +191,16 @@ class _Fold:
         self.check_oa_levels()
         return self.changes
 
-    def change(self, kind: str, rule: str, before: Any, after: Any, at: datetime,
-               template_id: str | None = None, **inputs: Any) -> None:
+    def change(
+        self,
+        kind: str,
+        rule: str,
+        before: Any,
+        after: Any,
+        at: datetime,
+        template_id: str | None = None,
+        **inputs: Any,
+    ) -> None:
         self.changes.append(Change(kind, rule, before, after, at, inputs, template_id))
 
     # --- time ---------------------------------------------------------------------------
@@ -219,8 +233,9 @@ class _Fold:
             return
         moment = stamp - timedelta(milliseconds=1)  # the 7 days before midnight
         zalo = state.zalo_levels(moment, t)
-        basis, level = ("zalo", zalo[1]) if zalo is not None else (
-            "proxy", state.proxy_levels(moment, t)[1])
+        basis, level = (
+            ("zalo", zalo[1]) if zalo is not None else ("proxy", state.proxy_levels(moment, t)[1])
+        )
         sent_ok = state.sent_ok.total(day - 7, day - 1)
         quota = state.daily_quota
         rules = state.rule_set()
@@ -234,11 +249,21 @@ class _Fold:
             return
         state.daily_quota = new
         state.tier_changed_day = day
-        self.change("tier", rule, quota, new, stamp, level_7d=level.value, basis=basis,
-                    sent_ok_7d=sent_ok, delivered_7d=state.delivered.within(moment, WINDOW_7D),
-                    negatives_7d=state.negatives.within(moment, WINDOW_7D),
-                    window_start=_iso(stamp - WINDOW_7D), window_end=_iso(stamp),
-                    upgrade_needs=None if quota is None else t.upgrade_volume_factor * quota)
+        self.change(
+            "tier",
+            rule,
+            quota,
+            new,
+            stamp,
+            level_7d=level.value,
+            basis=basis,
+            sent_ok_7d=sent_ok,
+            delivered_7d=state.delivered.within(moment, WINDOW_7D),
+            negatives_7d=state.negatives.within(moment, WINDOW_7D),
+            window_start=_iso(stamp - WINDOW_7D),
+            window_end=_iso(stamp),
+            upgrade_needs=None if quota is None else t.upgrade_volume_factor * quota,
+        )
 
     def prune(self, day: int, stamp: datetime) -> None:
         state = self.state
@@ -246,8 +271,12 @@ class _Fold:
         oldest_day = date.fromordinal(day - MESSAGE_DAYS)
         for hourly in (state.delivered, state.negatives, state.positives):
             hourly.forget_before(oldest_hour)
-        for daily in (state.negatives_by_day, state.sent_ok, state.consumed,
-                      *state.granted.values()):
+        for daily in (
+            state.negatives_by_day,
+            state.sent_ok,
+            state.consumed,
+            *state.granted.values(),
+        ):
             daily.forget_before(oldest_day)
         month = month_index(date.fromordinal(day))
         state.tag12_ok_month.prune(month - 2)
@@ -258,8 +287,9 @@ class _Fold:
             template.sent_ok.forget_before(oldest_day)
         state.messages = {k: m for k, m in state.messages.items() if m.day > day - MESSAGE_DAYS}
         state.grants = {k: g for k, g in state.grants.items() if g.day > day - MESSAGE_DAYS}
-        state.recipients = {k: r for k, r in state.recipients.items()
-                            if r.last_seen_day > day - RECIPIENT_DAYS}
+        state.recipients = {
+            k: r for k, r in state.recipients.items() if r.last_seen_day > day - RECIPIENT_DAYS
+        }
         cutoff = _ms(stamp - self.policy.dedup_ttl)
         state.dedup = {k: t for k, t in state.dedup.items() if t >= cutoff}
         state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
@@ -330,8 +360,9 @@ class _Fold:
         state.zalo_remaining_day = day
         state.zalo_remaining_base = state.consumed.get(day)
 
-    def negative(self, message: Message | None, template: Template | None, at: datetime,
-                 cause: str) -> None:
+    def negative(
+        self, message: Message | None, template: Template | None, at: datetime, cause: str
+    ) -> None:
         """A negative signal at `at`; counted once per message, and as delivered if it was not."""
         state = self.state
         if message is not None:
@@ -368,9 +399,18 @@ class _Fold:
             return
         state.daily_quota = after
         state.tier_changed_day = state.today
-        self.change("penalty", "penalty", before, after, at, negatives_today=negatives,
-                    threshold=threshold, day_start_quota=state.day_start_quota,
-                    penalty_rate=self.thresholds.penalty_rate, last_signal=cause)
+        self.change(
+            "penalty",
+            "penalty",
+            before,
+            after,
+            at,
+            negatives_today=negatives,
+            threshold=threshold,
+            day_start_quota=state.day_start_quota,
+            penalty_rate=self.thresholds.penalty_rate,
+            last_signal=cause,
+        )
 
     def check_oa_levels(self) -> None:
         state = self.state
@@ -381,12 +421,18 @@ class _Fold:
             if before != level.value:
                 setattr(state, attr, level.value)
                 span = timedelta(hours=48) if window == "48h" else WINDOW_7D
-                self.change("quality", f"proxy_{window}", before, level.value, self.now,
-                            delivered=state.delivered.within(self.now, span),
-                            negatives=state.negatives.within(self.now, span),
-                            z=self.thresholds.quality_z,
-                            rate_standard=self.thresholds.rate_standard,
-                            rate_limit=self.thresholds.rate_limit)
+                self.change(
+                    "quality",
+                    f"proxy_{window}",
+                    before,
+                    level.value,
+                    self.now,
+                    delivered=state.delivered.within(self.now, span),
+                    negatives=state.negatives.within(self.now, span),
+                    z=self.thresholds.quality_z,
+                    rate_standard=self.thresholds.rate_standard,
+                    rate_limit=self.thresholds.rate_limit,
+                )
 
     # --- templates ----------------------------------------------------------------------
 
@@ -397,10 +443,16 @@ class _Fold:
         if level.value == before:
             return
         template.proxy_7d = level.value
-        self.change("quality", "template_proxy_7d", before, level.value, at,
-                    template.template_id,
-                    delivered=template.delivered.within(self.now, WINDOW_7D),
-                    negatives=template.negatives.within(self.now, WINDOW_7D))
+        self.change(
+            "quality",
+            "template_proxy_7d",
+            before,
+            level.value,
+            at,
+            template.template_id,
+            delivered=template.delivered.within(self.now, WINDOW_7D),
+            negatives=template.negatives.within(self.now, WINDOW_7D),
+        )
         if level is Level.LOW and not template.paused(_ms(at)):
             self.pause(template, at)
 
@@ -412,13 +464,28 @@ class _Fold:
         template.pauses = [*recent, start]
         if length is None:
             template.gate_disabled = True
-            self.change("pause", "template_disabled", "sendable", "disabled", at,
-                        template.template_id, pauses_in_lookback=len(recent))
+            self.change(
+                "pause",
+                "template_disabled",
+                "sendable",
+                "disabled",
+                at,
+                template.template_id,
+                pauses_in_lookback=len(recent),
+            )
         else:
             template.paused_until = start + int(length.total_seconds() * 1000)
-            self.change("pause", "template_paused", "sendable", "paused", at,
-                        template.template_id, pause_s=int(length.total_seconds()),
-                        until=_iso(_at(template.paused_until)), pauses_in_lookback=len(recent))
+            self.change(
+                "pause",
+                "template_paused",
+                "sendable",
+                "paused",
+                at,
+                template.template_id,
+                pause_s=int(length.total_seconds()),
+                until=_iso(_at(template.paused_until)),
+                pauses_in_lookback=len(recent),
+            )
 
     def template_of(self, template_id: str | None) -> Template | None:
         return None if template_id is None else self.state.template(template_id)
@@ -440,11 +507,22 @@ class _Fold:
                 if event.status.new_status == "ENABLE":
                     template.zalo_disabled = False
                 if before != template.status:
-                    self.change("template", "zalo_change_template_status", before,
-                                template.status, at, template.template_id, reason=event.reason)
+                    self.change(
+                        "template",
+                        "zalo_change_template_status",
+                        before,
+                        template.status,
+                        at,
+                        template.template_id,
+                        reason=event.reason,
+                    )
         elif isinstance(event, ChangeTemplateQuality):
-            self.template_quality(self.state.template(event.template_id), event.quality, at,
-                                  "zalo_change_template_quality")
+            self.template_quality(
+                self.state.template(event.template_id),
+                event.quality,
+                at,
+                "zalo_change_template_quality",
+            )
         elif isinstance(event, ChangeOaDailyQuota):
             self.set_quota(event.quota.new_value, at, "zalo_change_oa_daily_quota")
         # Other events (tags, journeys, chat) change nothing zns-gate models.
@@ -495,8 +573,9 @@ class _Fold:
         self.consume(day, 1)
         message.consumed = True
 
-    def count_sent_ok(self, day: int, template: Template | None, tag: int | None,
-                      recipient: str | None) -> None:
+    def count_sent_ok(
+        self, day: int, template: Template | None, tag: int | None, recipient: str | None
+    ) -> None:
         state = self.state
         state.sent_ok.add(day)
         if template is not None:
@@ -535,15 +614,19 @@ class _Fold:
 
     def admission(self, record: AdmissionRecord, at: datetime) -> None:
         state = self.state
-        state.idempotency[record.idempotency_key] = [
-            _ms(at), record.request_hash, record.answer.model_dump(mode="json")]
+        # The first answer under a key is the answer (DESIGN.md 5).
+        state.idempotency.setdefault(
+            record.idempotency_key,
+            [_ms(at), record.request_hash, record.answer.model_dump(mode="json")],
+        )
         granted = record.answer.granted
         if granted == 0 or record.admission_id in state.grants:
             return
         day = self.policy.day(at)
         self.first_send(day)
-        state.grants[record.admission_id] = Grant(day, record.tag, record.template_id, granted,
-                                                  _ms(at))
+        state.grants[record.admission_id] = Grant(
+            day, record.tag, record.template_id, granted, _ms(at)
+        )
         self.consume(day, granted)
         state.granted.setdefault(str(record.tag), DailyCounts()).add(day, granted)
         template = state.template(record.template_id)
@@ -583,8 +666,17 @@ class _Fold:
         tag = outcome.tag or template.tag
         grant = state.grants.get(outcome.admission_id) if outcome.admission_id else None
         if outcome.error == 0:
-            self.sent(outcome.msg_id, message, grant, outcome.admission_id, day, template, tag,
-                      outcome.recipient, at)
+            self.sent(
+                outcome.msg_id,
+                message,
+                grant,
+                outcome.admission_id,
+                day,
+                template,
+                tag,
+                outcome.recipient,
+                at,
+            )
         else:
             self.send_failed(outcome.error, grant, day, template, tag, outcome.recipient, at)
         if outcome.quota is not None:
@@ -593,9 +685,18 @@ class _Fold:
             if outcome.quota.remainingQuota is not None:
                 self.set_remaining(outcome.quota.remainingQuota, at)
 
-    def sent(self, msg_id: str | None, message: Message | None, grant: Grant | None,
-             admission_id: str | None, day: int, template: Template, tag: int | None,
-             recipient: str | None, at: datetime) -> None:
+    def sent(
+        self,
+        msg_id: str | None,
+        message: Message | None,
+        grant: Grant | None,
+        admission_id: str | None,
+        day: int,
+        template: Template,
+        tag: int | None,
+        recipient: str | None,
+        at: datetime,
+    ) -> None:
         state = self.state
         self.first_send(day)
         if message is None and msg_id is not None:
@@ -621,12 +722,14 @@ class _Fold:
             state.recipient(recipient, day).opted_out = False
         if state.suspended:
             state.suspended = False
-            self.change("suspension", "successful_send", True, False, at,
-                        reason=state.suspended_reason)
+            self.change(
+                "suspension", "successful_send", True, False, at, reason=state.suspended_reason
+            )
             state.suspended_reason = None
 
-    def settle_with_grant(self, message: Message | None, grant: Grant, admission_id: str,
-                          day: int) -> None:
+    def settle_with_grant(
+        self, message: Message | None, grant: Grant, admission_id: str, day: int
+    ) -> None:
         """A send that names its admission uses that grant and consumes nothing more."""
         if message is not None and message.settled == admission_id:
             return
@@ -648,8 +751,16 @@ class _Fold:
         if message is not None:
             message.settled = admission_id
 
-    def send_failed(self, error: int, grant: Grant | None, day: int, template: Template,
-                    tag: int | None, recipient: str | None, at: datetime) -> None:
+    def send_failed(
+        self,
+        error: int,
+        grant: Grant | None,
+        day: int,
+        template: Template,
+        tag: int | None,
+        recipient: str | None,
+        at: datetime,
+    ) -> None:
         state = self.state
         if grant is not None and grant.open > 0:
             if error == -144:
@@ -668,8 +779,9 @@ class _Fold:
         elif error == -146:
             if not template.zalo_disabled:
                 template.zalo_disabled = True
-                self.change("template", "send_error_-146", "enabled", "disabled", at,
-                            template.template_id)
+                self.change(
+                    "template", "send_error_-146", "enabled", "disabled", at, template.template_id
+                )
         elif error == -147:
             template.exhausted_day = day
         elif error == -145 and tag is not None:
@@ -702,7 +814,8 @@ class _Fold:
         state.tag_blocked.clear()
         month = month_index(date.fromordinal(self.policy.day(at)))
         if record.monthly_promotion_quota is not None or (
-                record.remaining_monthly_promotion_quota is not None):
+            record.remaining_monthly_promotion_quota is not None
+        ):
             state.zalo_promo_month = month
             state.zalo_promo_quota = record.monthly_promotion_quota
             state.zalo_promo_remaining = record.remaining_monthly_promotion_quota
@@ -724,8 +837,9 @@ class _Fold:
         if record.action == "resume_oa":
             if state.suspended:
                 state.suspended = False
-                self.change("suspension", "resume_oa", True, False, at,
-                            reason=state.suspended_reason)
+                self.change(
+                    "suspension", "resume_oa", True, False, at, reason=state.suspended_reason
+                )
                 state.suspended_reason = None
         elif record.template_id is not None:
             template = state.template(record.template_id)
@@ -733,8 +847,7 @@ class _Fold:
                 before = "disabled" if template.gate_disabled else "paused"
                 template.paused_until = None
                 template.gate_disabled = False
-                self.change("pause", "resume_template", before, "sendable", at,
-                            record.template_id)
+                self.change("pause", "resume_template", before, "sendable", at, record.template_id)
 
 
 def _hash(recipient: str) -> str | None:

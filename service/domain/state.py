@@ -231,8 +231,12 @@ class OAState:
 
     @classmethod
     def new(cls, oa_id: str, rules: RuleSet) -> OAState:
-        return cls(oa_id=oa_id, rules=rules.name, daily_quota=rules.start_quota,
-                   day_start_quota=rules.start_quota)
+        return cls(
+            oa_id=oa_id,
+            rules=rules.name,
+            daily_quota=rules.start_quota,
+            day_start_quota=rules.start_quota,
+        )
 
     # --- questions ----------------------------------------------------------------------
 
@@ -272,10 +276,16 @@ class OAState:
     def proxy_levels(self, now: datetime, thresholds: Thresholds) -> tuple[Level, Level]:
         """The proxy quality over 48 h and over 7 days."""
         return (
-            quality_level(self.negatives.within(now, WINDOW_48H),
-                          self.delivered.within(now, WINDOW_48H), thresholds),
-            quality_level(self.negatives.within(now, WINDOW_7D),
-                          self.delivered.within(now, WINDOW_7D), thresholds),
+            quality_level(
+                self.negatives.within(now, WINDOW_48H),
+                self.delivered.within(now, WINDOW_48H),
+                thresholds,
+            ),
+            quality_level(
+                self.negatives.within(now, WINDOW_7D),
+                self.delivered.within(now, WINDOW_7D),
+                thresholds,
+            ),
         )
 
     def zalo_levels(self, now: datetime, thresholds: Thresholds) -> tuple[Level, Level] | None:
@@ -351,8 +361,12 @@ def _month_date(index: int) -> date:
 
 _T = TypeVar("_T")
 
-_NESTED: dict[str, type] = {"templates": Template, "messages": Message,
-                            "recipients": Recipient, "grants": Grant}
+_NESTED: dict[str, type] = {
+    "templates": Template,
+    "messages": Message,
+    "recipients": Recipient,
+    "grants": Grant,
+}
 
 
 def _encode(value: Any) -> Any:
@@ -379,8 +393,11 @@ def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
         raw = document[f.name]
         annotation = str(f.type)
         if annotation in ("HourlyCounts", "DailyCounts", "Buckets"):
-            kinds: dict[str, type[Buckets]] = {"HourlyCounts": HourlyCounts,
-                                               "DailyCounts": DailyCounts, "Buckets": Buckets}
+            kinds: dict[str, type[Buckets]] = {
+                "HourlyCounts": HourlyCounts,
+                "DailyCounts": DailyCounts,
+                "Buckets": Buckets,
+            }
             values[f.name] = _counts(kinds[annotation], raw)
         elif annotation == "dict[str, DailyCounts]":
             values[f.name] = {k: _counts(DailyCounts, v) for k, v in raw.items()}

@@ -16,6 +16,7 @@ from service.domain.state import Change, OAState, Policy
 from service.domain.windows import month_index
 from tests import feed
 from tests.feed import Raw
+from tests.zalo import OA_ID
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 D = date(2026, 3, 2)  # a Monday; "day D" of the rules
@@ -32,10 +33,14 @@ def plus(days: int) -> date:
 class Oa:
     """One OA's state and the records folded into it, with a stream clock."""
 
-    def __init__(self, rules: RuleSet = ZBS_2026, thresholds: Thresholds | None = None,
-                 negative_replies: dict[str, frozenset[str]] | None = None) -> None:
+    def __init__(
+        self,
+        rules: RuleSet = ZBS_2026,
+        thresholds: Thresholds | None = None,
+        negative_replies: dict[str, frozenset[str]] | None = None,
+    ) -> None:
         self.policy = Policy(rules, thresholds or Thresholds(), VN, negative_replies or {})
-        self.state = OAState.new(feed.OA_ID, rules)
+        self.state = OAState.new(OA_ID, rules)
         self.clock: datetime | None = None
         self.changes: list[Change] = []
 
@@ -112,7 +117,9 @@ def test_no_deliveries_is_undefined_and_a_delivery_is_high() -> None:
     oa.apply(feed.receipt("m1", vn(D)))
     assert (oa.state.proxy_48h, oa.state.proxy_7d) == ("HIGH", "HIGH")
     assert [(c.rule, c.before, c.after) for c in oa.of("quality")] == [
-        ("proxy_48h", "UNDEFINED", "HIGH"), ("proxy_7d", "UNDEFINED", "HIGH")]
+        ("proxy_48h", "UNDEFINED", "HIGH"),
+        ("proxy_7d", "UNDEFINED", "HIGH"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -174,9 +181,12 @@ def test_a_refused_or_blocked_send_is_a_negative_and_opts_the_recipient_out(erro
 
 def test_a_record_delivered_twice_is_folded_once() -> None:
     oa = Oa()
-    raws = [feed.receipt("m1", vn(D, 9)), feed.rating("m1", 1, vn(D, 10)),
-            feed.send("t1", "tr-1", vn(D, 8), msg_id="m2"),
-            feed.admission("a1", "t1", 2, 5, vn(D, 9, 30))]
+    raws = [
+        feed.receipt("m1", vn(D, 9)),
+        feed.rating("m1", 1, vn(D, 10)),
+        feed.send("t1", "tr-1", vn(D, 8), msg_id="m2"),
+        feed.admission("a1", "t1", 2, 5, vn(D, 9, 30)),
+    ]
     for raw in raws:
         oa.apply(raw)
     before = orjson.dumps(oa.state.to_document())
@@ -238,11 +248,13 @@ def test_the_penalty_comes_on_the_first_negative_beyond_two_percent_once_a_day()
     oa = Oa(rules=ZNS_2024)  # starts at 5,000: T = 100
     oa.apply_all(receipts(400, vn(D, 8)))
     oa.apply_all(feed.rating(f"m{i}", 1, vn(D, 9)) for i in range(100))
-    assert oa.state.daily_quota == 5_000 and not oa.of("penalty")
+    assert oa.state.daily_quota == 5_000
+    assert not oa.of("penalty")
     oa.apply(feed.rating("m100", 1, vn(D, 10)))
     assert oa.state.daily_quota == 2_000
     (penalty,) = oa.of("penalty")
-    assert penalty.inputs["negatives_today"] == 101 and penalty.inputs["threshold"] == 100
+    assert penalty.inputs["negatives_today"] == 101
+    assert penalty.inputs["threshold"] == 100
     oa.apply_all(feed.rating(f"m{i}", 1, vn(D, 11)) for i in range(101, 300))
     assert oa.state.daily_quota == 2_000  # at most once a day
     # The next day T = 2 % of 2,000 = 40; the wait after yesterday's change does not matter.
@@ -259,7 +271,8 @@ def test_an_unlimited_tier_has_no_penalty() -> None:
     oa.at(vn(plus(1), 1))
     oa.apply_all(receipts(10, vn(plus(1), 8)))
     oa.apply_all(feed.rating(f"m{i}", 1, vn(plus(1), 9)) for i in range(10))
-    assert oa.state.daily_quota is None and not oa.of("penalty")
+    assert oa.state.daily_quota is None
+    assert not oa.of("penalty")
     assert oa.state.remaining_today(plus(1).toordinal()) is None
 
 
@@ -270,14 +283,20 @@ def test_zalo_sets_the_tier_the_latest_event_time_wins_and_off_ladder_values_sta
     assert oa.state.daily_quota == 15_000
     assert oa.state.rule_set().step_down(15_000) == 10_000
     assert oa.state.rule_set().step_up(15_000) == 20_000
-    oa.apply(feed.send("t1", "tr-1", vn(D, 11), msg_id="m1",
-                       quota={"dailyQuota": 10_000, "remainingQuota": 42}))
+    oa.apply(
+        feed.send(
+            "t1", "tr-1", vn(D, 11), msg_id="m1", quota={"dailyQuota": 10_000, "remainingQuota": 42}
+        )
+    )
     assert oa.state.daily_quota == 10_000
     assert oa.state.remaining_today(D.toordinal()) == 42
     oa.apply(feed.sync(vn(D, 12), daily_quota=None))
     assert oa.state.daily_quota is None
     assert [c.rule for c in oa.of("tier")] == [
-        "zalo_change_oa_daily_quota", "zalo_send_quota", "sync"]
+        "zalo_change_oa_daily_quota",
+        "zalo_send_quota",
+        "sync",
+    ]
 
 
 def test_zalo_lowering_the_quota_today_is_the_days_penalty() -> None:
@@ -285,7 +304,8 @@ def test_zalo_lowering_the_quota_today_is_the_days_penalty() -> None:
     oa.apply_all(receipts(200, vn(D, 8)))
     oa.apply(feed.daily_quota(2_000, vn(D, 9)))
     oa.apply_all(feed.rating(f"m{i}", 1, vn(D, 10)) for i in range(150))
-    assert oa.state.daily_quota == 2_000 and not oa.of("penalty")
+    assert oa.state.daily_quota == 2_000
+    assert not oa.of("penalty")
 
 
 def test_zalos_fresh_level_is_the_basis_of_the_evaluation() -> None:
@@ -395,8 +415,9 @@ def test_promotion_quota_from_the_two_months_before_with_the_first_month_bonus()
     april = date(2026, 4, 2)
     oa.at(vn(april))
     assert oa.state.promotion(april, oa.policy.thresholds).monthly_quota == 5
-    oa.apply(feed.sync(vn(april), monthly_promotion_quota=700,
-                       remaining_monthly_promotion_quota=600))
+    oa.apply(
+        feed.sync(vn(april), monthly_promotion_quota=700, remaining_monthly_promotion_quota=600)
+    )
     assert oa.state.promotion(april, oa.policy.thresholds).monthly_quota == 700
     assert oa.state.promotion_remaining(april, oa.policy.thresholds) == 600
 
@@ -440,9 +461,15 @@ def test_the_pause_ladder_three_hours_six_hours_then_disabled() -> None:
     oa.at(start + timedelta(hours=3, minutes=1))  # still LOW at its end: the 6 h pause
     assert template.paused_until == int((start + timedelta(hours=9)).timestamp() * 1000)
     oa.at(start + timedelta(hours=9, minutes=1))  # and again: the third time disables
-    assert template.gate_disabled and template.paused_until is None
+    assert template.gate_disabled
+    assert template.paused_until is None
     assert [c.rule for c in oa.of("pause")] == [
-        "template_paused", "pause_ended", "template_paused", "pause_ended", "template_disabled"]
+        "template_paused",
+        "pause_ended",
+        "template_paused",
+        "pause_ended",
+        "template_disabled",
+    ]
     oa.apply(feed.command("resume_template", start + timedelta(hours=10), "t1"))
     assert not template.gate_disabled
 
@@ -464,8 +491,12 @@ def test_template_status_and_quality_follow_zalo() -> None:
     oa.apply(feed.template_status("t1", "REJECT", vn(D, 8)))  # older: ignored
     template = oa.state.templates["t1"]
     assert (template.status, template.zalo_quality) == ("ENABLE", "LOW")
-    oa.apply(feed.sync(vn(D, 11), templates=[{"template_id": "t1", "quality": "HIGH",
-                                               "status": "DISABLE", "tag": 2}]))
+    oa.apply(
+        feed.sync(
+            vn(D, 11),
+            templates=[{"template_id": "t1", "quality": "HIGH", "status": "DISABLE", "tag": 2}],
+        )
+    )
     assert (template.status, template.zalo_quality, template.tag) == ("DISABLE", "HIGH", 2)
 
 
@@ -528,14 +559,19 @@ def test_send_error_minus_133_marks_the_template_night_restricted() -> None:
 @pytest.mark.parametrize("error", [-1351, -135])
 def test_suspension_until_resumed_or_a_later_successful_send(error: int) -> None:
     oa, state = state_after_error(error)
-    assert state.suspended and state.suspended_reason == f"send_error_{error}"
+    assert state.suspended
+    assert state.suspended_reason == f"send_error_{error}"
     oa.apply(feed.command("resume_oa", vn(D, 11)))
     assert not state.suspended
     oa.apply(feed.send("t1", "again", vn(D, 12), error=error))
     oa.apply(feed.send("t1", "ok", vn(D, 13), msg_id="m1"))
     assert not state.suspended
     assert [c.rule for c in oa.of("suspension")] == [
-        f"send_error_{error}", "resume_oa", f"send_error_{error}", "successful_send"]
+        f"send_error_{error}",
+        "resume_oa",
+        f"send_error_{error}",
+        "successful_send",
+    ]
 
 
 # --- rule sets --------------------------------------------------------------------------------
