@@ -310,17 +310,18 @@ class _Fold:
             state.promo_used_month.add(month_index(date.fromordinal(grant.day)), -units)
 
     def end_pauses(self) -> None:
+        """Pauses that ended by now; one that ends while the proxy is still LOW starts the
+        next, which may itself have ended by now."""
         now_ms = _ms(self.now)
         for template in self.state.templates.values():
-            end = template.paused_until
-            if end is None or end > now_ms:
-                continue
-            template.paused_until = None
-            ended = _at(end)
-            self.change("pause", "pause_ended", "paused", "sendable", ended, template.template_id)
-            level = template.proxy_level(ended, self.thresholds)
-            if level is Level.LOW:
-                self.pause(template, ended)
+            while template.paused_until is not None and template.paused_until <= now_ms:
+                ended = _at(template.paused_until)
+                template.paused_until = None
+                self.change(
+                    "pause", "pause_ended", "paused", "sendable", ended, template.template_id
+                )
+                if template.proxy_level(ended, self.thresholds) is Level.LOW:
+                    self.pause(template, ended)
 
     # --- quota and tier -----------------------------------------------------------------
 
