@@ -14,10 +14,11 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.config import Settings
-from service.http import LOG, SETTINGS, error_response, errors_middleware, json_response
+from service.http import LOG, PROCESSOR, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
 from service.log.base import EventLog, LogUnavailable
 from service.metrics import REGISTRY
+from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
 
 
@@ -27,12 +28,23 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """Readiness: the event log answers now."""
+    """Readiness: the event log answers now, and the processor has restored its partitions."""
     log = request.app[LOG]
     try:
         await log.check()
     except LogUnavailable as exc:
         return error_response(503, "log_unavailable", str(exc), {"Retry-After": "5"})
+    processor = request.app.get(PROCESSOR)
+    if processor is not None:
+        if not processor.running:
+            return error_response(
+                503, "processor_stopped", "the processor is not running", {"Retry-After": "5"}
+            )
+        if processor.catching_up:
+            waiting = ", ".join(str(p) for p in sorted(processor.catching_up))
+            return error_response(
+                503, "restoring", f"partitions still restoring: {waiting}", {"Retry-After": "1"}
+            )
     return json_response({"status": "ready", "log": log.backend})
 
 
@@ -56,7 +68,24 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
         yield
         await app[LOG].close()
 
+    async def processor_lifetime(app: web.Application) -> AsyncIterator[None]:
+        processor = Processor(
+            app[LOG],
+            settings,
+            ProcessorOptions(
+                group_id=f"{settings.log.topic_prefix}-processor",
+                checkpoint_interval_s=settings.processor.checkpoint_interval_s,
+                checkpoint_records=settings.processor.checkpoint_records,
+            ),
+        )
+        await processor.start()
+        app[PROCESSOR] = processor
+        yield
+        await processor.close()
+
     app.cleanup_ctx.append(log_lifetime)
+    if settings.processor.enabled:
+        app.cleanup_ctx.append(processor_lifetime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

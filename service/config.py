@@ -107,6 +107,15 @@ class LogSettings(_Section):
     """Kafka client request timeout."""
 
 
+class ProcessorSettings(_Section):
+    enabled: bool = True
+    """Fold zns.events into OA state in this process (a receiver-only process turns it off)."""
+    checkpoint_interval_s: float = Field(default=5.0, gt=0)
+    """Snapshots are written and offsets committed at least this often while records come."""
+    checkpoint_records: int = Field(default=20_000, ge=1)
+    """... and after this many records, whichever comes first."""
+
+
 class AppSettings(_Section):
     app_id: ZaloId
     secrets: list[SecretStr] = Field(min_length=1, max_length=2)
@@ -177,6 +186,7 @@ class Settings(BaseSettings):
     server: ServerSettings = ServerSettings()
     receiver: ReceiverSettings = ReceiverSettings()
     log: LogSettings = LogSettings()
+    processor: ProcessorSettings = ProcessorSettings()
     apps: list[AppSettings] = Field(default_factory=list)
     rules: RulesSettings = RulesSettings()
     oas: list[OaSettings] = Field(default_factory=list)

@@ -24,3 +24,35 @@ PUBLISH_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5, 2.5),
     registry=REGISTRY,
 )
+
+FOLDED = Counter(
+    "zns_gate_records_folded",
+    "Records of zns.events the processor handled.",
+    registry=REGISTRY,
+)
+
+DECISIONS = Counter(
+    "zns_gate_decisions",
+    "Decision records written to zns.decisions.",
+    registry=REGISTRY,
+)
+
+DEAD_LETTERS = Counter(
+    "zns_gate_dead_letters",
+    "Records of zns.events sent to zns.dlq.",
+    registry=REGISTRY,
+)
+
+RESTORE_SECONDS = Histogram(
+    "zns_gate_restore_seconds",
+    "Time to restore the snapshots of one partition when it is assigned.",
+    buckets=(0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+
+CHECKPOINT_SECONDS = Histogram(
+    "zns_gate_checkpoint_seconds",
+    "Time to write the snapshots, decisions and dead letters of a checkpoint and commit.",
+    buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)

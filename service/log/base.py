@@ -267,13 +267,15 @@ class EventLog(abc.ABC):
         value: bytes,
         headers: Headers = (),
         timeout_s: float | None = None,
+        partition: int | None = None,
     ) -> Position:
         """Add one record; return only once it is durable.
 
-        A record with a key goes to `partition_for(key)`; one without goes to
-        partition 0. Raises `LogUnavailable` or `LogClosed` if it cannot, and
-        `LogUnavailable` once `timeout_s` has passed; a record given up on that
-        way may still be written later, whole.
+        A record goes to `partition` if given, else one with a key goes to
+        `partition_for(key)` and one without to partition 0. Raises
+        `LogUnavailable` or `LogClosed` if it cannot, and `LogUnavailable` once
+        `timeout_s` has passed; a record given up on that way may still be
+        written later, whole.
         """
 
     @abc.abstractmethod
@@ -282,6 +284,16 @@ class EventLog(abc.ABC):
 
         For tools and replays; returns [] when there is nothing at or after `start`.
         """
+
+    async def compact(self, tp: TopicPartition, below: int) -> int:
+        """Drop the records of a compacted topic's partition, below offset `below`, that a
+        later record with the same key (also below `below`) supersedes; how many.
+
+        Kafka's broker compacts by itself, so this does nothing there. The caller
+        chooses `below` so that everything under it is complete (a snapshot whose
+        offsets are committed), because superseded versions are gone afterwards.
+        """
+        return 0
 
     @abc.abstractmethod
     async def check(self) -> None:
@@ -302,3 +314,10 @@ class EventLog(abc.ABC):
 
     def partition_for(self, key: bytes | None) -> int:
         return 0 if key is None else partition_for(key, self.partitions)
+
+    def choose_partition(self, key: bytes | None, partition: int | None) -> int:
+        if partition is None:
+            return self.partition_for(key)
+        if not 0 <= partition < self.partitions:
+            raise ValueError(f"partition {partition} is not within 0..{self.partitions - 1}")
+        return partition

@@ -299,12 +299,14 @@ class EmbeddedLog(EventLog):
         value: bytes,
         headers: Headers = (),
         timeout_s: float | None = None,
+        partition: int | None = None,
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the embedded log is not open")
         check_record(key, value, headers)
+        partition = self.choose_partition(key, partition)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        item = _Append(topic, self.partition_for(key), key, value, tuple(headers), done)
+        item = _Append(topic, partition, key, value, tuple(headers), done)
         self._queue.put_nowait(item)
         # A record given up on while still queued is dropped (it was never
         # acknowledged: Zalo sends it again); one already being written lands
@@ -509,6 +511,23 @@ class EmbeddedLog(EventLog):
                 )
             deleted += cursor.rowcount
         return deleted
+
+
+    async def compact(self, tp: TopicPartition, below: int) -> int:
+        if tp.topic not in self.topics.compacted():
+            raise ValueError(f"{tp.topic} is not a compacted topic")
+        return await self._on_writer(partial(self._compact_sync, tp, below))
+
+    def _compact_sync(self, tp: TopicPartition, below: int) -> int:
+        conn = self._conn(self._writer)
+        with _transaction(conn):
+            cursor = conn.execute(
+                "DELETE FROM records WHERE topic = ?1 AND partition = ?2 AND offset < ?3"
+                " AND offset NOT IN (SELECT MAX(offset) FROM records WHERE topic = ?1"
+                " AND partition = ?2 AND offset < ?3 GROUP BY key)",
+                (tp.topic, tp.partition, below),
+            )
+        return cursor.rowcount
 
 
 class EmbeddedConsumer(LogConsumer):

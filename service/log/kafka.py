@@ -253,12 +253,14 @@ class KafkaLog(EventLog):
         value: bytes,
         headers: Headers = (),
         timeout_s: float | None = None,
+        partition: int | None = None,
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the kafka log is not open")
         check_record(key, value, headers)
+        partition = self.choose_partition(key, partition)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
-        tp = (topic, self.partition_for(key))
+        tp = (topic, partition)
         self._pending.setdefault(tp, []).append(_Append(key, value, headers, done))
         sender = self._senders.get(tp)
         if sender is None or sender.done():

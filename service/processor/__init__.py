@@ -1,0 +1,1 @@
+"""The processor: folds zns.events into OA state, writes snapshots and decisions."""

@@ -1,0 +1,179 @@
+"""Folding the records of one `zns.events` partition into the states of its OAs.
+
+`PartitionFolder` is the part the live processor and `zns-gate replay` share:
+given records in offset order it keeps the partition's stream clock, skips
+what a restored snapshot already includes, folds the rest, and returns the
+decision and dead-letter records to write. It does no I/O itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import orjson
+
+from service.config import Settings
+from service.domain.fold import Item, Unprocessable, fold, read_item
+from service.domain.records import DeadLetter, DecisionRecord, Source
+from service.domain.rules import RULE_SETS, Thresholds
+from service.domain.state import Change, OAState, Policy
+from service.log.base import Record
+from service.logsetup import get_logger
+
+_log = get_logger("processor")
+
+Clock = Callable[[], datetime]
+
+
+def wall_clock() -> datetime:
+    return datetime.now(UTC)
+
+
+class PolicyBook:
+    """The policy of every OA, from the settings: its rule set, the zone, negative replies."""
+
+    def __init__(self, settings: Settings, thresholds: Thresholds | None = None) -> None:
+        self._zone = settings.rules.zone
+        self._thresholds = thresholds or Thresholds()
+        self._default = Policy(RULE_SETS[settings.rules.default], self._thresholds, self._zone)
+        self._by_oa = {
+            oa.oa_id: Policy(
+                RULE_SETS[oa.rules or settings.rules.default],
+                self._thresholds,
+                self._zone,
+                {template: frozenset(labels) for template, labels in oa.negative_replies.items()},
+            )
+            for oa in settings.oas
+        }
+
+    def for_oa(self, oa_id: str) -> Policy:
+        return self._by_oa.get(oa_id, self._default)
+
+
+@dataclass
+class Output:
+    """Records to write because of the records folded: (topic, key, value)."""
+
+    decisions: list[tuple[bytes, bytes]] = field(default_factory=list)
+    dead_letters: list[tuple[bytes | None, bytes]] = field(default_factory=list)
+
+
+class PartitionFolder:
+    """The OAs of one partition, brought up to date record by record."""
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        policies: PolicyBook,
+        *,
+        stream_clock: bool,
+        wall: Clock = wall_clock,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.policies = policies
+        self.stream_clock = stream_clock
+        self.wall = wall
+        self.states: dict[str, OAState] = {}
+        self.dirty: set[str] = set()
+        """OAs changed since the last snapshot."""
+        self.position = -1
+        """The offset of the last record handled."""
+        self.clock_ms: int | None = None
+        """The stream clock: the newest event time of an OA's record in the partition."""
+        self.included = -1
+        """Records up to this offset are in the restored checkpoint (mark)."""
+        self.rebuild: set[str] = set()
+        """OAs whose snapshots were lost or incomplete: folded again from the start."""
+        self.folded = 0
+
+    def restore(self, states: dict[str, OAState], included: int, clock_ms: int | None) -> None:
+        self.states = states
+        self.included = included
+        self.clock_ms = clock_ms
+        self.position = included
+
+    def now(self) -> datetime:
+        if self.stream_clock and self.clock_ms is not None:
+            return datetime.fromtimestamp(self.clock_ms / 1000, tz=UTC)
+        return self.wall()
+
+    def handle(self, record: Record, out: Output) -> None:
+        """Fold one record (records come in offset order)."""
+        self.position = max(self.position, record.offset)
+        headers = {name: value.decode(errors="replace") for name, value in record.headers}
+        try:
+            item = read_item(headers.get("kind"), record.key, record.value, headers)
+        except Unprocessable as exc:
+            if record.offset > self.included:
+                out.dead_letters.append(self.dead_letter(record, headers, exc.reason, str(exc)))
+            return
+        if record.offset > self.included:
+            at_ms = int(item.at.timestamp() * 1000)
+            if self.clock_ms is None or at_ms > self.clock_ms:
+                self.clock_ms = at_ms
+        state = self.states.get(item.oa_id)
+        if state is None:
+            policy = self.policies.for_oa(item.oa_id)
+            state = self.states[item.oa_id] = OAState.new(item.oa_id, policy.rules)
+        if record.offset <= state.position:
+            return  # the OA's snapshot includes it
+        self.apply(state, item, record, out)
+
+    def apply(self, state: OAState, item: Item, record: Record, out: Output) -> None:
+        policy = self.policies.for_oa(item.oa_id)
+        try:
+            changes = fold(state, item, self.now(), policy)
+        except Exception as exc:  # a bug must not stop the partition; the record is kept
+            _log.exception("fold failed", oa_id=item.oa_id, offset=record.offset)
+            headers = {name: value.decode(errors="replace") for name, value in record.headers}
+            out.dead_letters.append(self.dead_letter(record, headers, "apply_failed", repr(exc)))
+            changes = []
+        state.position = record.offset
+        self.dirty.add(item.oa_id)
+        self.folded += 1
+        for index, change in enumerate(changes):
+            out.decisions.append(self.decision(state.oa_id, change, record, index, policy))
+
+    def decision(
+        self, oa_id: str, change: Change, record: Record, index: int, policy: Policy
+    ) -> tuple[bytes, bytes]:
+        # Partition, offset, rule and the change's place among the record's changes: the
+        # same record folded again (after a crash) gives the same ids.
+        decision_id = f"{record.partition}-{record.offset}-{index}-{change.rule}"
+        value = DecisionRecord(
+            decision_id=decision_id,
+            oa_id=oa_id,
+            template_id=change.template_id,
+            kind=change.kind,
+            rule=change.rule,
+            before=change.before,
+            after=change.after,
+            inputs=change.inputs,
+            at=change.at.astimezone(policy.zone).isoformat(),
+            source=Source(topic=record.topic, partition=record.partition, offset=record.offset),
+        )
+        return oa_id.encode(), orjson.dumps(value.model_dump(mode="json"))
+
+    def dead_letter(
+        self, record: Record, headers: dict[str, str], reason: str, error: str
+    ) -> tuple[bytes | None, bytes]:
+        value = DeadLetter(
+            reason=reason,
+            error=error,
+            source=Source(topic=record.topic, partition=record.partition, offset=record.offset),
+            kind=headers.get("kind"),
+            key=None if record.key is None else record.key.decode(errors="replace"),
+            value=record.value.decode(errors="replace"),
+            headers=headers,
+        )
+        _log.warning(
+            "record sent to the dead-letter topic",
+            reason=reason,
+            offset=record.offset,
+            partition=record.partition,
+        )
+        return record.key, orjson.dumps(value.model_dump(mode="json"))

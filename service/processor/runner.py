@@ -1,0 +1,283 @@
+"""The processor: consume `zns.events` in a consumer group, fold, snapshot, commit.
+
+For each partition the group assigns, the processor restores the latest
+snapshots from `zns.oa-state`, reads the partition from where the snapshots
+and the committed offset leave off, and serves it once it has caught up with
+the end offset it saw when it got the partition. Decisions and dead letters
+are appended as records are folded. A checkpoint, every few seconds or
+records, waits until those appends are durable, writes a snapshot of every
+OA that changed and the partition's mark, and only then commits the offsets:
+a crash at any point re-folds, from the last commit, records whose effects a
+snapshot either includes (skipped by position) or does not (folded again), so
+nothing is lost or counted twice, and decisions repeat with the same ids.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+
+from service.config import Settings
+from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
+from service.logsetup import get_logger
+from service.metrics import CHECKPOINT_SECONDS, DEAD_LETTERS, DECISIONS, FOLDED, RESTORE_SECONDS
+from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
+from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
+
+_log = get_logger("processor")
+
+RESTORE_BATCH = 500
+"""Snapshot records read at a time while restoring (the loop runs between reads)."""
+
+
+@dataclass(frozen=True)
+class ProcessorOptions:
+    group_id: str = "zns-gate-processor"
+    checkpoint_interval_s: float = 5.0
+    checkpoint_records: int = 20_000
+    compact_every: int = 20
+    """Embedded log: compact `zns.oa-state` every this many checkpoints."""
+
+
+class Processor:
+    """One member of the processor group, with the states of the partitions it owns."""
+
+    def __init__(
+        self,
+        log: EventLog,
+        settings: Settings,
+        options: ProcessorOptions | None = None,
+        *,
+        wall: Clock = wall_clock,
+    ) -> None:
+        self.log = log
+        self.options = options or ProcessorOptions()
+        self.policies = PolicyBook(settings)
+        self.stream_clock = settings.rules.clock == "stream"
+        self.wall = wall
+        self.folders: dict[int, PartitionFolder] = {}
+        self.catching_up: dict[int, int] = {}
+        """Partition -> the end offset it must reach before it is served."""
+        self._consumer: LogConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._output = Output()
+        self._since_checkpoint = 0
+        self._last_checkpoint = time.monotonic()
+        self._checkpoints = 0
+        self._lock = asyncio.Lock()
+
+    # --- life ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._consumer = self.log.consumer(self.options.group_id, [self.log.topics.events], self)
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="processor")
+
+    async def close(self) -> None:
+        """Stop folding; checkpoint and leave the group (the partitions' revocation)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.close()
+            self._consumer = None
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    def ready(self) -> frozenset[int]:
+        """The partitions restored and caught up: their state may be served."""
+        return frozenset(p for p in self.folders if p not in self.catching_up)
+
+    # --- the group's callbacks ----------------------------------------------------------
+
+    async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
+        assert self._consumer is not None
+        for tp in sorted(partitions):
+            started = time.monotonic()
+            folder = await self._restore(tp.partition)
+            committed = await self._consumer.committed(tp)
+            start = _replay_start(folder, committed)
+            self._consumer.seek(tp, start)
+            end = (await self.log.end_offsets([tp]))[tp]
+            self.folders[tp.partition] = folder
+            if start < end:
+                self.catching_up[tp.partition] = end
+            RESTORE_SECONDS.observe(time.monotonic() - started)
+            _log.info(
+                "partition assigned",
+                partition=tp.partition,
+                oas=len(folder.states),
+                replay_from=start,
+                end_offset=end,
+                restore_ms=round((time.monotonic() - started) * 1000, 1),
+            )
+
+    async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        mine = [tp.partition for tp in partitions if tp.partition in self.folders]
+        if not mine:
+            return
+        try:
+            await self.checkpoint()
+        except LogError as exc:  # the next owner folds again from the last commit
+            _log.warning("checkpoint before revocation failed", error=repr(exc))
+        for partition in mine:
+            self.folders.pop(partition, None)
+            self.catching_up.pop(partition, None)
+        _log.info("partitions revoked", partitions=mine)
+
+    async def _restore(self, partition: int) -> PartitionFolder:
+        topics = self.log.topics
+        folder = PartitionFolder(
+            topics.events, partition, self.policies, stream_clock=self.stream_clock, wall=self.wall
+        )
+        tp = TopicPartition(topics.oa_state, partition)
+        end = (await self.log.end_offsets([tp]))[tp]
+        restorer = Restorer(topics.events, partition)
+        offset = 0
+        while offset < end:
+            records = await self.log.read(tp, offset, RESTORE_BATCH)
+            if not records:
+                break
+            restorer.add(records)
+            offset = records[-1].offset + 1
+            await asyncio.sleep(0)  # heartbeats and requests run between pieces
+        restored = restorer.result()
+        mark = restored.mark
+        if restored.rebuild:
+            _log.warning(
+                "snapshots incomplete; rebuilding from the log",
+                partition=partition,
+                oas=len(restored.rebuild),
+            )
+        folder.restore(
+            restored.states,
+            -1 if mark is None else mark.position,
+            None if mark is None else mark.clock_ms,
+        )
+        folder.rebuild = restored.rebuild
+        return folder
+
+    # --- the loop -----------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            try:
+                records = await self._consumer.fetch(max_records=1000, timeout_s=0.5)
+                async with self._lock:
+                    self._fold(records)
+                if self.catching_up:
+                    await self._check_caught_up()
+                if self._checkpoint_due():
+                    await self.checkpoint()
+            except asyncio.CancelledError:
+                raise
+            except LogError as exc:
+                _log.warning("processor waits for the log", error=repr(exc))
+                await asyncio.sleep(1.0)
+
+    async def _check_caught_up(self) -> None:
+        """A partition whose records up to its end were deleted (retention) is caught up too."""
+        assert self._consumer is not None
+        for partition, end in list(self.catching_up.items()):
+            tp = TopicPartition(self.log.topics.events, partition)
+            position = await self._consumer.position(tp)
+            if position is not None and position >= end:
+                self.catching_up.pop(partition, None)
+                _log.info("partition caught up", partition=partition)
+
+    def _fold(self, records: list[Record]) -> None:
+        out = self._output
+        for record in records:
+            folder = self.folders.get(record.partition)
+            if folder is None:
+                continue  # revoked meanwhile
+            folder.handle(record, out)
+            end = self.catching_up.get(record.partition)
+            if end is not None and record.offset + 1 >= end:
+                del self.catching_up[record.partition]
+                _log.info("partition caught up", partition=record.partition)
+        self._since_checkpoint += len(records)
+        FOLDED.inc(len(records))
+
+    def _checkpoint_due(self) -> bool:
+        if self._since_checkpoint >= self.options.checkpoint_records:
+            return True
+        return (
+            self._since_checkpoint > 0
+            and time.monotonic() - self._last_checkpoint >= self.options.checkpoint_interval_s
+        )
+
+    async def checkpoint(self) -> None:
+        """Make everything folded so far durable, then commit the offsets."""
+        assert self._consumer is not None
+        started = time.monotonic()
+        async with self._lock:
+            output, self._output = self._output, Output()
+            topics = self.log.topics
+            appends = [
+                self.log.append(topics.decisions, key, value) for key, value in output.decisions
+            ]
+            appends += [
+                self.log.append(topics.dlq, key, value) for key, value in output.dead_letters
+            ]
+            commits: dict[TopicPartition, int] = {}
+            written: list[tuple[PartitionFolder, set[str]]] = []
+            for partition, folder in self.folders.items():
+                if folder.position < 0:
+                    continue
+                dirty, folder.dirty = folder.dirty, set()
+                written.append((folder, dirty))
+                for oa_id in dirty:
+                    for key, value in encode_state(folder.states[oa_id], topics.events, partition):
+                        appends.append(
+                            self.log.append(topics.oa_state, key, value, partition=partition)
+                        )
+                mark = encode_mark(topics.events, partition, folder.position, folder.clock_ms)
+                appends.append(
+                    self.log.append(topics.oa_state, mark_key(partition), mark, partition=partition)
+                )
+                commits[TopicPartition(topics.events, partition)] = folder.position + 1
+            results = await asyncio.gather(*appends, return_exceptions=True)
+            failed = [r for r in results if isinstance(r, BaseException)]
+            if failed:
+                # Nothing is committed: the records are folded again after a restart. Keep
+                # the output and the dirty marks so that the next checkpoint writes them.
+                self._output.decisions[:0] = output.decisions
+                self._output.dead_letters[:0] = output.dead_letters
+                for folder, dirty in written:
+                    folder.dirty |= dirty
+                raise failed[0] if isinstance(failed[0], LogError) else LogError(repr(failed[0]))
+            await self._consumer.commit(commits)
+            DECISIONS.inc(len(output.decisions))
+            DEAD_LETTERS.inc(len(output.dead_letters))
+            self._since_checkpoint = 0
+            self._last_checkpoint = time.monotonic()
+            self._checkpoints += 1
+            if self._checkpoints % self.options.compact_every == 0:
+                await self._compact()
+        CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+
+    async def _compact(self) -> None:
+        """Every snapshot written so far is complete and committed: drop the superseded."""
+        tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
+        for tp, end in (await self.log.end_offsets(tps)).items():
+            await self.log.compact(tp, end)
+
+
+def _replay_start(folder: PartitionFolder, committed: int | None) -> int:
+    """Where reading resumes: after what the snapshots include and the group committed;
+    from the start when an OA's snapshot is lost or incomplete, or every snapshot is
+    (offsets committed but no mark), so that the log rebuilds them."""
+    if folder.rebuild or (committed is not None and folder.included < 0 and committed > 0):
+        return 0
+    start = folder.included + 1
+    if committed is not None:
+        start = min(start, committed)
+    return start
