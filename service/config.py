@@ -104,6 +104,8 @@ class LogSettings(_Section):
     """Replication factor of topics the Kafka backend creates (1 suits a one-node broker)."""
     client_id: str = "zns-gate"
     request_timeout_ms: int = Field(default=5000, ge=100)
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    """Kafka backend: a processor silent this long loses its partitions to the others."""
     """Kafka client request timeout."""
 
 

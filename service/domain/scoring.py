@@ -42,7 +42,13 @@ def wilson_lower_bound(negatives: int, delivered: int, z: float) -> float:
 
 def quality_level(negatives: int, delivered: int, thresholds: Thresholds) -> Level:
     """UNDEFINED with nothing delivered; else LOW above `rate_limit`, MEDIUM above
-    `rate_standard`, HIGH otherwise, judged by the Wilson lower bound."""
+    `rate_standard`, HIGH otherwise, judged by the Wilson lower bound.
+
+    A window can hold a negative whose delivery is already outside it (a rating
+    47 hours after the message); such a message still counts as delivered, so
+    `delivered` is at least `negatives`.
+    """
+    delivered = max(delivered, negatives)
     if delivered == 0:
         return Level.UNDEFINED
     bound = wilson_lower_bound(negatives, delivered, thresholds.quality_z)
@@ -57,7 +63,9 @@ def score(negatives: int, delivered: int, thresholds: Thresholds) -> int | None:
     """100 x (1 - min(1, rate / (2 x rate_limit))), rounded half up; None with nothing delivered.
 
     100 is spotless; 50 sits exactly at the LOW limit; 0 is twice that or worse.
+    As in `quality_level`, `delivered` is at least `negatives`.
     """
+    delivered = max(delivered, negatives)
     if delivered == 0:
         return None
     rate = negatives / delivered

@@ -20,6 +20,7 @@ def create_log(settings: LogSettings) -> EventLog:
             replication_factor=settings.replication_factor,
             client_id=settings.client_id,
             request_timeout_ms=settings.request_timeout_ms,
+            session_timeout_ms=settings.session_timeout_ms,
         )
     from service.log.embedded import EmbeddedLog
 

@@ -238,6 +238,14 @@ class LogConsumer(abc.ABC):
     async def position(self, tp: TopicPartition) -> int | None:
         """The offset the next `fetch` reads from `tp`, if known."""
 
+    @abc.abstractmethod
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        """Return no records of these partitions until they are resumed."""
+
+    @abc.abstractmethod
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        """Return records of these paused partitions again."""
+
 
 class EventLog(abc.ABC):
     """An append-only, partitioned, durable log of records."""

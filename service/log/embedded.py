@@ -512,7 +512,6 @@ class EmbeddedLog(EventLog):
             deleted += cursor.rowcount
         return deleted
 
-
     async def compact(self, tp: TopicPartition, below: int) -> int:
         if tp.topic not in self.topics.compacted():
             raise ValueError(f"{tp.topic} is not a compacted topic")
@@ -547,6 +546,7 @@ class EmbeddedConsumer(LogConsumer):
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
         self._rotation = 0
+        self._paused: set[TopicPartition] = set()
         self._started = False
 
     async def start(self) -> None:
@@ -566,11 +566,14 @@ class EmbeddedConsumer(LogConsumer):
     async def close(self) -> None:
         if not self._started:
             return
-        self._started = False
-        revoked, self._assigned = self._assigned, frozenset()
-        if self._listener is not None and revoked:
-            await self._listener.on_revoked(revoked)
-        self._log._leave(self)
+        try:
+            # Still a member here: the listener may snapshot and commit what it holds.
+            if self._listener is not None and self._assigned:
+                await self._listener.on_revoked(self._assigned)
+        finally:
+            self._started = False
+            self._assigned = frozenset()
+            self._log._leave(self)
 
     def assignment(self) -> frozenset[TopicPartition]:
         return self._assigned
@@ -609,7 +612,9 @@ class EmbeddedConsumer(LogConsumer):
         ordered = ordered[self._rotation :] + ordered[: self._rotation]
         heads = self._log._heads
         return [
-            (tp, self._positions[tp]) for tp in ordered if self._positions[tp] < heads.get(tp, 0)
+            (tp, self._positions[tp])
+            for tp in ordered
+            if self._positions[tp] < heads.get(tp, 0) and tp not in self._paused
         ]
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
@@ -632,3 +637,9 @@ class EmbeddedConsumer(LogConsumer):
 
     async def position(self, tp: TopicPartition) -> int | None:
         return self._positions.get(tp)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused |= set(partitions)
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._paused -= set(partitions)

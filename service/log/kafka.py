@@ -108,8 +108,10 @@ class KafkaLog(EventLog):
         replication_factor: int = 1,
         client_id: str = "zns-gate",
         request_timeout_ms: int = 5000,
+        session_timeout_ms: int = 10_000,
     ) -> None:
         super().__init__(topics or Topics(), partitions)
+        self.session_timeout_ms = session_timeout_ms
         self.bootstrap_servers = bootstrap_servers
         self._retention_ms = retention_days * 86_400_000
         self._replication_factor = replication_factor
@@ -417,15 +419,20 @@ class KafkaConsumer(LogConsumer):
             # Positions move only when the processor says its state is durable.
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            # A member that stops heartbeating (killed) loses its partitions after this.
+            session_timeout_ms=self._log.session_timeout_ms,
+            heartbeat_interval_ms=self._log.session_timeout_ms // 3,
         )
         consumer.subscribe(list(self._topics), listener=_ListenerBridge(self._listener))
+        # Set before start: the group may assign partitions, and call the listener, meanwhile.
+        self._consumer = consumer
         try:
             await consumer.start()
         except KafkaError as exc:
+            self._consumer = None
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
             raise LogUnavailable(f"cannot join group {self.group_id}: {exc}") from exc
-        self._consumer = consumer
 
     async def close(self) -> None:
         if self._consumer is None:
@@ -474,6 +481,12 @@ class KafkaConsumer(LogConsumer):
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
         self._live().seek(_to_kafka(tp), offset)
+
+    def pause(self, partitions: Iterable[TopicPartition]) -> None:
+        self._live().pause(*(_to_kafka(tp) for tp in partitions))
+
+    def resume(self, partitions: Iterable[TopicPartition]) -> None:
+        self._live().resume(*(_to_kafka(tp) for tp in partitions))
 
     async def position(self, tp: TopicPartition) -> int | None:
         consumer = self._live()

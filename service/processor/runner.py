@@ -37,6 +37,8 @@ class ProcessorOptions:
     group_id: str = "zns-gate-processor"
     checkpoint_interval_s: float = 5.0
     checkpoint_records: int = 20_000
+    fetch_records: int = 1000
+    """Records taken from the log at a time (a checkpoint comes between fetches)."""
     compact_every: int = 20
     """Embedded log: compact `zns.oa-state` every this many checkpoints."""
 
@@ -67,6 +69,9 @@ class Processor:
         self._last_checkpoint = time.monotonic()
         self._checkpoints = 0
         self._lock = asyncio.Lock()
+        self._stopping = asyncio.Event()
+        self._unrestored: set[TopicPartition] = set()
+        """Assigned partitions whose restore failed: tried again by the loop."""
 
     # --- life ---------------------------------------------------------------------------
 
@@ -78,9 +83,13 @@ class Processor:
     async def close(self) -> None:
         """Stop folding; checkpoint and leave the group (the partitions' revocation)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            self._stopping.set()  # the loop ends after the fetch or checkpoint under way
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout=30)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
             self._task = None
         if self._consumer is not None:
             await self._consumer.close()
@@ -97,26 +106,46 @@ class Processor:
     # --- the group's callbacks ----------------------------------------------------------
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
-        assert self._consumer is not None
+        consumer = self._consumer
+        assert consumer is not None
+        # The consumer may fetch a partition as soon as it is assigned, while this callback
+        # still restores it: hold every partition until its state is back and it has
+        # been moved to where folding resumes.
+        consumer.pause(partitions)
         for tp in sorted(partitions):
-            started = time.monotonic()
-            folder = await self._restore(tp.partition)
-            committed = await self._consumer.committed(tp)
-            start = _replay_start(folder, committed)
-            self._consumer.seek(tp, start)
-            end = (await self.log.end_offsets([tp]))[tp]
-            self.folders[tp.partition] = folder
-            if start < end:
-                self.catching_up[tp.partition] = end
-            RESTORE_SECONDS.observe(time.monotonic() - started)
-            _log.info(
-                "partition assigned",
-                partition=tp.partition,
-                oas=len(folder.states),
-                replay_from=start,
-                end_offset=end,
-                restore_ms=round((time.monotonic() - started) * 1000, 1),
-            )
+            try:
+                await self._take(tp)
+            except LogError as exc:  # the loop tries again; the partition stays held
+                _log.warning("restore failed", partition=tp.partition, error=repr(exc))
+                self._unrestored.add(tp)
+
+    async def _take(self, tp: TopicPartition) -> None:
+        """Restore one assigned partition, move to where folding resumes, let it be fetched."""
+        consumer = self._consumer
+        assert consumer is not None
+        started = time.monotonic()
+        folder = await self._restore(tp.partition)
+        committed = await consumer.committed(tp)
+        start = _replay_start(folder, committed)
+        end = (await self.log.end_offsets([tp]))[tp]
+        if tp not in consumer.assignment():
+            return  # revoked while it was restored
+        consumer.seek(tp, start)
+        self.folders[tp.partition] = folder
+        if start < end:
+            self.catching_up[tp.partition] = end
+        self._unrestored.discard(tp)
+        consumer.resume([tp])
+        RESTORE_SECONDS.observe(time.monotonic() - started)
+        _log.info(
+            "partition assigned",
+            partition=tp.partition,
+            oas=len(folder.states),
+            committed=committed,
+            replay_from=start,
+            end_offset=end,
+            restore_ms=round((time.monotonic() - started) * 1000, 1),
+        )
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
         mine = [tp.partition for tp in partitions if tp.partition in self.folders]
@@ -129,6 +158,7 @@ class Processor:
         for partition in mine:
             self.folders.pop(partition, None)
             self.catching_up.pop(partition, None)
+        self._unrestored -= partitions
         _log.info("partitions revoked", partitions=mine)
 
     async def _restore(self, partition: int) -> PartitionFolder:
@@ -167,9 +197,14 @@ class Processor:
 
     async def _run(self) -> None:
         assert self._consumer is not None
-        while True:
+        while not self._stopping.is_set():
             try:
-                records = await self._consumer.fetch(max_records=1000, timeout_s=0.5)
+                for tp in sorted(self._unrestored & self._consumer.assignment()):
+                    await self._take(tp)
+                self._unrestored &= self._consumer.assignment()
+                records = await self._consumer.fetch(
+                    max_records=self.options.fetch_records, timeout_s=0.5
+                )
                 async with self._lock:
                     self._fold(records)
                 if self.catching_up:
@@ -244,17 +279,23 @@ class Processor:
                     self.log.append(topics.oa_state, mark_key(partition), mark, partition=partition)
                 )
                 commits[TopicPartition(topics.events, partition)] = folder.position + 1
-            results = await asyncio.gather(*appends, return_exceptions=True)
-            failed = [r for r in results if isinstance(r, BaseException)]
-            if failed:
-                # Nothing is committed: the records are folded again after a restart. Keep
-                # the output and the dirty marks so that the next checkpoint writes them.
+            try:
+                results = await asyncio.gather(*appends, return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                if failed:
+                    raise (
+                        failed[0] if isinstance(failed[0], LogError) else LogError(repr(failed[0]))
+                    )
+                if commits:
+                    await self._consumer.commit(commits)
+            except BaseException:
+                # Nothing is committed: keep the output and the dirty marks, so that the
+                # next checkpoint writes them again (a restart folds the records again).
                 self._output.decisions[:0] = output.decisions
                 self._output.dead_letters[:0] = output.dead_letters
                 for folder, dirty in written:
                     folder.dirty |= dirty
-                raise failed[0] if isinstance(failed[0], LogError) else LogError(repr(failed[0]))
-            await self._consumer.commit(commits)
+                raise
             DECISIONS.inc(len(output.decisions))
             DEAD_LETTERS.inc(len(output.dead_letters))
             self._since_checkpoint = 0

@@ -1,0 +1,246 @@
+"""The processor on both backends: fold, snapshot, restore, crash, rebalance (DESIGN.md 3 and 4).
+
+Every test compares what the processor stored with a clean pass: the same
+records folded once, in order, by a `PartitionFolder` in this process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from service.config import Settings
+from service.log.base import EventLog, Record, TopicPartition
+from service.processor.folding import Output, PartitionFolder, PolicyBook
+from service.processor.runner import Processor, ProcessorOptions
+from service.processor.snapshots import Restorer
+from tests import feed
+from tests.conftest import LogOpener
+
+ROOT = Path(__file__).resolve().parents[2]
+SETTINGS = Settings(rules={"clock": "stream"})
+PARTITIONS = 3
+
+
+async def append_all(log: EventLog, raws: list[feed.Raw]) -> None:
+    """Append in order per key (one OA's records keep their order)."""
+    for start in range(0, len(raws), 200):
+        chunk = raws[start : start + 200]
+        by_key: dict[bytes, list[feed.Raw]] = {}
+        for raw in chunk:
+            by_key.setdefault(raw.key, []).append(raw)
+
+        async def write(items: list[feed.Raw]) -> None:
+            for raw in items:
+                await log.append(log.topics.events, raw.key, raw.value, raw.log_headers())
+
+        await asyncio.gather(*(write(items) for items in by_key.values()))
+
+
+async def read_topic(log: EventLog, topic: str, partition: int) -> list[Record]:
+    out: list[Record] = []
+    tp = TopicPartition(topic, partition)
+    start = 0
+    while batch := await log.read(tp, start, 1000):
+        out.extend(batch)
+        start = batch[-1].offset + 1
+    return out
+
+
+async def clean_pass(log: EventLog) -> tuple[dict[str, Any], set[str], set[tuple[int, int]]]:
+    """States, decision ids and dead-lettered positions of one fold of the whole log."""
+    states: dict[str, Any] = {}
+    decisions: set[str] = set()
+    dead: set[tuple[int, int]] = set()
+    for partition in range(log.partitions):
+        folder = PartitionFolder(
+            log.topics.events, partition, PolicyBook(SETTINGS), stream_clock=True
+        )
+        out = Output()
+        for record in await read_topic(log, log.topics.events, partition):
+            folder.handle(record, out)
+        states.update({oa: s.to_document() for oa, s in folder.states.items()})
+        decisions |= {orjson.loads(v)["decision_id"] for _, v in out.decisions}
+        dead |= {
+            (orjson.loads(v)["source"]["partition"], orjson.loads(v)["source"]["offset"])
+            for _, v in out.dead_letters
+        }
+    return states, decisions, dead
+
+
+async def stored(log: EventLog) -> tuple[dict[str, Any], set[str], set[tuple[int, int]]]:
+    """What the processor left: the snapshots, the decision ids, the dead-lettered positions."""
+    states: dict[str, Any] = {}
+    decisions: set[str] = set()
+    dead: set[tuple[int, int]] = set()
+    for partition in range(log.partitions):
+        restorer = Restorer(log.topics.events, partition)
+        restorer.add(await read_topic(log, log.topics.oa_state, partition))
+        restored = restorer.result()
+        assert not restored.rebuild
+        states.update({oa: s.to_document() for oa, s in restored.states.items()})
+        decisions |= {
+            orjson.loads(r.value)["decision_id"]
+            for r in await read_topic(log, log.topics.decisions, partition)
+        }
+        for r in await read_topic(log, log.topics.dlq, partition):
+            source = orjson.loads(r.value)["source"]
+            dead.add((source["partition"], source["offset"]))
+    return states, decisions, dead
+
+
+async def fold_to_end(processor: Processor, log: EventLog, partitions: set[int]) -> None:
+    events = [TopicPartition(log.topics.events, p) for p in partitions]
+    ends = await log.end_offsets(events)
+    async with asyncio.timeout(60):
+        while True:
+            folders = processor.folders
+            if all(
+                tp.partition in folders and folders[tp.partition].position + 1 >= end
+                for tp, end in ends.items()
+            ):
+                return
+            await asyncio.sleep(0.05)
+
+
+def options(log: EventLog, **changes: Any) -> ProcessorOptions:
+    values: dict[str, Any] = {
+        "group_id": f"{log.topics.prefix}-processor",
+        "checkpoint_interval_s": 0.1,
+        "checkpoint_records": 500,
+    }
+    values.update(changes)
+    return ProcessorOptions(**values)
+
+
+async def test_the_processor_stores_what_a_clean_pass_computes(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    await append_all(log, feed.stream(seed=1, oas=8, messages=60))
+    processor = Processor(log, SETTINGS, options(log))
+    await processor.start()
+    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    assert processor.ready() == frozenset(range(PARTITIONS))
+    await processor.close()
+    expected = await clean_pass(log)
+    assert expected[1], "the stream makes decisions"
+    assert len(expected[2]) == 2, "the stream has two records for the dead-letter topic"
+    assert await stored(log) == expected
+
+    # A new processor restores the states and folds nothing again.
+    again = Processor(log, SETTINGS, options(log))
+    await again.start()
+    await fold_to_end(again, log, set(range(PARTITIONS)))
+    restored = {oa: s.to_document() for f in again.folders.values() for oa, s in f.states.items()}
+    assert restored == expected[0]
+    assert sum(f.folded for f in again.folders.values()) == 0
+    await again.close()
+
+
+async def test_records_after_a_restart_fold_onto_the_restored_state(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    raws = feed.stream(seed=2, oas=6, messages=50)
+    half = len(raws) // 2
+    await append_all(log, raws[:half])
+    first = Processor(log, SETTINGS, options(log))
+    await first.start()
+    await fold_to_end(first, log, set(range(PARTITIONS)))
+    await first.close()
+    await append_all(log, raws[half:])
+    second = Processor(log, SETTINGS, options(log))
+    await second.start()
+    await fold_to_end(second, log, set(range(PARTITIONS)))
+    await second.close()
+    assert await stored(log) == await clean_pass(log)
+
+
+def _child(opener: LogOpener, die: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tests.integration.processor_child",
+            opener.backend,
+            opener.where,
+            opener.prefix,
+            str(PARTITIONS),
+            die,
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+
+
+async def test_a_processor_killed_at_random_points_ends_with_a_clean_pass(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    await append_all(log, feed.stream(seed=3, oas=12, messages=120))
+    await log.close()  # the embedded log admits one process at a time
+    rng = random.Random(3)
+    deaths = [
+        f"fold:{rng.randint(50, 800)}",
+        f"append:{rng.randint(5, 150)}",
+        f"commit:{rng.randint(1, 8)}",
+    ]
+    rng.shuffle(deaths)
+    killed = 0
+    for die in [*deaths, "never"]:
+        child = _child(log_factory, die)
+        out, err = await asyncio.to_thread(child.communicate, timeout=120)
+        if die == "never":
+            assert (child.returncode, out.strip()) == (0, "caught up"), err[-3000:]
+        else:  # it may have caught up before its death came
+            assert child.returncode in (-9, 0), (die, err[-3000:])
+            killed += child.returncode == -9
+    assert killed >= 2, "the children died before catching up"
+    log = await log_factory(partitions=PARTITIONS)
+    assert await stored(log) == await clean_pass(log)
+
+
+@pytest.mark.kafka
+@pytest.mark.parametrize("backend", ["kafka"], indirect=True)
+async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    second_log = await log_factory(partitions=PARTITIONS)
+    raws = feed.stream(seed=4, oas=12, messages=40)
+    thirds = [raws[i::3] for i in range(3)]
+    everything = set(range(PARTITIONS))
+
+    one = Processor(log, SETTINGS, options(log))
+    await one.start()
+    await append_all(log, thirds[0])
+    await fold_to_end(one, log, everything)
+
+    two = Processor(second_log, SETTINGS, options(second_log))
+    await two.start()
+    await append_all(log, thirds[1])
+    async with asyncio.timeout(60):
+        while not (
+            one.folders and two.folders and set(one.folders) | set(two.folders) == everything
+        ):
+            await asyncio.sleep(0.1)
+    assert not set(one.folders) & set(two.folders), "a partition has one owner"
+    await fold_to_end(one, log, set(one.folders))
+    await fold_to_end(two, log, set(two.folders))
+
+    await two.close()
+    await append_all(log, thirds[2])
+    async with asyncio.timeout(60):
+        while set(one.folders) != everything:
+            await asyncio.sleep(0.1)
+    await fold_to_end(one, log, everything)
+    await one.close()
+    assert await stored(log) == await clean_pass(log)
