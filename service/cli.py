@@ -1,4 +1,5 @@
-"""The `zns-gate` command: `serve` runs the receiver, processor and API in one process.
+"""The `zns-gate` command: `serve` runs the receiver, processor and API in one process;
+`replay` rebuilds every OA's state from the event log; `schemas` writes the JSON Schemas.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
 was started), 1 when the service could not start or stopped on an error.
@@ -32,6 +33,19 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
     )
+    replay = commands.add_parser(
+        "replay", help="rebuild every OA's state from the event log into fresh snapshots"
+    )
+    replay.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+    )
+    replay.add_argument(
+        "--dry-run", action="store_true", help="fold and report, but write no snapshots"
+    )
+    replay.add_argument(
+        "--dump", metavar="FILE", help="also write each rebuilt state as a JSON line to FILE"
+    )
+    replay.add_argument("--quiet", action="store_true", help="no progress bar")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
@@ -104,6 +118,44 @@ def _serve(settings: Settings) -> int:
     return EXIT_OK
 
 
+def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) -> int:
+    import orjson
+    from tqdm import tqdm
+
+    from service.log import create_log
+    from service.processor.replay import ReplayResult, replay, total_records
+
+    log = get_logger("cli")
+
+    async def run() -> ReplayResult:
+        event_log = create_log(settings.log)
+        await event_log.start()
+        try:
+            total = await total_records(event_log)
+            with tqdm(
+                total=total, unit="rec", disable=quiet, file=sys.stderr, desc="replay"
+            ) as bar:
+                return await replay(event_log, settings, write=not dry_run, progress=bar.update)
+        finally:
+            await event_log.close()
+
+    try:
+        result = new_event_loop(settings.server.event_loop).run_until_complete(run())
+    except LogConfigError as exc:
+        log.error("the event log disagrees with the settings", error=str(exc))
+        return EXIT_INVALID_SETTINGS
+    except (LogError, OSError, sqlite3.Error) as exc:
+        log.error("replay failed", error=str(exc))
+        return EXIT_FAILED
+    if dump is not None:
+        with open(dump, "wb") as out:
+            for oa_id in sorted(result.states):
+                document = {"oa_id": oa_id, "state": result.states[oa_id].to_document()}
+                out.write(orjson.dumps(document) + b"\n")
+    print(orjson.dumps(result.summary(), option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schemas":
@@ -116,6 +168,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure_logging(settings.log_level)
     if args.command == "serve":
         return _serve(settings)
+    if args.command == "replay":
+        return _replay(settings, args.dry_run, args.dump, args.quiet)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
 
 

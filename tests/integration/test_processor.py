@@ -21,6 +21,7 @@ from service.config import Settings
 from service.log.base import EventLog, Record, TopicPartition
 from service.processor.folding import Output, PartitionFolder, PolicyBook
 from service.processor.runner import Processor, ProcessorOptions
+from service.processor.replay import replay, total_records
 from service.processor.snapshots import Restorer
 from tests import feed
 from tests.conftest import LogOpener
@@ -244,3 +245,22 @@ async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: L
     await fold_to_end(one, log, everything)
     await one.close()
     assert await stored(log) == await clean_pass(log)
+
+
+async def test_replay_rebuilds_the_states_live_processing_built(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    await append_all(log, feed.stream(seed=5, oas=8, messages=60))
+    processor = Processor(log, SETTINGS, options(log))
+    await processor.start()
+    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    await processor.close()
+    live = await stored(log)
+
+    seen: list[int] = []
+    result = await replay(log, SETTINGS, write=True, progress=seen.append)
+    assert {oa: s.to_document() for oa, s in result.states.items()} == live[0]
+    assert sum(seen) == result.records == await total_records(log)
+    assert result.dead_letters == 2
+    assert result.decisions == len(live[1])
+    # The rebuilt snapshots are now the newest, and equal: a processor restores them.
+    assert (await stored(log))[0] == live[0]

@@ -166,3 +166,36 @@ async def test_an_unusable_database_path_fails_cleanly(tmp_path: Path) -> None:
     lines = [orjson.loads(line) for line in result.stderr.splitlines() if line.startswith(b"{")]
     assert lines[-1]["event"] == "could not start"
     assert b"Traceback" not in result.stderr
+
+
+async def test_replay_reports_and_dumps_the_rebuilt_states(tmp_path: Path) -> None:
+    from service.log.base import Topics
+    from service.log.embedded import EmbeddedLog
+    from tests import feed
+    from tests.integration.test_processor import append_all
+
+    database = tmp_path / "var" / "zns-gate.db"
+    database.parent.mkdir()
+    log = EmbeddedLog(database, Topics("zns"), 12)
+    await log.start()
+    await append_all(log, feed.stream(seed=6, oas=3, messages=20))
+    await log.close()
+    dump = tmp_path / "states.jsonl"
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "service.cli", "replay", "--dry-run", "--quiet", "--dump", dump],
+        cwd=tmp_path,
+        env=_environment(ZNS_GATE_RULES__CLOCK="stream"),
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    summary = orjson.loads(done.stdout)
+    assert summary["oas"] == 3
+    assert summary["dead_letters"] == 2
+    assert summary["records"] > 60
+    assert summary["snapshot_records_written"] == 0
+    lines = [orjson.loads(line) for line in dump.read_bytes().splitlines()]
+    assert [line["oa_id"] for line in lines] == sorted(line["oa_id"] for line in lines)
+    assert all(line["state"]["position"] >= 0 for line in lines)
