@@ -12,24 +12,41 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import TypeAdapter
 
 from service.domain.events import EVENT_MODELS, GenericEvent
+from service.domain.records import (
+    AdmissionRecord,
+    CommandRecord,
+    DeadLetter,
+    DecisionRecord,
+    SendRecord,
+    SyncRecord,
+)
+from service.processor.snapshots import PartitionMark, SnapshotChunk
 
 
-def _documents() -> dict[str, type[BaseModel]]:
-    """Relative path -> model, for every schema the project publishes."""
-    docs: dict[str, type[BaseModel]] = {
+def _documents() -> dict[str, Any]:
+    """Relative path -> the type whose schema the file holds, for every published schema."""
+    docs: dict[str, Any] = {
         f"webhooks/{name}.json": model for name, model in sorted(EVENT_MODELS.items())
     }
     docs["webhooks/generic_event.json"] = GenericEvent
+    # zns.events holds Zalo's bodies (kind `webhook`) and these records of zns-gate's own.
+    docs["topics/events.send.json"] = SendRecord
+    docs["topics/events.admission.json"] = AdmissionRecord
+    docs["topics/events.sync.json"] = SyncRecord
+    docs["topics/events.command.json"] = CommandRecord
+    docs["topics/oa-state.json"] = SnapshotChunk | PartitionMark
+    docs["topics/decisions.json"] = DecisionRecord
+    docs["topics/dlq.json"] = DeadLetter
     return docs
 
 
-def render(model: type[BaseModel]) -> str:
+def render(kind: Any) -> str:
     schema: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        **model.model_json_schema(mode="validation"),
+        **TypeAdapter(kind).json_schema(mode="validation"),
     }
     return json.dumps(schema, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 

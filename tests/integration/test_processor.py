@@ -16,13 +16,15 @@ from typing import Any
 
 import orjson
 import pytest
+from pydantic import TypeAdapter
 
 from service.config import Settings
+from service.domain.records import DeadLetter, DecisionRecord
 from service.log.base import EventLog, Record, TopicPartition
 from service.processor.folding import Output, PartitionFolder, PolicyBook
-from service.processor.runner import Processor, ProcessorOptions
 from service.processor.replay import replay, total_records
-from service.processor.snapshots import Restorer
+from service.processor.runner import Processor, ProcessorOptions
+from service.processor.snapshots import PartitionMark, Restorer, SnapshotChunk
 from tests import feed
 from tests.conftest import LogOpener
 
@@ -134,6 +136,14 @@ async def test_the_processor_stores_what_a_clean_pass_computes(log_factory: LogO
     assert expected[1], "the stream makes decisions"
     assert len(expected[2]) == 2, "the stream has two records for the dead-letter topic"
     assert await stored(log) == expected
+    # Every value written is one its published schema (generated from these models) describes.
+    for partition in range(PARTITIONS):
+        for record in await read_topic(log, log.topics.decisions, partition):
+            DecisionRecord.model_validate_json(record.value)
+        for record in await read_topic(log, log.topics.dlq, partition):
+            DeadLetter.model_validate_json(record.value)
+        for record in await read_topic(log, log.topics.oa_state, partition):
+            TypeAdapter(SnapshotChunk | PartitionMark).validate_json(record.value)
 
     # A new processor restores the states and folds nothing again.
     again = Processor(log, SETTINGS, options(log))
