@@ -19,6 +19,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from service.domain.events import (
+    EVENT_MODELS,
     ChangeOaDailyQuota,
     ChangeTemplateQuality,
     ChangeTemplateStatus,
@@ -53,7 +54,7 @@ from service.domain.state import (
     Policy,
     Template,
 )
-from service.domain.windows import DailyCounts, day_start, month_index
+from service.domain.windows import DailyCounts, day_start, hour_index, month_index
 
 FUTURE_SLACK = timedelta(minutes=5)
 """An event time further ahead of `now` than this is taken as `now`."""
@@ -125,18 +126,56 @@ def _record_time(record: SendRecord | AdmissionRecord | SyncRecord | CommandReco
 
 
 def _read_webhook(value: bytes, headers: dict[str, str]) -> Item:
+    fast = _read_known_event(value, headers)
+    if fast is not None:
+        return fast
     body = parse_body(value)
     oa_id = find_oa_id(body)
     if oa_id is None:
         raise Unprocessable("no_oa_id", "the event names no OA")
     event = parse_event(body, headers.get("server"))
+    return Item(
+        "webhook",
+        oa_id,
+        event,
+        _event_time(event),
+        headers.get("dedup_key") or dedup_key(body, value),
+    )
+
+
+def _read_known_event(value: bytes, headers: dict[str, str]) -> Item | None:
+    """The common case, parsed and validated in one step from the bytes; None when the
+    event is not one of the known models (or is malformed: the general path says why)."""
+    name = headers.get("event_name") or ""
+    model = EVENT_MODELS.get(name)
+    if model is None or not headers.get("dedup_key"):
+        return None
+    if model is UserReceivedMessage and headers.get("server", "").upper() != "ZNS":
+        return None  # the chat event of the same name
+    try:
+        event = model.model_validate_json(value)
+    except ValidationError:
+        return None
+    if event.event_name != name:
+        return None
+    return Item("webhook", _oa_of(event), event, _event_time(event), headers["dedup_key"])
+
+
+def _oa_of(event: ZaloEvent) -> str:
     if isinstance(event, UserReceivedMessage):
-        at = event.message.delivered_at
-    elif isinstance(event, UserFeedback | UserClickResponseButton):
-        at = event.message.submitted_at
-    else:
-        at = event.emitted_at
-    return Item("webhook", oa_id, event, at, headers.get("dedup_key") or dedup_key(body, value))
+        return event.sender.id
+    if isinstance(event, ChangeOaDailyQuota):
+        return event.oaId
+    oa_id: str = getattr(event, "oa_id")  # noqa: B009 - every other known event has one
+    return oa_id
+
+
+def _event_time(event: ZaloEvent) -> datetime:
+    if isinstance(event, UserReceivedMessage):
+        return event.message.delivered_at
+    if isinstance(event, UserFeedback | UserClickResponseButton):
+        return event.message.submitted_at
+    return event.emitted_at
 
 
 def _short(exc: Exception) -> str:
@@ -152,10 +191,11 @@ def fold(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Chan
 
 
 def advance(state: OAState, now: datetime, policy: Policy) -> list[Change]:
-    """Bring `state` to `now` without a record: the day changes, grant expiries and pause
-    ends that became due (a query of an idle OA uses it)."""
+    """Bring `state` to `now` without a record: the day changes, grant expiries, pause
+    ends and level changes that became due (a query of an idle OA uses it)."""
     run = _Fold(state, policy, now)
     run.advance()
+    run.check_oa_levels()
     return run.changes
 
 
@@ -168,6 +208,8 @@ class _Fold:
         self.thresholds = policy.thresholds
         self.now = now
         self.changes: list[Change] = []
+        self.counts_changed = False
+        """The OA's delivered or negative counts moved: its levels may have too."""
 
     def apply(self, item: Item) -> list[Change]:
         self.advance()
@@ -287,6 +329,7 @@ class _Fold:
             template.sent_ok.forget_before(oldest_day)
         state.messages = {k: m for k, m in state.messages.items() if m.day > day - MESSAGE_DAYS}
         state.grants = {k: g for k, g in state.grants.items() if g.day > day - MESSAGE_DAYS}
+        state.open_grants = [k for k in state.open_grants if k in state.grants]
         state.recipients = {
             k: r for k, r in state.recipients.items() if r.last_seen_day > day - RECIPIENT_DAYS
         }
@@ -295,11 +338,22 @@ class _Fold:
         state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
 
     def expire_grants(self) -> None:
-        """Granted units no send has reported within `grant_ttl` go back."""
+        """Granted units no send has reported within `grant_ttl` go back.
+
+        `open_grants` is in the order the grants were made, which is their time order
+        (one owner decides an OA's admissions one after the other), so only its front
+        is looked at: closed grants leave it there, expired ones give their units back.
+        """
+        state = self.state
         cutoff = _ms(self.now - self.thresholds.grant_ttl)
-        for grant in self.state.grants.values():
-            if grant.at_ms <= cutoff and grant.open > 0:
+        waiting = state.open_grants
+        while waiting:
+            grant = state.grants.get(waiting[0])
+            if grant is not None and grant.open > 0:
+                if grant.at_ms > cutoff:
+                    return
                 self.give_back(grant, grant.open)
+            waiting.pop(0)
 
     def give_back(self, grant: Grant, units: int) -> None:
         state = self.state
@@ -377,6 +431,7 @@ class _Fold:
             if template is not None:
                 template.delivered.add_at(at)
         state.negatives.add_at(at)
+        self.counts_changed = True
         day = self.policy.day(at)
         state.negatives_by_day.add(day)
         if template is not None:
@@ -414,7 +469,12 @@ class _Fold:
         )
 
     def check_oa_levels(self) -> None:
+        """Decisions for the OA's proxy levels; they move only with its counts or the hour."""
         state = self.state
+        hour = hour_index(self.now)
+        if not self.counts_changed and hour == state.levels_hour:
+            return
+        state.levels_hour = hour
         levels = state.proxy_levels(self.now, self.thresholds)
         for window, level in zip(("48h", "7d"), levels, strict=True):
             attr = f"proxy_{window}"
@@ -552,6 +612,7 @@ class _Fold:
             self.settle_unsent(message, day)
         message.delivered = True
         state.delivered.add_at(at)
+        self.counts_changed = True
         template = self.template_of(message.template_id)
         if template is not None:
             template.delivered.add_at(at)
@@ -564,8 +625,10 @@ class _Fold:
     def settle_unsent(self, message: Message, day: int) -> None:
         """A receipt with no send record: it settles one open unit of that day's grants,
         or, with none open, consumes a unit itself (DESIGN.md 3)."""
-        for admission_id, grant in self.state.grants.items():
-            if grant.day == day and grant.open > 0:
+        grants = self.state.grants
+        for admission_id in self.state.open_grants:
+            grant = grants.get(admission_id)
+            if grant is not None and grant.day == day and grant.open > 0:
                 grant.settled += 1
                 message.settled = admission_id
                 message.template_id = message.template_id or grant.template_id
@@ -628,6 +691,7 @@ class _Fold:
         state.grants[record.admission_id] = Grant(
             day, record.tag, record.template_id, granted, _ms(at)
         )
+        state.open_grants.append(record.admission_id)
         self.consume(day, granted)
         state.granted.setdefault(str(record.tag), DailyCounts()).add(day, granted)
         template = state.template(record.template_id)

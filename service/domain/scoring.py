@@ -8,6 +8,7 @@ not condemn an OA, while a real problem at volume shows at once (DESIGN.md
 
 from __future__ import annotations
 
+import functools
 import math
 from decimal import ROUND_HALF_UP, Decimal
 from enum import StrEnum
@@ -40,6 +41,7 @@ def wilson_lower_bound(negatives: int, delivered: int, z: float) -> float:
     return max(0.0, (centre - spread) / (1 + z2 / delivered))
 
 
+@functools.lru_cache(maxsize=65_536)
 def quality_level(negatives: int, delivered: int, thresholds: Thresholds) -> Level:
     """UNDEFINED with nothing delivered; else LOW above `rate_limit`, MEDIUM above
     `rate_standard`, HIGH otherwise, judged by the Wilson lower bound.

@@ -13,11 +13,14 @@ threshold) are methods here; the changes are made by `fold.py`. No I/O.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from service.domain.promotion import PromotionQuota, promotion_quota
 from service.domain.rules import RULE_SETS, Quota, RuleSet, Thresholds
@@ -49,7 +52,7 @@ class Policy:
 
     def day(self, moment: datetime) -> int:
         """The ordinal of the local calendar day of `moment`."""
-        return local_day(moment, self.zone).toordinal()
+        return _day_of_minute(int(moment.timestamp()) // 60, self.zone)
 
 
 @dataclass(slots=True)
@@ -220,10 +223,14 @@ class OAState:
     promo_used_month: Buckets = field(default_factory=Buckets)
     proxy_48h: str = Level.UNDEFINED.value
     proxy_7d: str = Level.UNDEFINED.value
+    levels_hour: int = -1
+    """The hour (`hour_index`) the proxy levels were last checked in."""
     templates: dict[str, Template] = field(default_factory=dict)
     messages: dict[str, Message] = field(default_factory=dict)
     recipients: dict[str, Recipient] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)
+    open_grants: list[str] = field(default_factory=list)
+    """Admission ids of grants that may still have open units, oldest first."""
     dedup: dict[str, int] = field(default_factory=dict)
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
     idempotency: dict[str, list[Any]] = field(default_factory=dict)
@@ -333,14 +340,24 @@ class OAState:
 
     # --- snapshots ----------------------------------------------------------------------
 
+    def to_json(self) -> bytes:
+        """The state as a JSON document (the one inside `zns.oa-state` snapshots)."""
+        return orjson.dumps(self, default=_counts_as_pairs)
+
     def to_document(self) -> dict[str, Any]:
-        """The state as plain JSON values (the `zns.oa-state` document)."""
-        document: dict[str, Any] = _encode(self)
+        """The state as plain JSON values."""
+        document: dict[str, Any] = orjson.loads(self.to_json())
         return document
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> OAState:
         return _decode(cls, document)
+
+
+@functools.lru_cache(maxsize=65_536)
+def _day_of_minute(minute: int, zone: ZoneInfo) -> int:
+    # Every zone's offset is a whole number of minutes, so a minute lies in one local day.
+    return local_day(datetime.fromtimestamp(minute * 60, zone), zone).toordinal()
 
 
 def _level(value: str | None) -> Level:
@@ -356,10 +373,8 @@ def _month_date(index: int) -> date:
 
 # --- the state as a JSON document ---------------------------------------------------------
 #
-# Dataclasses become objects, counters become [[key, count], ...]; the decoder reads the
-# field types back from the classes, so a new field needs no code here.
-
-_T = TypeVar("_T")
+# orjson writes the dataclasses as objects by itself; counters become [[key, count], ...].
+# The decoder reads the field types back from the classes, so a new field needs no code here.
 
 _NESTED: dict[str, type] = {
     "templates": Template,
@@ -369,16 +384,13 @@ _NESTED: dict[str, type] = {
 }
 
 
-def _encode(value: Any) -> Any:
+_T = TypeVar("_T")
+
+
+def _counts_as_pairs(value: object) -> list[list[int]]:
     if isinstance(value, Buckets):
         return [list(item) for item in value.items()]
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {key: _encode(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_encode(item) for item in value]
-    return value
+    raise TypeError(f"{type(value).__name__} is not part of a state document")
 
 
 def _counts(kind: type[Buckets], pairs: list[list[int]]) -> Buckets:
