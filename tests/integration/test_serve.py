@@ -183,7 +183,16 @@ async def test_replay_reports_and_dumps_the_rebuilt_states(tmp_path: Path) -> No
     dump = tmp_path / "states.jsonl"
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "service.cli", "replay", "--dry-run", "--quiet", "--dump", dump],
+        [
+            sys.executable,
+            "-m",
+            "service.cli",
+            "replay",
+            "--dry-run",
+            "--quiet",
+            "--dump",
+            str(dump),
+        ],
         cwd=tmp_path,
         env=_environment(ZNS_GATE_RULES__CLOCK="stream"),
         capture_output=True,
