@@ -79,6 +79,7 @@ class Processor:
         self._consumer = self.log.consumer(self.options.group_id, [self.log.topics.events], self)
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="processor")
+        self._task.add_done_callback(_report_end)
 
     async def close(self) -> None:
         """Stop folding; checkpoint and leave the group (the partitions' revocation)."""
@@ -310,6 +311,12 @@ class Processor:
         tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
         for tp, end in (await self.log.end_offsets(tps)).items():
             await self.log.compact(tp, end)
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Readiness turns 503 (`processor_stopped`); the log line says why.
+        _log.error("the processor stopped on an error", error=repr(task.exception()))
 
 
 def _replay_start(folder: PartitionFolder, committed: int | None) -> int:
