@@ -112,8 +112,13 @@ async def test_kafka_outage_answers_503_and_recovers() -> None:
         while (await service.post(after))[0] != 200:
             assert asyncio.get_running_loop().time() < deadline, "never accepted again"
             await asyncio.sleep(0.5)
-        async with client.get("/readyz") as r:
-            assert r.status == 200
+        # Ready again once the processor has its partitions back (the group rebalanced).
+        while True:
+            async with client.get("/readyz") as r:
+                if r.status == 200:
+                    break
+            assert asyncio.get_running_loop().time() < deadline, "never ready again"
+            await asyncio.sleep(0.5)
 
         records = await service.events()
         values = [r.value for r in records]
