@@ -40,11 +40,10 @@ async def readyz(request: web.Request) -> web.Response:
             return error_response(
                 503, "processor_stopped", "the processor is not running", {"Retry-After": "5"}
             )
-        if processor.catching_up:
-            waiting = ", ".join(str(p) for p in sorted(processor.catching_up))
-            return error_response(
-                503, "restoring", f"partitions still restoring: {waiting}", {"Retry-After": "1"}
-            )
+        reason = processor.not_ready()
+        if reason is not None:
+            return error_response(503, "restoring", reason, {"Retry-After": "1"})
+
     return json_response({"status": "ready", "log": log.backend})
 
 

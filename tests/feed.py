@@ -213,7 +213,7 @@ def stream(seed: int, oas: int = 12, messages: int = 120) -> list[Raw]:
     from datetime import UTC, timedelta
 
     rng = random.Random(seed)
-    start = datetime(2026, 6, 1, 1, 0, tzinfo=UTC)
+    start = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)  # 23:00 in Vietnam: it crosses midnight
     out: list[Raw] = []
     for n in range(oas):
         oa_id = f"9{n:05d}{seed:04d}"
@@ -224,10 +224,18 @@ def stream(seed: int, oas: int = 12, messages: int = 120) -> list[Raw]:
             msg_id = f"{oa_id}-m{i}"
             template = rng.choice(["t1", "t2", "t3"])
             error = rng.choice([0] * 12 + [-141, -144, -124])
-            out.append(send(template, f"tr-{msg_id}", moment, error=error, tag=2,
-                            msg_id=msg_id if error == 0 else None,
-                            admission_id=f"adm-{oa_id}" if template == "t1" else None,
-                            oa_id=oa_id))
+            out.append(
+                send(
+                    template,
+                    f"tr-{msg_id}",
+                    moment,
+                    error=error,
+                    tag=2,
+                    msg_id=msg_id if error == 0 else None,
+                    admission_id=f"adm-{oa_id}" if template == "t1" else None,
+                    oa_id=oa_id,
+                )
+            )
             if error:
                 continue
             later = moment + timedelta(seconds=rng.randint(1, 20))
@@ -235,11 +243,18 @@ def stream(seed: int, oas: int = 12, messages: int = 120) -> list[Raw]:
             if rng.random() < 0.1:
                 out.append(out[-1])  # Zalo delivered it again
             if rng.random() < 0.3:
-                out.append(rating(msg_id, rng.randint(1, 5), later + timedelta(seconds=5),
-                                  oa_id=oa_id))
+                out.append(
+                    rating(msg_id, rng.randint(1, 5), later + timedelta(seconds=5), oa_id=oa_id)
+                )
             if rng.random() < 0.1:
-                out.append(quick_reply(msg_id, rng.choice(["Ngừng nhận", "OK"]),
-                                       later + timedelta(seconds=7), oa_id=oa_id))
+                out.append(
+                    quick_reply(
+                        msg_id,
+                        rng.choice(["Ngừng nhận", "OK"]),
+                        later + timedelta(seconds=7),
+                        oa_id=oa_id,
+                    )
+                )
         out.append(template_quality("t2", "MEDIUM", moment, oa_id=oa_id))
     out.append(webhook({"app_id": APP_ID, "event_name": "user_feedback", "timestamp": "1"}))
     out.append(Raw("send", b"900000", b"{not json", {"kind": "send"}))

@@ -11,6 +11,7 @@ would cost more than the rest of the work) and does no I/O.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -274,10 +275,11 @@ class _Fold:
         if state.tier_changed_day is not None and day < state.tier_changed_day + t.wait_days:
             return
         moment = stamp - timedelta(milliseconds=1)  # the 7 days before midnight
+        # Zalo's 7-day level while it is fresh (Zalo moves the tier by it), else the proxy.
         zalo = state.zalo_levels(moment, t)
-        basis, level = (
-            ("zalo", zalo[1]) if zalo is not None else ("proxy", state.proxy_levels(moment, t)[1])
-        )
+        basis, level = "proxy", state.proxy_levels(moment, t)[1]
+        if zalo is not None and zalo[1] is not Level.UNDEFINED:
+            basis, level = "zalo", zalo[1]
         sent_ok = state.sent_ok.total(day - 7, day - 1)
         quota = state.daily_quota
         rules = state.rule_set()
@@ -354,6 +356,15 @@ class _Fold:
                     return
                 self.give_back(grant, grant.open)
             waiting.pop(0)
+
+    def reopen(self, admission_id: str, grant: Grant) -> None:
+        """A grant has an open unit again: it expires in its turn, by its time."""
+        waiting = self.state.open_grants
+        if admission_id in waiting:
+            return
+        grants = self.state.grants
+        times = [grants[k].at_ms if k in grants else 0 for k in waiting]
+        waiting.insert(bisect.bisect_right(times, grant.at_ms), admission_id)
 
     def give_back(self, grant: Grant, units: int) -> None:
         state = self.state
@@ -603,19 +614,21 @@ class _Fold:
         day = self.policy.day(at)
         msg_id = event.message.msg_id
         message = state.messages.get(msg_id)
-        if message is not None and message.delivered:
+        if message is not None and message.receipt:
             return
         self.first_send(day)
         if message is None:
             message = state.messages[msg_id] = Message(day, recipient=_hash(event.recipient.id))
+        message.receipt = True
         if not message.sent_ok and not message.sent:
             self.settle_unsent(message, day)
-        message.delivered = True
-        state.delivered.add_at(at)
-        self.counts_changed = True
         template = self.template_of(message.template_id)
-        if template is not None:
-            template.delivered.add_at(at)
+        if not message.delivered:  # a negative that came first counted it already
+            message.delivered = True
+            state.delivered.add_at(at)
+            self.counts_changed = True
+            if template is not None:
+                template.delivered.add_at(at)
         if not message.sent_ok:
             message.sent_ok = True
             self.count_sent_ok(day, template, message.tag, message.recipient)
@@ -624,15 +637,14 @@ class _Fold:
 
     def settle_unsent(self, message: Message, day: int) -> None:
         """A receipt with no send record: it settles one open unit of that day's grants,
-        or, with none open, consumes a unit itself (DESIGN.md 3)."""
+        or, with none open, consumes a unit itself (DESIGN.md 3). Which grant it was is
+        not known, so the message does not take the grant's template or tag."""
         grants = self.state.grants
         for admission_id in self.state.open_grants:
             grant = grants.get(admission_id)
             if grant is not None and grant.day == day and grant.open > 0:
                 grant.settled += 1
                 message.settled = admission_id
-                message.template_id = message.template_id or grant.template_id
-                message.tag = message.tag or grant.tag
                 return
         self.consume(day, 1)
         message.consumed = True
@@ -802,6 +814,7 @@ class _Fold:
             earlier = self.state.grants.get(message.settled)
             if earlier is not None:
                 earlier.settled -= 1  # the receipt guessed another grant; move the unit
+                self.reopen(message.settled, earlier)
         elif message is not None and message.consumed:
             self.consume(message.day, -1)  # the receipt had consumed a unit for it
             message.consumed = False
@@ -892,6 +905,8 @@ class _Fold:
             if item.status is not None and _ms(at) >= template.status_at:
                 before = template.status
                 template.status, template.status_at = item.status, _ms(at)
+                if item.status == "ENABLE":
+                    template.zalo_disabled = False
                 if before != item.status:
                     self.change("template", "sync", before, item.status, at, item.template_id)
             if item.quality is not None:

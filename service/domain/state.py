@@ -82,6 +82,8 @@ class Message:
     """Counted as sent OK, by its send or by its receipt."""
     delivered: bool = False
     """Counted in `delivered` (by its receipt, or by a negative that came first)."""
+    receipt: bool = False
+    """Its delivery receipt has been folded."""
     negative: bool = False
     rated: bool = False
     settled: str | None = None

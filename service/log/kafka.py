@@ -243,7 +243,15 @@ class KafkaLog(EventLog):
         # With more than one replica, acks=all must mean at least two copies.
         configs = {"min.insync.replicas": str(min(2, self._replication_factor))}
         if name in self.topics.compacted():
-            configs["cleanup.policy"] = "compact"
+            # Snapshots supersede each other every few seconds: roll segments hourly and
+            # compact early, so that a restore reads little more than the newest ones.
+            configs.update(
+                {
+                    "cleanup.policy": "compact",
+                    "segment.ms": str(3_600_000),
+                    "min.cleanable.dirty.ratio": "0.1",
+                }
+            )
         else:
             configs.update({"cleanup.policy": "delete", "retention.ms": str(self._retention_ms)})
         return NewTopic(name, self.partitions, self._replication_factor, topic_configs=configs)

@@ -21,6 +21,7 @@ from service.domain.rules import RULE_SETS, Thresholds
 from service.domain.state import Change, OAState, Policy
 from service.log.base import Record
 from service.logsetup import get_logger
+from service.processor.snapshots import PartitionMark
 
 _log = get_logger("processor")
 
@@ -88,13 +89,25 @@ class PartitionFolder:
         """Records up to this offset are in the restored checkpoint (mark)."""
         self.rebuild: set[str] = set()
         """OAs whose snapshots were lost or incomplete: folded again from the start."""
+        self.mark: PartitionMark | None = None
+        self.clock_history: list[tuple[int, int | None]] = []
+        """(position, clock) of the last checkpoints, for the next mark."""
         self.folded = 0
 
-    def restore(self, states: dict[str, OAState], included: int, clock_ms: int | None) -> None:
+    def restore(self, states: dict[str, OAState], mark: PartitionMark | None) -> None:
+        """Take the restored snapshots and the partition's mark."""
         self.states = states
-        self.included = included
-        self.clock_ms = clock_ms
-        self.position = included
+        self.mark = mark
+        self.included = -1 if mark is None else mark.position
+        self.clock_history = [] if mark is None else list(mark.clocks)
+
+    def begin(self, start: int) -> None:
+        """Folding resumes at offset `start`: the clock is what it was just before it."""
+        self.position = start - 1
+        if self.mark is None or start == 0:
+            self.clock_ms = None
+        else:
+            self.clock_ms = self.mark.clock_at(start - 1)
 
     def now(self) -> datetime:
         if self.stream_clock and self.clock_ms is not None:
@@ -111,10 +124,11 @@ class PartitionFolder:
             if record.offset > self.included:
                 out.dead_letters.append(self.dead_letter(record, headers, exc.reason, str(exc)))
             return
-        if record.offset > self.included:
-            at_ms = int(item.at.timestamp() * 1000)
-            if self.clock_ms is None or at_ms > self.clock_ms:
-                self.clock_ms = at_ms
+        # Every record from where folding began moves the clock, also one a snapshot
+        # includes, so that a record folded again sees the clock it saw the first time.
+        at_ms = int(item.at.timestamp() * 1000)
+        if self.clock_ms is None or at_ms > self.clock_ms:
+            self.clock_ms = at_ms
         state = self.states.get(item.oa_id)
         if state is None:
             policy = self.policies.for_oa(item.oa_id)

@@ -92,18 +92,13 @@ async def replay(
 
 
 async def _write(log: EventLog, folder: PartitionFolder) -> int:
+    """The partition's snapshots, then (once they are durable) its mark."""
     topic, partition = log.topics.oa_state, folder.partition
     records = [
         chunk
         for state in folder.states.values()
         for chunk in encode_state(state, folder.topic, partition)
     ]
-    records.append(
-        (
-            mark_key(partition),
-            encode_mark(folder.topic, partition, folder.position, folder.clock_ms),
-        )
-    )
     for start in range(0, len(records), 1000):  # bounded batches of appends in flight
         await asyncio.gather(
             *(
@@ -111,4 +106,6 @@ async def _write(log: EventLog, folder: PartitionFolder) -> int:
                 for key, value in records[start : start + 1000]
             )
         )
-    return len(records)
+    mark = encode_mark(folder.topic, partition, folder.position, folder.clock_ms, [])
+    await log.append(topic, mark_key(partition), mark, partition=partition)
+    return len(records) + 1

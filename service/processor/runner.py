@@ -24,7 +24,13 @@ from service.log.base import EventLog, LogConsumer, LogError, Record, TopicParti
 from service.logsetup import get_logger
 from service.metrics import CHECKPOINT_SECONDS, DEAD_LETTERS, DECISIONS, FOLDED, RESTORE_SECONDS
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
-from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
+from service.processor.snapshots import (
+    Restorer,
+    encode_mark,
+    encode_state,
+    mark_key,
+    next_clocks,
+)
 
 _log = get_logger("processor")
 
@@ -70,6 +76,7 @@ class Processor:
         self._checkpoints = 0
         self._lock = asyncio.Lock()
         self._stopping = asyncio.Event()
+        self._assigned_once = False
         self._unrestored: set[TopicPartition] = set()
         """Assigned partitions whose restore failed: tried again by the loop."""
 
@@ -104,6 +111,16 @@ class Processor:
         """The partitions restored and caught up: their state may be served."""
         return frozenset(p for p in self.folders if p not in self.catching_up)
 
+    def not_ready(self) -> str | None:
+        """Why this member cannot serve its partitions yet, or None when it can."""
+        if not self._assigned_once or self._consumer is None:
+            return "the group has not assigned partitions yet"
+        assigned = {tp.partition for tp in self._consumer.assignment()}
+        waiting = sorted(assigned - self.ready())
+        if waiting:
+            return "partitions still restoring: " + ", ".join(str(p) for p in waiting)
+        return None
+
     # --- the group's callbacks ----------------------------------------------------------
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:
@@ -113,10 +130,12 @@ class Processor:
         # still restores it: hold every partition until its state is back and it has
         # been moved to where folding resumes.
         consumer.pause(partitions)
+        self._assigned_once = True
+        self._unrestored |= partitions
         for tp in sorted(partitions):
             try:
                 await self._take(tp)
-            except LogError as exc:  # the loop tries again; the partition stays held
+            except Exception as exc:  # the loop tries again; the partition stays held
                 _log.warning("restore failed", partition=tp.partition, error=repr(exc))
                 self._unrestored.add(tp)
 
@@ -132,6 +151,7 @@ class Processor:
         if tp not in consumer.assignment():
             return  # revoked while it was restored
         consumer.seek(tp, start)
+        folder.begin(start)
         self.folders[tp.partition] = folder
         if start < end:
             self.catching_up[tp.partition] = end
@@ -186,11 +206,7 @@ class Processor:
                 partition=partition,
                 oas=len(restored.rebuild),
             )
-        folder.restore(
-            restored.states,
-            -1 if mark is None else mark.position,
-            None if mark is None else mark.clock_ms,
-        )
+        folder.restore(restored.states, mark)
         folder.rebuild = restored.rebuild
         return folder
 
@@ -251,42 +267,47 @@ class Processor:
         )
 
     async def checkpoint(self) -> None:
-        """Make everything folded so far durable, then commit the offsets."""
+        """Make everything folded so far durable, then commit the offsets.
+
+        In this order, each step only once the one before is durable: decisions and
+        dead letters; the snapshots of the OAs that changed; each partition's mark;
+        the offsets. A crash in between leaves the offsets where they were, and the
+        records after them are folded again (their decisions come again, same ids).
+        """
         assert self._consumer is not None
         started = time.monotonic()
         async with self._lock:
             output, self._output = self._output, Output()
             topics = self.log.topics
-            appends = [
-                self.log.append(topics.decisions, key, value) for key, value in output.decisions
-            ]
-            appends += [
-                self.log.append(topics.dlq, key, value) for key, value in output.dead_letters
-            ]
-            commits: dict[TopicPartition, int] = {}
             written: list[tuple[PartitionFolder, set[str]]] = []
-            for partition, folder in self.folders.items():
-                if folder.position < 0:
-                    continue
-                dirty, folder.dirty = folder.dirty, set()
-                written.append((folder, dirty))
-                for oa_id in dirty:
-                    for key, value in encode_state(folder.states[oa_id], topics.events, partition):
-                        appends.append(
-                            self.log.append(topics.oa_state, key, value, partition=partition)
-                        )
-                mark = encode_mark(topics.events, partition, folder.position, folder.clock_ms)
-                appends.append(
-                    self.log.append(topics.oa_state, mark_key(partition), mark, partition=partition)
-                )
-                commits[TopicPartition(topics.events, partition)] = folder.position + 1
             try:
-                results = await asyncio.gather(*appends, return_exceptions=True)
-                failed = [r for r in results if isinstance(r, BaseException)]
-                if failed:
-                    raise (
-                        failed[0] if isinstance(failed[0], LogError) else LogError(repr(failed[0]))
+                await self._all(
+                    [(topics.decisions, key, value, None) for key, value in output.decisions]
+                    + [(topics.dlq, key, value, None) for key, value in output.dead_letters]
+                )
+                chunks: list[tuple[str, bytes | None, bytes, int | None]] = []
+                marks: list[tuple[str, bytes | None, bytes, int | None]] = []
+                commits: dict[TopicPartition, int] = {}
+                for partition, folder in self.folders.items():
+                    if folder.position < 0:
+                        continue
+                    dirty, folder.dirty = folder.dirty, set()
+                    written.append((folder, dirty))
+                    for oa_id in dirty:
+                        state = folder.states[oa_id]
+                        for key, value in encode_state(state, topics.events, partition):
+                            chunks.append((topics.oa_state, key, value, partition))
+                    mark = encode_mark(
+                        topics.events,
+                        partition,
+                        folder.position,
+                        folder.clock_ms,
+                        folder.clock_history,
                     )
+                    marks.append((topics.oa_state, mark_key(partition), mark, partition))
+                    commits[TopicPartition(topics.events, partition)] = folder.position + 1
+                await self._all(chunks)
+                await self._all(marks)
                 if commits:
                     await self._consumer.commit(commits)
             except BaseException:
@@ -297,6 +318,10 @@ class Processor:
                 for folder, dirty in written:
                     folder.dirty |= dirty
                 raise
+            for folder, _ in written:
+                folder.clock_history = next_clocks(
+                    folder.clock_history, folder.position, folder.clock_ms
+                )
             DECISIONS.inc(len(output.decisions))
             DEAD_LETTERS.inc(len(output.dead_letters))
             self._since_checkpoint = 0
@@ -305,6 +330,19 @@ class Processor:
             if self._checkpoints % self.options.compact_every == 0:
                 await self._compact()
         CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+
+    async def _all(self, records: list[tuple[str, bytes | None, bytes, int | None]]) -> None:
+        """Append all, concurrently; raise the first failure once every append has ended."""
+        results = await asyncio.gather(
+            *(
+                self.log.append(topic, key, value, partition=partition)
+                for topic, key, value, partition in records
+            ),
+            return_exceptions=True,
+        )
+        for result in results:
+            if isinstance(result, BaseException):
+                raise result if isinstance(result, LogError) else LogError(repr(result))
 
     async def _compact(self) -> None:
         """Every snapshot written so far is complete and committed: drop the superseded."""

@@ -10,11 +10,12 @@ stays.
 
 A crash while a snapshot is written can leave some of its chunks newer than
 others. A restore therefore takes, per OA, the newest position for which every
-chunk is present, looking at the last two versions of each key; an OA with no
-complete version left is rebuilt from the log (`Restored.rebuild`).
+chunk is present; an OA with no complete version left is rebuilt from the log
+(`Restored.rebuild`).
 
 Beside the OAs, each partition has a mark (key `__partition__/<n>`): the
-position of the checkpoint and the partition's stream clock.
+position of the checkpoint and the partition's stream clock, with the clocks
+of the checkpoints before it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,20 @@ class PartitionMark(BaseModel):
     """The offset of the last record of the partition the checkpoint includes (-1: none)."""
     clock_ms: int | None
     """The partition's stream clock: the newest event time seen in it."""
+    clocks: list[tuple[int, int | None]] = Field(default_factory=list)
+    """(position, clock) of the last checkpoints, this one included: where folding resumes
+    from an earlier checkpoint's position, the clock starts from what it was there."""
+
+    def clock_at(self, position: int) -> int | None:
+        """The stream clock after the record at `position`, as well as the marks tell."""
+        if position == self.position:
+            return self.clock_ms
+        earlier = [clock for at, clock in self.clocks if at <= position]
+        return earlier[-1] if earlier else None
+
+
+CLOCK_HISTORY = 32
+"""Checkpoints whose clocks a mark remembers."""
 
 
 def state_key(oa_id: str, shard: int) -> bytes:
@@ -104,7 +119,23 @@ def encode_state(state: OAState, topic: str, partition: int) -> list[tuple[bytes
     ]
 
 
-def encode_mark(topic: str, partition: int, position: int, clock_ms: int | None) -> bytes:
+def next_clocks(
+    history: list[tuple[int, int | None]], position: int, clock_ms: int | None
+) -> list[tuple[int, int | None]]:
+    """The clock history of a mark at `position`, after one whose history was `history`."""
+    kept = [(at, clock) for at, clock in history if at < position]
+    return [*kept, (position, clock_ms)][-CLOCK_HISTORY:]
+
+
+def encode_mark(
+    topic: str,
+    partition: int,
+    position: int,
+    clock_ms: int | None,
+    history: list[tuple[int, int | None]],
+) -> bytes:
+    """The mark of a checkpoint; `history` is the previous mark's `clocks` (or [])."""
+    clocks = next_clocks(history, position, clock_ms)
     return orjson.dumps(
         {
             "schema_version": SCHEMA_VERSION,
@@ -112,6 +143,7 @@ def encode_mark(topic: str, partition: int, position: int, clock_ms: int | None)
             "partition": partition,
             "position": position,
             "clock_ms": clock_ms,
+            "clocks": clocks,
         }
     )
 
@@ -127,13 +159,19 @@ class Restored:
 
 
 class Restorer:
-    """Reads a partition of `zns.oa-state` in pieces and assembles the latest snapshots."""
+    """Reads a partition of `zns.oa-state` in pieces and assembles the latest snapshots.
+
+    Per OA it keeps the chunks of its newest complete version, and the chunks of
+    newer versions that are not complete yet (a snapshot write that a crash cut
+    short stays incomplete for ever and is ignored).
+    """
 
     def __init__(self, topic: str, partition: int) -> None:
         self._topic = topic
         self._partition = partition
-        self._versions: dict[bytes, list[SnapshotChunk]] = {}
-        """key -> its last two chunks (oldest first)."""
+        self._complete: dict[str, list[SnapshotChunk]] = {}
+        self._partial: dict[str, dict[int, dict[int, SnapshotChunk]]] = {}
+        """oa_id -> position -> shard -> chunk, for versions still missing chunks."""
         self._mark: PartitionMark | None = None
         self._unreadable: set[str] = set()
 
@@ -142,7 +180,10 @@ class Restorer:
             if record.key is None:
                 continue
             if record.key.startswith(MARK_PREFIX.encode()):
-                mark = PartitionMark.model_validate_json(record.value)
+                try:
+                    mark = PartitionMark.model_validate_json(record.value)
+                except ValueError:
+                    continue  # an older mark may still be readable
                 if mark.topic == self._topic and mark.schema_version == SCHEMA_VERSION:
                     self._mark = mark
                 continue
@@ -151,43 +192,43 @@ class Restorer:
             except ValueError:
                 self._unreadable.add(record.key.decode(errors="replace").split("/")[0])
                 continue
-            if chunk.topic != self._topic or chunk.partition != self._partition:
-                continue  # a snapshot of another topic's layout: not ours
-            versions = self._versions.setdefault(record.key, [])
-            versions.append(chunk)
-            del versions[:-2]
+            if chunk.topic == self._topic and chunk.partition == self._partition:
+                self._add_chunk(chunk)
+
+    def _add_chunk(self, chunk: SnapshotChunk) -> None:
+        complete = self._complete.get(chunk.oa_id)
+        if complete is not None and complete[0].position > chunk.position:
+            return  # older than what is already whole
+        versions = self._partial.setdefault(chunk.oa_id, {})
+        version = versions.setdefault(chunk.position, {})
+        version[chunk.shard] = chunk
+        if len(version) == chunk.shards and all(c.shards == chunk.shards for c in version.values()):
+            self._complete[chunk.oa_id] = [version[i] for i in range(chunk.shards)]
+            for position in [p for p in versions if p <= chunk.position]:
+                del versions[position]
 
     def result(self) -> Restored:
-        by_oa: dict[str, list[SnapshotChunk]] = {}
-        for versions in self._versions.values():
-            for chunk in versions:
-                by_oa.setdefault(chunk.oa_id, []).append(chunk)
         restored = Restored(mark=self._mark, rebuild=set(self._unreadable))
-        for oa_id, chunks in by_oa.items():
-            state = _newest_complete(chunks)
+        for oa_id, chunks in self._complete.items():
+            state = _decode(chunks)
             if state is None:
                 restored.rebuild.add(oa_id)
             else:
                 restored.states[oa_id] = state
+        for oa_id, versions in self._partial.items():
+            if versions and oa_id not in restored.states:
+                restored.rebuild.add(oa_id)  # chunks, but never a whole version
         restored.rebuild -= restored.states.keys()
         return restored
 
 
-def _newest_complete(chunks: list[SnapshotChunk]) -> OAState | None:
-    for position in sorted({c.position for c in chunks}, reverse=True):
-        version = {c.shard: c for c in chunks if c.position == position}
-        shards = next(iter(version.values())).shards
-        if sorted(version) != list(range(shards)) or any(
-            c.shards != shards for c in version.values()
-        ):
-            continue
-        if any(c.schema_version != SCHEMA_VERSION for c in version.values()):
-            return None  # another layout of the state: rebuilt from the log
-        packed = b"".join(base64.b64decode(version[i].data) for i in range(shards))
-        try:
-            state = OAState.from_document(orjson.loads(zlib.decompress(packed)))
-        except (zlib.error, orjson.JSONDecodeError, TypeError, KeyError):
-            continue
-        state.position = position
-        return state
-    return None
+def _decode(chunks: list[SnapshotChunk]) -> OAState | None:
+    if any(c.schema_version != SCHEMA_VERSION for c in chunks):
+        return None  # another layout of the state: rebuilt from the log
+    packed = b"".join(base64.b64decode(c.data) for c in chunks)
+    try:
+        state = OAState.from_document(orjson.loads(zlib.decompress(packed)))
+    except (zlib.error, orjson.JSONDecodeError, TypeError, KeyError):
+        return None
+    state.position = chunks[0].position
+    return state

@@ -101,7 +101,11 @@ async def load_snapshots(bootstrap: str, prefix: str, oas: int) -> None:
             pending.append((key, value, partition))
     for partition in range(PARTITIONS):
         pending.append(
-            (mark_key(partition), encode_mark(log.topics.events, partition, -1, None), partition)
+            (
+                mark_key(partition),
+                encode_mark(log.topics.events, partition, -1, None, []),
+                partition,
+            )
         )
     for start in range(0, len(pending), 5000):
         await asyncio.gather(

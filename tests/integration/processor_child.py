@@ -2,8 +2,9 @@
 
 Usage: python -m tests.integration.processor_child BACKEND WHERE PREFIX PARTITIONS DIE
 (WHERE is the SQLite path or the Kafka bootstrap servers; DIE is `never`, or `fold:N`,
-`append:N` or `commit:N`: kill this process with SIGKILL at the Nth record folded, record
-appended or offset commit of this run.) Prints `caught up` and exits 0 when it is done.
+`append:N`, `precommit:N` or `commit:N`: kill this process with SIGKILL at the Nth record
+folded, record appended, or just before or after the Nth offset commit of this run.)
+Prints `caught up` and exits 0 when it is done.
 """
 
 from __future__ import annotations
@@ -58,7 +59,9 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
             compact_every=3,
         ),
     )
-    appends, folds, commits = (Countdown(w, spec) for w in ("append", "fold", "commit"))
+    appends, folds, commits, precommits = (
+        Countdown(w, spec) for w in ("append", "fold", "commit", "precommit")
+    )
 
     real_append = log.append
 
@@ -81,6 +84,7 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
     real_commit = consumer.commit
 
     async def commit(offsets: Any) -> None:
+        precommits.tick()  # everything of the checkpoint is durable, the offsets not yet
         await real_commit(offsets)
         commits.tick()
 

@@ -403,3 +403,55 @@ async def test_embedded_file_is_in_wal_mode(tmp_path: Path) -> None:
     await log.close()
     with sqlite3.connect(tmp_path / "wal.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+async def test_an_explicit_partition_wins_over_the_key(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=3)
+    key = b"388613280878808645"
+    other = (log.partition_for(key) + 1) % 3
+    position = await log.append(log.topics.oa_state, key, b"v", partition=other)
+    assert position.partition == other
+    with pytest.raises(ValueError, match="partition"):
+        await log.append(log.topics.oa_state, key, b"v", partition=3)
+
+
+async def test_compaction_keeps_the_newest_record_of_each_key_below_the_bound(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=1)
+    topic = log.topics.oa_state
+    for value in (b"a1", b"b1", b"a2", b"b2", b"a3"):
+        await log.append(topic, value[:1], value)
+    tp = TopicPartition(topic, 0)
+    removed = await log.compact(tp, below=4)  # a3 (offset 4) is above the bound
+    kept = [(r.offset, r.value) for r in await log.read(tp, 0, 100)]
+    if log.backend == "embedded":
+        assert removed == 2
+        assert kept == [(2, b"a2"), (3, b"b2"), (4, b"a3")]
+        with pytest.raises(ValueError, match="compacted"):
+            await log.compact(TopicPartition(log.topics.events, 0), below=1)
+    else:  # Kafka's broker compacts by itself, on its own schedule
+        assert removed == 0
+        assert len(kept) == 5
+
+
+@pytest.mark.parametrize("backend", ["kafka"], indirect=True)
+async def test_kafka_snapshot_topic_is_compacted_early(
+    log_factory: LogOpener, kafka_bootstrap: str
+) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    log = await log_factory(partitions=1)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    try:
+        (response,) = await admin.describe_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, log.topics.oa_state)]
+        )
+    finally:
+        await admin.close()
+    configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
+    assert configs["cleanup.policy"] == "compact"
+    assert configs["segment.ms"] == "3600000"
+    assert configs["min.cleanable.dirty.ratio"] == "0.1"

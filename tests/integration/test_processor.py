@@ -204,7 +204,9 @@ async def test_a_processor_killed_at_random_points_ends_with_a_clean_pass(
     deaths = [
         f"fold:{rng.randint(50, 800)}",
         f"append:{rng.randint(5, 150)}",
-        f"commit:{rng.randint(1, 8)}",
+        f"precommit:{rng.randint(1, 6)}",
+        f"commit:{rng.randint(1, 6)}",
+        f"fold:{rng.randint(5, 40)}",  # early: while the partitions catch up
     ]
     rng.shuffle(deaths)
     killed = 0
@@ -216,7 +218,7 @@ async def test_a_processor_killed_at_random_points_ends_with_a_clean_pass(
         else:  # it may have caught up before its death came
             assert child.returncode in (-9, 0), (die, err[-3000:])
             killed += child.returncode == -9
-    assert killed >= 2, "the children died before catching up"
+    assert killed >= 3, "the children caught up before their deaths came"
     log = await log_factory(partitions=PARTITIONS)
     assert await stored(log) == await clean_pass(log)
 

@@ -357,8 +357,9 @@ def test_minus_144_sets_todays_remaining_to_zero_until_the_next_day() -> None:
 def test_a_receipt_without_a_send_settles_an_open_grant_else_consumes_and_never_twice() -> None:
     oa = Oa()
     oa.apply(feed.admission("a1", "t1", 2, 2, vn(D, 10)))
-    oa.apply(feed.receipt("m1", vn(D, 10, 5)))  # settles a unit of a1, learns t1
-    assert oa.state.messages["m1"].template_id == "t1"
+    oa.apply(feed.receipt("m1", vn(D, 10, 5)))  # settles a unit of a1
+    assert oa.state.messages["m1"].settled == "a1"
+    assert oa.state.messages["m1"].template_id is None  # which grant it was is a guess
     oa.apply(feed.receipt("m2", vn(D, 10, 5)))
     oa.apply(feed.receipt("m3", vn(D, 10, 5)))  # no open unit left: consumes one
     assert oa.remaining(vn(D, 10, 6)) == 19_997
@@ -609,3 +610,47 @@ def test_the_state_document_round_trips_and_folds_on_the_same() -> None:
     twin.state, twin.clock = copy, oa.clock
     assert [c.rule for c in oa.apply_all(tail)] == [c.rule for c in twin.apply_all(tail)]
     assert twin.state.to_document() == oa.state.to_document()
+
+
+# --- orders of arrival -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rating_first", [False, True])
+def test_a_receipt_counts_the_same_before_or_after_a_negative_rating(rating_first: bool) -> None:
+    oa = Oa()
+    raws = [feed.receipt("m1", vn(D, 9)), feed.rating("m1", 1, vn(D, 9, 30))]
+    oa.apply_all(reversed(raws) if rating_first else raws)
+    today = D.toordinal()
+    assert oa.state.consumed.get(today) == 1
+    assert oa.state.sent_ok.get(today) == 1
+    assert oa.state.delivered.within(vn(D, 10), timedelta(hours=48)) == 1
+    assert oa.state.negatives.within(vn(D, 10), timedelta(hours=48)) == 1
+    assert oa.state.first_send_day == today
+
+
+def test_a_unit_moved_off_a_closed_grant_still_expires() -> None:
+    oa = Oa()
+    oa.apply(feed.admission("e", "t1", 2, 2, vn(D, 10)))
+    oa.apply(feed.receipt("m1", vn(D, 10, 1)))  # settles a unit of e
+    oa.apply(feed.admission("a", "t1", 2, 1, vn(D, 10, 2)))
+    oa.apply(feed.receipt("m2", vn(D, 10, 3)))  # settles e's second unit: e is closed
+    assert oa.remaining(vn(D, 10, 4)) == 20_000 - 3
+    # The send of m1 names grant a: the unit moves from e to a, and e has one open again.
+    oa.apply(feed.send("t1", "s1", vn(D, 10, 5), msg_id="m1", admission_id="a"))
+    assert oa.remaining(vn(D, 10, 6)) == 20_000 - 3
+    assert oa.remaining(vn(D, 11, 1)) == 20_000 - 2  # e's reopened unit went back on time
+
+
+def test_a_sync_with_only_the_48h_level_leaves_the_evaluation_to_the_proxy() -> None:
+    oa = volume_oa(2_000)
+    oa.apply(feed.sync(vn(plus(7), 23), quality_48h="LOW"))
+    oa.at(vn(plus(8), 0, 30))
+    tier = oa.of("tier")[-1]
+    assert (tier.rule, tier.after, tier.inputs["basis"]) == ("evaluation_up", 10_000, "proxy")
+
+
+def test_a_sync_that_enables_a_template_lifts_minus_146() -> None:
+    oa = Oa()
+    oa.apply(feed.send("t1", "x", vn(D, 10), error=-146))
+    oa.apply(feed.sync(vn(D, 11), templates=[{"template_id": "t1", "status": "ENABLE"}]))
+    assert not oa.state.templates["t1"].zalo_disabled
