@@ -239,6 +239,8 @@ class Server:
                 ZNS_GATE_LOG__TOPIC_PREFIX=f"bench{self.port}",
                 ZNS_GATE_LOG_LEVEL="WARNING",
                 ZNS_GATE_SERVER__EVENT_LOOP=event_loop,
+                # The receiver alone: the processor has a benchmark of its own.
+                ZNS_GATE_PROCESSOR__ENABLED="false",
             )
             if bootstrap:
                 env["ZNS_GATE_LOG__BOOTSTRAP_SERVERS"] = bootstrap

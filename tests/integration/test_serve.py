@@ -28,19 +28,19 @@ class Served:
         self.process = process
         self.url = f"http://127.0.0.1:{port}"
 
-    async def wait_ready(self, timeout_s: float = 30) -> None:
+    async def wait_ready(self, timeout_s: float = 30, path: str = "/healthz") -> None:
         deadline = asyncio.get_running_loop().time() + timeout_s
         async with aiohttp.ClientSession() as session:
             while asyncio.get_running_loop().time() < deadline:
                 assert self.process.poll() is None, "zns-gate serve exited early"
                 try:
-                    async with session.get(f"{self.url}/healthz") as response:
+                    async with session.get(f"{self.url}{path}") as response:
                         if response.status == 200:
                             return
                 except aiohttp.ClientConnectionError:
                     pass
                 await asyncio.sleep(0.1)
-        pytest.fail("zns-gate serve did not answer /healthz")
+        pytest.fail(f"zns-gate serve did not answer {path} with 200")
 
     def end(self) -> None:
         if self.process.poll() is None:
@@ -107,7 +107,8 @@ async def test_serve_on_kafka_is_ready(kafka_bootstrap: str, tmp_path: Path) -> 
         ZNS_GATE_LOG__PARTITIONS="4",
     )
     try:
-        await served.wait_ready(timeout_s=60)
+        # Ready once the group has given the processor its partitions and they are restored.
+        await served.wait_ready(timeout_s=60, path="/readyz")
         async with (
             aiohttp.ClientSession() as session,
             session.get(f"{served.url}/readyz") as response,
