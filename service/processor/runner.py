@@ -169,6 +169,7 @@ class Processor:
         )
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        self._unrestored -= partitions
         mine = [tp.partition for tp in partitions if tp.partition in self.folders]
         if not mine:
             return
@@ -179,7 +180,6 @@ class Processor:
         for partition in mine:
             self.folders.pop(partition, None)
             self.catching_up.pop(partition, None)
-        self._unrestored -= partitions
         _log.info("partitions revoked", partitions=mine)
 
     async def _restore(self, partition: int) -> PartitionFolder:
