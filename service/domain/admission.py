@@ -1,0 +1,260 @@
+"""Admission: how much of a sender's request may be sent now, and why not the rest (DESIGN.md 5).
+
+`decide` looks at an OA's state (brought to `now` with `fold.advance` first) and
+answers a request with the units granted and, for each unit denied, the first
+reason that applies in DESIGN.md's order, with the Zalo error the same send
+would have met. Units are granted in the order of the recipients. The answer
+changes nothing: the caller appends it as an `admission` record, and folding
+that record applies the grant. This module does no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import date, datetime, time, timedelta
+
+from service.domain.governor import governor
+from service.domain.records import AdmissionAnswer, Denial
+from service.domain.state import RECIPIENT_DAYS, OAState, Policy
+from service.domain.windows import add_months, day_start, month_index, month_start, next_day_start
+
+# The reasons in the order DESIGN.md 5 gives them, with the Zalo error of each.
+ZALO_ERRORS: dict[str, int | None] = {
+    "oa_suspended": -1351,
+    "template_not_enabled": -131,
+    "template_disabled": -146,
+    "template_paused": None,
+    "tag_not_allowed": -145,
+    "night_window": -133,
+    "daily_quota_exhausted": -144,
+    "template_daily_quota_exhausted": -147,
+    "promotion_monthly_quota_exhausted": -1441,
+    "governor_throttled": None,
+    "recipient_opted_out": -141,
+    "recipient_not_eligible": -140,
+    "recipient_promotion_limit": -1471,  # -1472 when it is the day's limit
+}
+
+NOT_ENABLED = frozenset({"REJECT", "PENDING_REVIEW", "DELETE"})
+NIGHT_START, NIGHT_END = time(22, 0), time(6, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class AdmissionRequest:
+    template_id: str
+    tag: int
+    """Resolved by the caller: given, or the template's known tag."""
+    recipients: tuple[str, ...] = ()
+    """Recipients' hashes, in the order units are to be granted."""
+    count: int = 1
+    """Units asked for; the number of recipients when recipients are given."""
+
+
+@dataclass(slots=True)
+class Admission:
+    answer: AdmissionAnswer
+    granted_recipients: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Capacity:
+    """A limit on the units of this request, and the reason it gives when it runs out."""
+
+    reason: str
+    left: int | None
+
+
+def decide(
+    state: OAState, request: AdmissionRequest, now: datetime, policy: Policy, admission_id: str
+) -> Admission:
+    """The answer to `request` at `now` (call `fold.advance(state, now, policy)` first)."""
+    blocked = _blocked(state, request, now, policy)
+    capacities = _capacities(state, request.tag, request.template_id, now, policy)
+    units: list[str | None] = list(request.recipients) or [None] * request.count
+    granted: list[str] = []
+    granted_count = 0
+    denied: list[Denial] = []
+    per_recipient: dict[str, int] = {}  # this request's own tag-3 units per recipient
+    for recipient in units:
+        reason = blocked or _exhausted(capacities)
+        if reason is None and recipient is not None:
+            reason = _recipient_reason(state, request.tag, recipient, now, policy, per_recipient)
+        if reason is None:
+            for capacity in capacities:
+                if capacity.left is not None:
+                    capacity.left -= 1
+            granted_count += 1
+            if recipient is not None:
+                granted.append(recipient)
+                per_recipient[recipient] = per_recipient.get(recipient, 0) + 1
+            continue
+        code = reason.split(":")[0]
+        zalo = -1472 if reason == "recipient_promotion_limit:day" else ZALO_ERRORS[code]
+        denied.append(Denial(recipient=recipient, count=1, reason=code, zalo_error=zalo))
+    remaining = _remaining(capacities)
+    # When waiting helps some of the denied units: the soonest time it does.
+    waits = [_retry_after(state, r, request, now, policy) for r in {d.reason for d in denied}]
+    retry = min((w for w in waits if w is not None), default=None)
+    answer = AdmissionAnswer(
+        admission_id=admission_id,
+        granted=granted_count,
+        denied=_merge(denied),
+        remaining=remaining,
+        retry_after_s=retry,
+    )
+    return Admission(answer, granted)
+
+
+def _blocked(
+    state: OAState, request: AdmissionRequest, now: datetime, policy: Policy
+) -> str | None:
+    """A reason that denies every unit of the request, or None."""
+    template = state.templates.get(request.template_id)
+    today = policy.day(now)
+    if state.suspended:
+        return "oa_suspended"
+    if template is not None and template.status in NOT_ENABLED:
+        return "template_not_enabled"
+    if template is not None and (
+        template.status == "DISABLE" or template.zalo_quality == "LOW" or template.zalo_disabled
+    ):
+        return "template_disabled"
+    if template is not None and template.paused(int(now.timestamp() * 1000)):
+        return "template_paused"
+    tag = request.tag
+    if (
+        (state.allowed_tags is not None and tag not in state.allowed_tags)
+        or state.tag_blocked.get(str(tag)) == today
+        or (tag == 3 and not state.rule_set().allows_tag3(state.daily_quota))
+    ):
+        return "tag_not_allowed"
+    if template is not None and template.night_restricted and _at_night(now, policy):
+        return "night_window"
+    return None
+
+
+def _capacities(
+    state: OAState, tag: int, template_id: str, now: datetime, policy: Policy
+) -> list[_Capacity]:
+    """The limits on units in the order of their reasons; `left` None is no limit."""
+    today = policy.day(now)
+    template = state.templates.get(template_id)
+    limits = [
+        _Capacity("daily_quota_exhausted", state.remaining_today(today)),
+        _Capacity(
+            "template_daily_quota_exhausted",
+            0 if template is not None and template.exhausted_day == today else None,
+        ),
+    ]
+    if tag == 3:
+        local = date.fromordinal(today)
+        limits.append(
+            _Capacity(
+                "promotion_monthly_quota_exhausted",
+                state.promotion_remaining(local, policy.thresholds),
+            )
+        )
+    limits.append(_Capacity("governor_throttled", governor(state, now, policy)[tag].remaining))
+    return limits
+
+
+def _exhausted(capacities: list[_Capacity]) -> str | None:
+    for capacity in capacities:
+        if capacity.left is not None and capacity.left <= 0:
+            return capacity.reason
+    return None
+
+
+def _remaining(capacities: list[_Capacity]) -> int | None:
+    lefts = [c.left for c in capacities if c.left is not None]
+    return max(0, min(lefts)) if lefts else None
+
+
+def _recipient_reason(
+    state: OAState,
+    tag: int,
+    recipient: str,
+    now: datetime,
+    policy: Policy,
+    this_request: dict[str, int],
+) -> str | None:
+    person = state.recipients.get(recipient)
+    today = policy.day(now)
+    if person is not None and person.opted_out:
+        return "recipient_opted_out"
+    if tag != 3:
+        return None
+    rules, t = state.rule_set(), policy.thresholds
+    if person is not None and person.not_eligible:
+        return "recipient_not_eligible"
+    if t.promotion_needs_tag12 and (
+        person is None
+        or person.last_tag12_day is None
+        or person.last_tag12_day <= today - RECIPIENT_DAYS
+    ):
+        return "recipient_not_eligible"
+    assert person is not None
+    month = month_index(date.fromordinal(today))
+    extra = this_request.get(recipient, 0)
+    if person.limit_month == month or (
+        person.promotions_this_month(month) + extra >= rules.promotion_per_recipient_month
+    ):
+        return "recipient_promotion_limit"
+    day_cap = rules.promotion_per_recipient_day
+    if person.limit_day == today or (
+        day_cap is not None and person.promotions_today(today) + extra >= day_cap
+    ):
+        return "recipient_promotion_limit:day"
+    return None
+
+
+def _at_night(now: datetime, policy: Policy) -> bool:
+    local = now.astimezone(policy.zone).time()
+    return local >= NIGHT_START or local < NIGHT_END
+
+
+def _retry_after(
+    state: OAState, reason: str, request: AdmissionRequest, now: datetime, policy: Policy
+) -> int | None:
+    """Seconds after which asking again can help, for the reasons that end by themselves."""
+    zone = policy.zone
+    until: datetime | None = None
+    if reason in {
+        "daily_quota_exhausted",
+        "template_daily_quota_exhausted",
+        "governor_throttled",
+        "tag_not_allowed",
+        "recipient_promotion_limit",
+    }:
+        until = next_day_start(now, zone)
+    elif reason == "night_window":
+        local = now.astimezone(zone)
+        morning = day_start(local.date(), zone) + timedelta(hours=NIGHT_END.hour)
+        until = morning if local.time() < NIGHT_END else morning + timedelta(days=1)
+    elif reason == "template_paused":
+        template = state.templates[request.template_id]
+        if template.paused_until is not None and not template.gate_disabled:
+            until = datetime.fromtimestamp(template.paused_until / 1000, tz=zone)
+    elif reason == "promotion_monthly_quota_exhausted":
+        first = add_months(month_start(now.astimezone(zone).date()), 1)
+        until = day_start(first, zone)
+    if until is None:
+        return None
+    return max(1, int((until - now).total_seconds() + 0.999))
+
+
+def _merge(denied: list[Denial]) -> list[Denial]:
+    """Denials without a recipient and with the same reason become one item with a count."""
+    merged: list[Denial] = []
+    for item in denied:
+        last = merged[-1] if merged else None
+        if (
+            item.recipient is None
+            and last is not None
+            and last.recipient is None
+            and last.reason == item.reason
+        ):
+            merged[-1] = last.model_copy(update={"count": last.count + 1})
+        else:
+            merged.append(item)
+    return merged
