@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from service.api.app import access_middleware
+from service.api.app import add_routes as add_api_routes
 from service.config import Settings
 from service.http import LOG, PROCESSOR, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
@@ -57,7 +59,8 @@ async def metrics(_: web.Request) -> web.Response:
 def build_app(settings: Settings, log: EventLog | None = None) -> web.Application:
     """The application; the log (from the settings unless given) opens with it."""
     app = web.Application(
-        middlewares=[errors_middleware], client_max_size=settings.receiver.max_body_bytes
+        middlewares=[errors_middleware, access_middleware],
+        client_max_size=settings.receiver.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[LOG] = log if log is not None else create_log(settings.log)
@@ -72,7 +75,7 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             app[LOG],
             settings,
             ProcessorOptions(
-                group_id=f"{settings.log.topic_prefix}-processor",
+                group_id=f"{app[LOG].topics.prefix}-processor",
                 checkpoint_interval_s=settings.processor.checkpoint_interval_s,
                 checkpoint_records=settings.processor.checkpoint_records,
             ),
@@ -89,4 +92,5 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_receiver_routes(app)
+    add_api_routes(app)
     return app

@@ -1,0 +1,316 @@
+"""The `/v1` routes of DESIGN.md 5 that read an OA's state or append records for it.
+
+Reads are answered from the state of the instance that owns the OA's
+partition, on a copy brought to "now" (the live state is only changed by the
+processor). Sends, syncs and operator commands are validated, appended to
+`zns.events` (their effect follows when the processor folds them) and
+answered once durable. An instance that does not serve the OA's partition (not
+assigned here, or still restoring) answers 503 with `Retry-After`.
+
+Access: with `[[api.tokens]]` configured, every request needs a bearer token
+with the scope it uses (`read` for GET, `send` for sends, `admin` for sync and
+resume); with none, the API is open (the service warns at start).
+"""
+
+from __future__ import annotations
+
+import copy
+import hmac
+from datetime import UTC, datetime
+from typing import Literal
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from service.api import views
+from service.domain.events import ZaloId, ZaloTime
+from service.domain.fold import advance
+from service.domain.records import (
+    CommandRecord,
+    SendOutcome,
+    SendRecord,
+    SyncRecord,
+    SyncTemplate,
+    Tag,
+    ZaloQuota,
+    recipient_hash,
+)
+from service.domain.state import OAState, Policy
+from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
+from service.logsetup import get_logger
+
+_log = get_logger("api")
+
+PREFIX = "/v1/"
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def _scope(request: web.Request) -> str:
+    if request.method == "GET":
+        return "read"
+    if request.path.endswith(("/sends", "/admissions")):
+        return "send"
+    return "admin"
+
+
+@web.middleware
+async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    tokens = request.app[SETTINGS].api.tokens
+    if not request.path.startswith(PREFIX) or not tokens:
+        return await handler(request)
+    header = request.headers.get("Authorization", "")
+    scheme, _, given = header.partition(" ")
+    match = None
+    if scheme.lower() == "bearer" and given:
+        for token in tokens:
+            if hmac.compare_digest(token.token.get_secret_value().encode(), given.encode()):
+                match = token
+    if match is None:
+        return error_response(
+            401, "unauthenticated", "a valid bearer token is needed", {"WWW-Authenticate": "Bearer"}
+        )
+    if _scope(request) not in match.scopes:
+        return error_response(403, "forbidden", f"the token lacks the {_scope(request)} scope")
+    return await handler(request)
+
+
+# --- the owner's state ----------------------------------------------------------------------
+
+
+class NotServed(Exception):
+    """This instance cannot answer for the OA now."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _oa_id(request: web.Request) -> str:
+    oa_id = request.match_info["oa_id"]
+    if not oa_id or len(oa_id) > 64:
+        raise web.HTTPBadRequest(reason="oa_id")
+    return oa_id
+
+
+def _served_state(request: web.Request, oa_id: str) -> tuple[OAState, datetime, Policy]:
+    """A copy of the OA's state brought to now, from this instance's processor."""
+    processor = request.app.get(PROCESSOR)
+    if processor is None:
+        raise NotServed("processor_disabled", "this instance runs no processor")
+    partition = request.app[LOG].partition_for(oa_id.encode())
+    folder = processor.folders.get(partition)
+    if folder is None:
+        raise NotServed("not_owner", f"partition {partition} is not served by this instance")
+    if partition not in processor.ready():
+        raise NotServed("restoring", f"partition {partition} is still being restored")
+    policy = processor.policies.for_oa(oa_id)
+    live = folder.states.get(oa_id)
+    state = copy.deepcopy(live) if live is not None else OAState.new(oa_id, policy.rules)
+    now = folder.now()
+    advance(state, now, policy)
+    return state, now, policy
+
+
+def _not_served(exc: NotServed) -> web.Response:
+    return error_response(503, exc.code, str(exc), {"Retry-After": "1"})
+
+
+# --- reads ------------------------------------------------------------------------------------
+
+
+async def get_quota(request: web.Request) -> web.Response:
+    try:
+        state, now, policy = _served_state(request, _oa_id(request))
+    except NotServed as exc:
+        return _not_served(exc)
+    return json_response(views.quota(state, now, policy))
+
+
+async def get_zalo_quota(request: web.Request) -> web.Response:
+    try:
+        state, now, policy = _served_state(request, _oa_id(request))
+    except NotServed as exc:
+        return _not_served(exc)
+    return json_response(views.zalo_quota(state, now, policy))
+
+
+async def get_quality(request: web.Request) -> web.Response:
+    try:
+        state, now, policy = _served_state(request, _oa_id(request))
+    except NotServed as exc:
+        return _not_served(exc)
+    return json_response(views.quality(state, now, policy))
+
+
+async def get_templates(request: web.Request) -> web.Response:
+    try:
+        state, now, policy = _served_state(request, _oa_id(request))
+    except NotServed as exc:
+        return _not_served(exc)
+    wanted = request.match_info.get("template_id")
+    if wanted is not None:
+        found = state.templates.get(wanted)
+        if found is None:
+            return error_response(404, "unknown_template", "no record names this template")
+        return json_response(views.template(found, now, policy))
+    return json_response(
+        {"templates": [views.template(t, now, policy) for t in state.templates.values()]}
+    )
+
+
+async def list_oas(request: web.Request) -> web.Response:
+    processor = request.app.get(PROCESSOR)
+    if processor is None:
+        return _not_served(NotServed("processor_disabled", "this instance runs no processor"))
+    out = []
+    for partition in sorted(processor.ready()):
+        folder = processor.folders[partition]
+        now = folder.now()
+        for oa_id in sorted(folder.states):
+            state = copy.deepcopy(folder.states[oa_id])
+            policy = processor.policies.for_oa(oa_id)
+            advance(state, now, policy)
+            out.append(views.summary(state, now, policy))
+    return json_response({"oas": out, "partitions": sorted(processor.ready())})
+
+
+# --- writes -----------------------------------------------------------------------------------
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SendItem(_Body):
+    template_id: ZaloId
+    tag: Tag | None = None
+    recipient: str | None = None
+    tracking_id: str = Field(min_length=1, max_length=200)
+    msg_id: ZaloId | None = None
+    admission_id: str | None = Field(default=None, max_length=200)
+    sent_time: ZaloTime
+    error: int
+    quota: ZaloQuota | None = None
+
+    @field_validator("recipient")
+    @classmethod
+    def _hashed(cls, value: str | None) -> str | None:
+        return None if value is None else recipient_hash(value)
+
+
+class SendsBody(_Body):
+    sends: list[SendItem] = Field(min_length=1, max_length=1000)
+
+
+class SyncBody(_Body):
+    as_of: ZaloTime
+    daily_quota: int | None = None
+    remaining_quota: int | None = Field(default=None, ge=0)
+    quality_48h: str | None = None
+    quality_7d: str | None = None
+    allowed_tags: list[Tag] | None = None
+    monthly_promotion_quota: int | None = Field(default=None, ge=0)
+    remaining_monthly_promotion_quota: int | None = Field(default=None, ge=0)
+    templates: list[SyncTemplate] = Field(default_factory=list, max_length=1000)
+
+
+async def _body(request: web.Request, model: type[_Body]) -> _Body:
+    try:
+        raw = orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
+        raise _Invalid(400, "malformed_json", "the body is not JSON") from exc
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise _Invalid(422, "invalid_request", f"{where}: {first['msg']}") from exc
+
+
+class _Invalid(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
+
+
+async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> None:
+    log = request.app[LOG]
+    await log.append(
+        log.topics.events,
+        oa_id.encode(),
+        value,
+        (("kind", kind.encode()),),
+        timeout_s=request.app[SETTINGS].receiver.publish_deadline_s,
+    )
+
+
+async def post_sends(request: web.Request) -> web.Response:
+    oa_id = _oa_id(request)
+    try:
+        body = await _body(request, SendsBody)
+    except _Invalid as exc:
+        return error_response(exc.status, exc.code, str(exc))
+    assert isinstance(body, SendsBody)
+    seen: set[str] = set()
+    accepted = duplicates = 0
+    for item in body.sends:
+        if item.tracking_id in seen:
+            duplicates += 1
+            continue
+        seen.add(item.tracking_id)
+        record = SendRecord(oa_id=oa_id, send=SendOutcome(**item.model_dump()))
+        await _append(request, oa_id, "send", record.model_dump_json(exclude_none=True).encode())
+        accepted += 1
+    # Repeats of earlier requests are recognised when folded (by tracking_id and msg_id).
+    return json_response({"accepted": accepted, "duplicates": duplicates})
+
+
+async def post_sync(request: web.Request) -> web.Response:
+    oa_id = _oa_id(request)
+    try:
+        body = await _body(request, SyncBody)
+    except _Invalid as exc:
+        return error_response(exc.status, exc.code, str(exc))
+    try:
+        record = SyncRecord(oa_id=oa_id, **body.model_dump(exclude_unset=True))
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        return error_response(422, "invalid_request", f"{where}: {first['msg']}")
+    await _append(request, oa_id, "sync", record.model_dump_json(exclude_unset=True).encode())
+    return json_response({"accepted": 1})
+
+
+async def _command(
+    request: web.Request, action: Literal["resume_oa", "resume_template"], template_id: str | None
+) -> web.Response:
+    oa_id = _oa_id(request)
+    now_ms = str(int(datetime.now(UTC).timestamp() * 1000))
+    record = CommandRecord(oa_id=oa_id, action=action, template_id=template_id, at=now_ms)
+    await _append(request, oa_id, "command", record.model_dump_json(exclude_none=True).encode())
+    return json_response({"accepted": 1, "action": action})
+
+
+async def post_resume(request: web.Request) -> web.Response:
+    return await _command(request, "resume_oa", None)
+
+
+async def post_template_resume(request: web.Request) -> web.Response:
+    return await _command(request, "resume_template", request.match_info["template_id"])
+
+
+def add_routes(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/oas", list_oas)
+    r.add_get("/v1/oas/{oa_id}/quota", get_quota)
+    r.add_get("/v1/oas/{oa_id}/message/quota", get_zalo_quota)
+    r.add_get("/v1/oas/{oa_id}/quality", get_quality)
+    r.add_get("/v1/oas/{oa_id}/templates", get_templates)
+    r.add_get("/v1/oas/{oa_id}/templates/{template_id}", get_templates)
+    r.add_post("/v1/oas/{oa_id}/sends", post_sends)
+    r.add_post("/v1/oas/{oa_id}/sync", post_sync)
+    r.add_post("/v1/oas/{oa_id}/resume", post_resume)
+    r.add_post("/v1/oas/{oa_id}/templates/{template_id}/resume", post_template_resume)

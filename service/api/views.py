@@ -1,0 +1,301 @@
+"""What the API answers about an OA, built from its state (DESIGN.md 5). No I/O.
+
+Every function takes a state already brought to `now` (`fold.advance`) and
+returns plain JSON values with the field names clients are written against.
+Times are ISO 8601 in the configured zone.
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+
+from service.domain.governor import governor
+from service.domain.scoring import Level, score
+from service.domain.state import WINDOW_7D, WINDOW_48H, OAState, Policy, Template
+from service.domain.windows import day_start, next_day_start
+
+TAGS = (1, 2, 3)
+
+
+def _iso_day(day: int | None, policy: Policy) -> str | None:
+    if day is None:
+        return None
+    return day_start(date.fromordinal(day), policy.zone).isoformat()
+
+
+def allowed_tags(state: OAState, now: datetime, policy: Policy) -> list[int]:
+    """The tags the OA may send now, by Zalo's rules and its send errors."""
+    today = policy.day(now)
+    allowed = []
+    for tag in TAGS:
+        if state.allowed_tags is not None and tag not in state.allowed_tags:
+            continue
+        if state.tag_blocked.get(str(tag)) == today:
+            continue
+        if tag == 3 and not state.rule_set().allows_tag3(state.daily_quota):
+            continue
+        allowed.append(tag)
+    return allowed
+
+
+def by_tag(state: OAState, now: datetime, policy: Policy) -> dict[str, int | None]:
+    """What each tag may still be granted today, after the governor (None: no limit)."""
+    today = policy.day(now)
+    remaining = state.remaining_today(today)
+    limits = governor(state, now, policy)
+    promotion = state.promotion_remaining(date.fromordinal(today), policy.thresholds)
+    tags = allowed_tags(state, now, policy)
+    out: dict[str, int | None] = {}
+    for tag in TAGS:
+        caps = [remaining, limits[tag].remaining, promotion if tag == 3 else None]
+        known = [cap for cap in caps if cap is not None]
+        value = min(known) if known else None
+        out[str(tag)] = 0 if tag not in tags or state.suspended else value
+    return out
+
+
+def next_evaluation(state: OAState, now: datetime, policy: Policy) -> datetime | None:
+    """When the next tier evaluation may run: a day change after the wait and D+8."""
+    if state.first_send_day is None:
+        return None
+    t = policy.thresholds
+    due = state.first_send_day + t.first_evaluation_days
+    if state.tier_changed_day is not None:
+        due = max(due, state.tier_changed_day + t.wait_days)
+    due = max(due, policy.day(now) + 1)
+    return day_start(date.fromordinal(due), policy.zone)
+
+
+def penalties(state: OAState, now: datetime, policy: Policy) -> list[dict[str, Any]]:
+    """The limits in force now, each with its reason."""
+    out: list[dict[str, Any]] = []
+    if state.suspended:
+        out.append({"kind": "suspension", "reason": state.suspended_reason})
+    today = policy.day(now)
+    if state.penalty_day == today:
+        out.append({"kind": "penalty", "reason": "negatives_beyond_threshold_today"})
+    for tag, limit in sorted(governor(state, now, policy).items()):
+        if limit.rule is not None:
+            out.append(
+                {"kind": "governor", "tag": tag, "reason": limit.rule, "remaining": limit.remaining}
+            )
+    now_ms = int(now.timestamp() * 1000)
+    for template in state.templates.values():
+        if template.gate_disabled:
+            out.append(
+                {
+                    "kind": "template_disabled",
+                    "template_id": template.template_id,
+                    "reason": "paused_three_times_in_30_days",
+                }
+            )
+        elif template.paused(now_ms):
+            until = datetime.fromtimestamp((template.paused_until or 0) / 1000, tz=policy.zone)
+            out.append(
+                {
+                    "kind": "template_paused",
+                    "template_id": template.template_id,
+                    "reason": "proxy_quality_7d_low",
+                    "until": until.isoformat(),
+                }
+            )
+    return out
+
+
+def quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
+    """`GET /v1/oas/{oa_id}/quota`."""
+    today = policy.day(now)
+    promotion = state.promotion(date.fromordinal(today), policy.thresholds)
+    evaluation = next_evaluation(state, now, policy)
+    return {
+        "oa_id": state.oa_id,
+        "rules": state.rules,
+        "daily_quota": state.daily_quota,
+        "remaining_today": state.remaining_today(today),
+        "resets_at": next_day_start(now, policy.zone).isoformat(),
+        "tier_changed_at": _iso_day(state.tier_changed_day, policy),
+        "next_evaluation_at": None if evaluation is None else evaluation.isoformat(),
+        "allowed_tags": allowed_tags(state, now, policy),
+        "by_tag": by_tag(state, now, policy),
+        "promotion": {
+            "monthly_quota": promotion.monthly_quota,
+            "remaining_month": state.promotion_remaining(
+                date.fromordinal(today), policy.thresholds
+            ),
+            "estimated_next_month": promotion.estimated_next_month,
+        },
+        "suspended": state.suspended,
+        "penalties": penalties(state, now, policy),
+    }
+
+
+def zalo_quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
+    """`GET /v1/oas/{oa_id}/message/quota`: Zalo's own shape (zns-domain.md 3.3)."""
+    view = quota(state, now, policy)
+    return {
+        "error": 0,
+        "message": "Success",
+        "data": {
+            "dailyQuota": view["daily_quota"],
+            "remainingQuota": view["remaining_today"],
+            # Zalo's daily promotion cap was discontinued on 2024-11-01: null.
+            "dailyQuotaPromotion": None,
+            "remainingQuotaPromotion": None,
+            "monthlyPromotionQuota": view["promotion"]["monthly_quota"],
+            "remainingMonthlyPromotionQuota": view["promotion"]["remaining_month"],
+            "estimatedNextMonthPromotionQuota": view["promotion"]["estimated_next_month"],
+        },
+    }
+
+
+def quality(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
+    """`GET /v1/oas/{oa_id}/quality`."""
+    t = policy.thresholds
+    proxy_48h, proxy_7d = state.proxy_levels(now, t)
+    zalo = state.zalo_levels(now, t)
+    effective_48h, effective_7d = state.effective_levels(now, t)
+    counts = {
+        "delivered_48h": state.delivered.within(now, WINDOW_48H),
+        "negatives_48h": state.negatives.within(now, WINDOW_48H),
+        "delivered_7d": state.delivered.within(now, WINDOW_7D),
+        "negatives_7d": state.negatives.within(now, WINDOW_7D),
+    }
+    tier_basis, basis_level = "proxy", proxy_7d
+    if zalo is not None and zalo[1] is not Level.UNDEFINED:
+        tier_basis, basis_level = "zalo", zalo[1]
+    threshold = state.penalty_threshold(policy)
+    negatives_today = state.negatives_by_day.get(policy.day(now))
+    evaluation = next_evaluation(state, now, policy)
+    projected = _projected_tier(state, now, policy, basis_level)
+    before_penalty = None if threshold is None else max(0, threshold - negatives_today)
+    return {
+        "oa_id": state.oa_id,
+        "quality_48h": effective_48h.value,
+        "quality_7d": effective_7d.value,
+        "tier_basis": tier_basis,
+        "score": score(counts["negatives_7d"], counts["delivered_7d"], t),
+        "proxy": {**counts, "quality_48h": proxy_48h.value, "quality_7d": proxy_7d.value},
+        "zalo": {
+            "quality_48h": state.zalo_quality_48h,
+            "quality_7d": state.zalo_quality_7d,
+            "as_of": None
+            if state.zalo_quality_at == 0
+            else datetime.fromtimestamp(state.zalo_quality_at / 1000, tz=policy.zone).isoformat(),
+            "fresh": zalo is not None,
+        },
+        "used": "worse_of_zalo_and_proxy" if zalo is not None else "proxy",
+        "rates": {
+            "48h": _rate(counts["negatives_48h"], counts["delivered_48h"]),
+            "7d": _rate(counts["negatives_7d"], counts["delivered_7d"]),
+        },
+        "thresholds": {
+            "z": t.quality_z,
+            "rate_standard": t.rate_standard,
+            "rate_limit": t.rate_limit,
+            "penalty_threshold_today": threshold,
+        },
+        "explanation": _explain(state, counts, proxy_7d, threshold, negatives_today, policy),
+        "forecast": {
+            "next_evaluation_at": None if evaluation is None else evaluation.isoformat(),
+            "projected_daily_quota": projected,
+            "negatives_today": negatives_today,
+            "negatives_before_penalty": before_penalty,
+        },
+    }
+
+
+def _rate(negatives: int, delivered: int) -> float | None:
+    return None if delivered == 0 else negatives / delivered
+
+
+def _projected_tier(state: OAState, now: datetime, policy: Policy, level: Level) -> int | None:
+    """The daily quota the next evaluation would give, were it run on today's numbers."""
+    t = policy.thresholds
+    today = policy.day(now)
+    quota_now = state.daily_quota
+    rules = state.rule_set()
+    sent = state.sent_ok.total(today - 6, today)
+    if (
+        level is Level.HIGH
+        and quota_now is not None
+        and sent >= t.upgrade_volume_factor * quota_now
+    ):
+        return rules.step_up(quota_now)
+    if level is Level.LOW:
+        return rules.step_down(quota_now)
+    return quota_now
+
+
+def _explain(
+    state: OAState,
+    counts: dict[str, int],
+    level_7d: Level,
+    threshold: int | None,
+    negatives_today: int,
+    policy: Policy,
+) -> list[str]:
+    t = policy.thresholds
+    lines = []
+    delivered, negatives = counts["delivered_7d"], counts["negatives_7d"]
+    if delivered == 0:
+        lines.append("Nothing was delivered in the last 7 days, so the proxy quality is UNDEFINED.")
+    else:
+        lines.append(
+            f"In the last 7 days {negatives} of {delivered} delivered messages drew a negative "
+            f"signal ({negatives / delivered:.3%}); the proxy quality is {level_7d.value} "
+            f"(LOW above {t.rate_limit:.1%}, MEDIUM above {t.rate_standard:.1%}, judged by "
+            f"the lower bound of the Wilson interval)."
+        )
+    if threshold is None:
+        lines.append("The daily quota is unlimited, so there is no daily penalty.")
+    else:
+        lines.append(
+            f"Today {negatives_today} negatives arrived; the tier drops one step on the first "
+            f"negative beyond {threshold} (2% of the day's starting quota)."
+        )
+    if state.first_send_day is None:
+        lines.append("No send has been seen yet; the first evaluation comes 8 days after it.")
+    return lines
+
+
+def template(template_state: Template, now: datetime, policy: Policy) -> dict[str, Any]:
+    """`GET /v1/oas/{oa_id}/templates/{template_id}`."""
+    t = policy.thresholds
+    now_ms = int(now.timestamp() * 1000)
+    paused_until = template_state.paused_until
+    return {
+        "template_id": template_state.template_id,
+        "tag": template_state.tag,
+        "status": template_state.status,
+        "zalo_quality": template_state.zalo_quality,
+        "proxy_quality_7d": template_state.proxy_level(now, t).value,
+        "paused": template_state.paused(now_ms),
+        "paused_until": None
+        if paused_until is None or paused_until <= now_ms
+        else datetime.fromtimestamp(paused_until / 1000, tz=policy.zone).isoformat(),
+        "disabled_by_gate": template_state.gate_disabled,
+        "disabled_by_send_error": template_state.zalo_disabled,
+        "night_restricted": template_state.night_restricted,
+        "counts": {
+            "delivered_7d": template_state.delivered.within(now, WINDOW_7D),
+            "negatives_7d": template_state.negatives.within(now, WINDOW_7D),
+            "sent_ok_today": template_state.sent_ok.get(policy.day(now)),
+        },
+    }
+
+
+def summary(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
+    """One line of `GET /v1/oas`."""
+    today = policy.day(now)
+    levels = state.effective_levels(now, policy.thresholds)
+    return {
+        "oa_id": state.oa_id,
+        "rules": state.rules,
+        "daily_quota": state.daily_quota,
+        "remaining_today": state.remaining_today(today),
+        "quality_48h": levels[0].value,
+        "quality_7d": levels[1].value,
+        "suspended": state.suspended,
+        "templates": len(state.templates),
+    }

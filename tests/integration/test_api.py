@@ -1,0 +1,226 @@
+"""The /v1 API on both backends: answers from the processor's state, validation, access."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from service.domain.records import recipient_hash
+from tests import feed, zalo
+from tests.conftest import RunningService, ServiceFactory
+
+OA = zalo.OA_ID
+NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
+
+
+async def get(service: RunningService, path: str, token: str | None = None) -> tuple[int, Any]:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with service.client.get(path, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def post(
+    service: RunningService, path: str, body: Any, token: str | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    data = body if isinstance(body, bytes) else orjson.dumps(body)
+    async with service.client.post(path, data=data, headers=headers) as response:
+        return response.status, await response.json()
+
+
+async def post_webhook(service: RunningService, raw: feed.Raw) -> None:
+    hook = zalo.Webhooks().from_payload(orjson.loads(raw.value), server=raw.headers.get("server"))
+    status, _ = await service.post(hook)
+    assert status == 200
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 30) -> None:
+    async with asyncio.timeout(timeout_s):
+        while not await check():
+            await asyncio.sleep(0.1)
+
+
+async def ready(service: RunningService) -> None:
+    async def check() -> bool:
+        async with service.client.get("/readyz") as response:
+            return response.status == 200
+
+    await eventually(check)
+
+
+def send(tracking: str, **fields: Any) -> dict[str, Any]:
+    return {
+        "template_id": "t1",
+        "tag": 2,
+        "tracking_id": tracking,
+        "sent_time": str(int(NOW.timestamp() * 1000)),
+        "error": 0,
+        **fields,
+    }
+
+
+async def test_an_unknown_oa_is_new_on_its_rule_sets_defaults(service: RunningService) -> None:
+    await ready(service)
+    status, quota = await get(service, "/v1/oas/111222333/quota")
+    assert status == 200
+    assert quota["daily_quota"] == 20_000
+    assert quota["remaining_today"] == 20_000
+    assert quota["by_tag"] == {"1": 20_000, "2": 20_000, "3": 10_000}  # the first-month bonus
+    assert quota["promotion"] == {
+        "monthly_quota": 10_000,
+        "remaining_month": 10_000,
+        "estimated_next_month": 0,
+    }
+    assert quota["allowed_tags"] == [1, 2, 3]
+    assert quota["suspended"] is False
+    assert quota["penalties"] == []
+    assert quota["next_evaluation_at"] is None
+    status, zalo_shape = await get(service, "/v1/oas/111222333/message/quota")
+    assert zalo_shape == {
+        "error": 0,
+        "message": "Success",
+        "data": {
+            "dailyQuota": 20_000,
+            "remainingQuota": 20_000,
+            "dailyQuotaPromotion": None,
+            "remainingQuotaPromotion": None,
+            "monthlyPromotionQuota": 10_000,
+            "remainingMonthlyPromotionQuota": 10_000,
+            "estimatedNextMonthPromotionQuota": 0,
+        },
+    }
+    status, quality = await get(service, "/v1/oas/111222333/quality")
+    assert (quality["quality_48h"], quality["quality_7d"], quality["score"]) == (
+        "UNDEFINED",
+        "UNDEFINED",
+        None,
+    )
+
+
+async def test_sends_and_webhooks_show_in_quota_quality_and_templates(
+    service: RunningService,
+) -> None:
+    await ready(service)
+    sends = [send(f"tr{i}", msg_id=f"m{i}", recipient="0901234567") for i in range(4)]
+    status, answer = await post(service, f"/v1/oas/{OA}/sends", {"sends": [*sends, sends[0]]})
+    assert (status, answer) == (200, {"accepted": 4, "duplicates": 1})
+    for i in range(4):
+        await post_webhook(service, feed.receipt(f"m{i}", NOW + timedelta(seconds=10)))
+    await post_webhook(service, feed.rating("m0", 1, NOW + timedelta(seconds=20)))
+
+    async def folded() -> bool:
+        status, quality = await get(service, f"/v1/oas/{OA}/quality")
+        return status == 200 and bool(quality["proxy"]["negatives_48h"] == 1)
+
+    await eventually(folded)
+    _, quality = await get(service, f"/v1/oas/{OA}/quality")
+    assert quality["proxy"]["delivered_48h"] == 4
+    assert quality["proxy"]["quality_48h"] == "LOW"  # 1 of 4, by the Wilson bound
+    assert quality["tier_basis"] == "proxy"
+    assert quality["forecast"]["negatives_today"] == 1
+    assert quality["forecast"]["negatives_before_penalty"] == 399
+    assert any("1 of 4" in line for line in quality["explanation"])
+    _, quota = await get(service, f"/v1/oas/{OA}/quota")
+    assert quota["remaining_today"] == 20_000 - 4
+    assert quota["next_evaluation_at"] is not None
+    assert {p["reason"] for p in quota["penalties"]} >= {"quality_low"}
+    status, template = await get(service, f"/v1/oas/{OA}/templates/t1")
+    assert status == 200
+    assert template["counts"]["delivered_7d"] == 4
+    assert template["paused"] is True  # the proxy turned LOW: zns-gate's first pause
+    assert (await get(service, f"/v1/oas/{OA}/templates/nope"))[0] == 404
+    _, listing = await get(service, "/v1/oas")
+    assert [oa["oa_id"] for oa in listing["oas"]] == [OA]
+
+
+async def test_sync_and_resume_are_applied(service: RunningService) -> None:
+    await ready(service)
+    as_of = str(int(NOW.timestamp() * 1000))
+    status, _ = await post(
+        service,
+        f"/v1/oas/{OA}/sync",
+        {"as_of": as_of, "daily_quota": 50_000, "remaining_quota": 123},
+    )
+    assert status == 200
+    status, _ = await post(service, f"/v1/oas/{OA}/sends", {"sends": [send("bad", error=-1351)]})
+    assert status == 200
+
+    async def applied() -> bool:
+        status, quota = await get(service, f"/v1/oas/{OA}/quota")
+        if status != 200:
+            return False
+        return bool(quota["daily_quota"] == 50_000 and quota["suspended"])
+
+    await eventually(applied)
+    _, quota = await get(service, f"/v1/oas/{OA}/quota")
+    assert quota["remaining_today"] == 123
+    assert quota["by_tag"]["2"] == 0  # suspended
+    assert (await post(service, f"/v1/oas/{OA}/resume", {}))[0] == 200
+
+    async def resumed() -> bool:
+        status, quota = await get(service, f"/v1/oas/{OA}/quota")
+        return status == 200 and not quota["suspended"]
+
+    await eventually(resumed)
+
+
+async def test_bad_bodies_get_4xx_and_append_nothing(service: RunningService) -> None:
+    await ready(service)
+    before = len(await service.events())
+    path = f"/v1/oas/{OA}/sends"
+    assert await post(service, path, b"{nope") == (
+        400,
+        {"error": {"code": "malformed_json", "message": "the body is not JSON"}},
+    )
+    status, body = await post(service, path, {"sends": [{"template_id": "t1", "error": 0}]})
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+    assert "tracking_id" in body["error"]["message"]
+    status, body = await post(service, path, {"sends": [send("x", recipient="not a phone")]})
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+    status, body = await post(service, f"/v1/oas/{OA}/sync", {"as_of": "1", "quality_7d": "OK"})
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+    assert len(await service.events()) == before
+
+
+async def test_tokens_and_scopes(service_factory: ServiceFactory) -> None:
+    reader, sender = "r" * 20, "s" * 20
+    service = await service_factory(
+        api={
+            "tokens": [
+                {"token": reader, "scopes": ["read"]},
+                {"token": sender, "scopes": ["read", "send"]},
+            ]
+        }
+    )
+    await ready(service)
+    path = f"/v1/oas/{OA}/quota"
+    assert (await get(service, path))[1]["error"]["code"] == "unauthenticated"
+    assert (await get(service, path, token="x" * 20))[0] == 401
+    assert (await get(service, path, token=reader))[0] == 200
+    body = {"sends": [send("t")]}
+    status, answer = await post(service, f"/v1/oas/{OA}/sends", body, token=reader)
+    assert (status, answer["error"]["code"]) == (403, "forbidden")
+    assert (await post(service, f"/v1/oas/{OA}/sends", body, token=sender))[0] == 200
+    assert (await post(service, f"/v1/oas/{OA}/resume", {}, token=sender))[0] == 403
+    assert (await get(service, "/healthz"))[0] == 200  # outside /v1: no token needed
+
+
+async def test_without_a_processor_reads_answer_503(service_factory: ServiceFactory) -> None:
+    service = await service_factory(processor={"enabled": False})
+    async with service.client.get(f"/v1/oas/{OA}/quota") as response:
+        assert response.status == 503
+        assert response.headers["Retry-After"] == "1"
+        assert (await response.json())["error"]["code"] == "processor_disabled"
+
+
+def test_recipients_are_hashed_before_they_reach_the_log() -> None:
+    from service.api.app import SendItem
+
+    item = SendItem.model_validate(send("x", recipient="+84 90 123 4567"))
+    assert item.recipient == recipient_hash("84901234567")
