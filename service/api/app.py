@@ -14,19 +14,31 @@ resume); with none, the API is open (the service warns at start).
 
 from __future__ import annotations
 
+import asyncio
 import copy
+import hashlib
 import hmac
+import uuid
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from service.api import views
+from service.domain.admission import AdmissionRequest, decide
 from service.domain.events import ZaloId, ZaloTime
 from service.domain.fold import advance
 from service.domain.records import (
+    AdmissionRecord,
     CommandRecord,
     SendOutcome,
     SendRecord,
@@ -37,7 +49,9 @@ from service.domain.records import (
     recipient_hash,
 )
 from service.domain.state import OAState, Policy
+from service.domain.windows import next_day_start
 from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
+from service.log.base import Record
 from service.logsetup import get_logger
 
 _log = get_logger("api")
@@ -302,7 +316,117 @@ async def post_template_resume(request: web.Request) -> web.Response:
     return await _command(request, "resume_template", request.match_info["template_id"])
 
 
+class AdmissionBody(_Body):
+    template_id: ZaloId
+    tag: Tag | None = None
+    recipients: list[str] | None = Field(default=None, max_length=10_000)
+    count: int | None = Field(default=None, ge=1, le=1_000_000)
+    idempotency_key: str = Field(min_length=1, max_length=200)
+
+    @field_validator("recipients")
+    @classmethod
+    def _hashed(cls, value: list[str] | None) -> list[str] | None:
+        return None if value is None else [recipient_hash(r) for r in value]
+
+    @model_validator(mode="after")
+    def _count_matches(self) -> AdmissionBody:
+        given = self.recipients is not None and self.count is not None
+        if given and self.count != len(self.recipients or ()):
+            raise ValueError("count differs from the number of recipients")
+        return self
+
+
+_LOCKS = web.AppKey("admission_locks", dict)
+
+
+def _lock(request: web.Request, oa_id: str) -> asyncio.Lock:
+    locks: dict[str, asyncio.Lock] = request.app[_LOCKS]
+    lock = locks.get(oa_id)
+    if lock is None:
+        lock = locks[oa_id] = asyncio.Lock()
+    return lock
+
+
+async def post_admissions(request: web.Request) -> web.Response:
+    """Decide, append the decision, apply it to the owner's state, answer (DESIGN.md 5).
+
+    Decisions for one OA are made one at a time, so concurrent requests never grant
+    more than remains. The same idempotency key with the same body gets the first
+    answer again (also after a restart: the key is kept in the OA's state).
+    """
+    oa_id = _oa_id(request)
+    try:
+        body = await _body(request, AdmissionBody)
+    except _Invalid as exc:
+        return error_response(exc.status, exc.code, str(exc))
+    assert isinstance(body, AdmissionBody)
+    request_hash = hashlib.sha256(
+        orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    ).hexdigest()
+    async with _lock(request, oa_id):
+        try:
+            state, now, policy = _served_state(request, oa_id)
+        except NotServed as exc:
+            return _not_served(exc)
+        earlier = state.idempotency.get(body.idempotency_key)
+        if earlier is not None:
+            if earlier[1] != request_hash:
+                return error_response(
+                    409, "idempotency_conflict", "this idempotency_key was used with another body"
+                )
+            return _admission_response(earlier[2], now, policy)
+        template = state.templates.get(body.template_id)
+        tag = body.tag or (template.tag if template is not None else None)
+        if tag is None:
+            return error_response(
+                422, "tag_required", "the template's tag is not known: give `tag`"
+            )
+        recipients = tuple(body.recipients or ())
+        wanted = AdmissionRequest(
+            body.template_id, tag, recipients, len(recipients) or body.count or 1
+        )
+        admission_id = uuid.uuid4().hex
+        decided = decide(state, wanted, now, policy, admission_id)
+        record = AdmissionRecord(
+            oa_id=oa_id,
+            admission_id=admission_id,
+            idempotency_key=body.idempotency_key,
+            request_hash=request_hash,
+            template_id=body.template_id,
+            tag=tag,
+            granted_recipients=decided.granted_recipients,
+            at=str(int(now.timestamp() * 1000)),
+            answer=decided.answer,
+        )
+        value = record.model_dump_json().encode()
+        headers = (("kind", b"admission"),)
+        log = request.app[LOG]
+        position = await log.append(
+            log.topics.events,
+            oa_id.encode(),
+            value,
+            headers,
+            timeout_s=request.app[SETTINGS].receiver.publish_deadline_s,
+        )
+        request.app[PROCESSOR].apply_ahead(
+            Record(
+                position.topic, position.partition, position.offset, oa_id.encode(), value, headers
+            )
+        )
+    return _admission_response(decided.answer.model_dump(mode="json"), now, policy)
+
+
+def _admission_response(answer: dict[str, Any], now: datetime, policy: Policy) -> web.Response:
+    remaining = answer.get("remaining")
+    reset = int((next_day_start(now, policy.zone) - now).total_seconds())
+    headers = {"X-RateLimit-Reset": str(max(reset, 0))}
+    if remaining is not None:
+        headers["X-RateLimit-Remaining"] = str(remaining)
+    return json_response(answer, headers=headers)
+
+
 def add_routes(app: web.Application) -> None:
+    app[_LOCKS] = {}
     r = app.router
     r.add_get("/v1/oas", list_oas)
     r.add_get("/v1/oas/{oa_id}/quota", get_quota)
@@ -310,6 +434,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/oas/{oa_id}/quality", get_quality)
     r.add_get("/v1/oas/{oa_id}/templates", get_templates)
     r.add_get("/v1/oas/{oa_id}/templates/{template_id}", get_templates)
+    r.add_post("/v1/oas/{oa_id}/admissions", post_admissions)
     r.add_post("/v1/oas/{oa_id}/sends", post_sends)
     r.add_post("/v1/oas/{oa_id}/sync", post_sync)
     r.add_post("/v1/oas/{oa_id}/resume", post_resume)

@@ -152,6 +152,22 @@ class PartitionFolder:
         for index, change in enumerate(changes):
             out.decisions.append(self.decision(state.oa_id, change, record, index, policy))
 
+    def apply_ahead(self, record: Record, out: Output) -> OAState:
+        """Fold a record of this partition that is newer than what has been folded, at
+        once, without moving the OA's position (an admission's grant): the processor
+        meets it again in its turn and recognises it."""
+        headers = {name: value.decode(errors="replace") for name, value in record.headers}
+        item = read_item(headers.get("kind"), record.key, record.value, headers)
+        policy = self.policies.for_oa(item.oa_id)
+        state = self.states.get(item.oa_id)
+        if state is None:
+            state = self.states[item.oa_id] = OAState.new(item.oa_id, policy.rules)
+        changes = fold(state, item, self.now(), policy)
+        self.dirty.add(item.oa_id)
+        for index, change in enumerate(changes):
+            out.decisions.append(self.decision(state.oa_id, change, record, index, policy))
+        return state
+
     def decision(
         self, oa_id: str, change: Change, record: Record, index: int, policy: Policy
     ) -> tuple[bytes, bytes]:

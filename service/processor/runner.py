@@ -121,6 +121,12 @@ class Processor:
             return "partitions still restoring: " + ", ".join(str(p) for p in waiting)
         return None
 
+    def apply_ahead(self, record: Record) -> None:
+        """Fold an admission this instance has just appended into the owner's state at once."""
+        folder = self.folders.get(record.partition)
+        if folder is not None:
+            folder.apply_ahead(record, self._output)
+
     # --- the group's callbacks ----------------------------------------------------------
 
     async def on_assigned(self, partitions: frozenset[TopicPartition]) -> None:

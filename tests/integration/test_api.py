@@ -17,10 +17,30 @@ OA = zalo.OA_ID
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
 
+async def call(
+    service: RunningService,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, Any, dict[str, str]]:
+    """One request, repeated after `Retry-After` while the answer is a 503 `restoring` (a
+    partition moving in the group), as a sender's client does."""
+    deadline = asyncio.get_running_loop().time() + 30
+    while True:
+        async with service.client.request(method, path, data=data, headers=headers) as response:
+            status, body = response.status, await response.json()
+            retry = response.headers.get("Retry-After")
+            if not (status == 503 and body["error"]["code"] == "restoring" and retry):
+                return status, body, dict(response.headers)
+        assert asyncio.get_running_loop().time() < deadline, "the partition never came back"
+        await asyncio.sleep(float(retry))
+
+
 async def get(service: RunningService, path: str, token: str | None = None) -> tuple[int, Any]:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    async with service.client.get(path, headers=headers) as response:
-        return response.status, await response.json()
+    status, body, _ = await call(service, "GET", path, headers=headers)
+    return status, body
 
 
 async def post(
@@ -30,8 +50,8 @@ async def post(
     if token:
         headers["Authorization"] = f"Bearer {token}"
     data = body if isinstance(body, bytes) else orjson.dumps(body)
-    async with service.client.post(path, data=data, headers=headers) as response:
-        return response.status, await response.json()
+    status, answer, _ = await call(service, "POST", path, data, headers)
+    return status, answer
 
 
 async def post_webhook(service: RunningService, raw: feed.Raw) -> None:
@@ -224,3 +244,80 @@ def test_recipients_are_hashed_before_they_reach_the_log() -> None:
 
     item = SendItem.model_validate(send("x", recipient="+84 90 123 4567"))
     assert item.recipient == recipient_hash("84901234567")
+
+
+async def admit(service: RunningService, **body: Any) -> tuple[int, Any, dict[str, str]]:
+    return await call(
+        service,
+        "POST",
+        f"/v1/oas/{OA}/admissions",
+        orjson.dumps(body),
+        {"Content-Type": "application/json"},
+    )
+
+
+async def test_an_admission_is_granted_applied_at_once_and_idempotent(
+    service: RunningService,
+) -> None:
+    await ready(service)
+    status, answer, headers = await admit(
+        service, template_id="t1", tag=2, count=5, idempotency_key="k1"
+    )
+    assert status == 200
+    assert (answer["granted"], answer["denied"], answer["remaining"]) == (5, [], 19_995)
+    assert headers["X-RateLimit-Remaining"] == "19995"
+    assert 0 < int(headers["X-RateLimit-Reset"]) <= 86_400
+    _, quota = await get(service, f"/v1/oas/{OA}/quota")
+    assert quota["remaining_today"] == 19_995  # the owner applied the grant at once
+    again = await admit(service, template_id="t1", tag=2, count=5, idempotency_key="k1")
+    assert again[1] == answer  # the same answer, nothing more granted
+    assert (await get(service, f"/v1/oas/{OA}/quota"))[1]["remaining_today"] == 19_995
+    status, conflict, _ = await admit(
+        service, template_id="t1", tag=2, count=6, idempotency_key="k1"
+    )
+    assert (status, conflict["error"]["code"]) == (409, "idempotency_conflict")
+    # The template's tag is known now; an unknown template needs one.
+    assert (await admit(service, template_id="t1", idempotency_key="k2"))[1]["granted"] == 1
+    status, body, _ = await admit(service, template_id="t9", idempotency_key="k3")
+    assert (status, body["error"]["code"]) == (422, "tag_required")
+    status, body, _ = await admit(
+        service, template_id="t1", tag=2, recipients=["0901234567"], count=2, idempotency_key="k4"
+    )
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+    status, body, _ = await admit(service, template_id="t1", tag=4, idempotency_key="k5")
+    assert (status, body["error"]["code"]) == (422, "invalid_request")
+
+
+async def test_concurrent_admissions_never_grant_more_than_remains(
+    service: RunningService,
+) -> None:
+    await ready(service)
+    as_of = str(int(NOW.timestamp() * 1000))
+    await post(service, f"/v1/oas/{OA}/sync", {"as_of": as_of, "remaining_quota": 50})
+
+    async def synced() -> bool:
+        status, quota = await get(service, f"/v1/oas/{OA}/quota")
+        return status == 200 and quota["remaining_today"] == 50
+
+    await eventually(synced)
+    answers = await asyncio.gather(
+        *(admit(service, template_id="t1", tag=2, idempotency_key=f"c{i}") for i in range(200))
+    )
+    assert all(status == 200 for status, _, _ in answers)
+    assert sum(answer["granted"] for _, answer, _ in answers) == 50
+    reasons = {d["reason"] for _, answer, _ in answers for d in answer["denied"]}
+    assert reasons == {"daily_quota_exhausted"}
+
+
+async def test_the_same_key_after_a_restart_gets_the_first_answer(
+    service_factory: ServiceFactory,
+) -> None:
+    first = await service_factory()
+    await ready(first)
+    _, answer, _ = await admit(first, template_id="t1", tag=2, count=3, idempotency_key="r1")
+    await first.client.close()  # a checkpoint on the way out; the embedded file is released
+    second = await service_factory()
+    await ready(second)
+    _, again, _ = await admit(second, template_id="t1", tag=2, count=3, idempotency_key="r1")
+    assert again == answer
+    assert (await get(second, f"/v1/oas/{OA}/quota"))[1]["remaining_today"] == 20_000 - 3
