@@ -79,6 +79,17 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
     return asyncio.new_event_loop()
 
 
+def _failed(exc: Exception, what: str) -> int:
+    """Log why a command could not run; its exit status (2 when the log's layout disagrees
+    with the settings, else 1)."""
+    log = get_logger("cli")
+    if isinstance(exc, LogConfigError):
+        log.error("the event log disagrees with the settings", error=str(exc))
+        return EXIT_INVALID_SETTINGS
+    log.error(what, error=str(exc))
+    return EXIT_FAILED
+
+
 def _serve(settings: Settings) -> int:
     from service.app import build_app
 
@@ -108,12 +119,8 @@ def _serve(settings: Settings) -> int:
             print=None,
             handle_signals=True,
         )
-    except LogConfigError as exc:
-        log.error("the event log disagrees with the settings", error=str(exc))
-        return EXIT_INVALID_SETTINGS
     except (LogError, OSError, sqlite3.Error) as exc:
-        log.error("could not start", error=str(exc))
-        return EXIT_FAILED
+        return _failed(exc, "could not start")
     log.info("stopped")
     return EXIT_OK
 
@@ -124,8 +131,6 @@ def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) ->
 
     from service.log import create_log
     from service.processor.replay import ReplayResult, replay, total_records
-
-    log = get_logger("cli")
 
     async def run() -> ReplayResult:
         event_log = create_log(settings.log)
@@ -140,13 +145,10 @@ def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) ->
             await event_log.close()
 
     try:
-        result = new_event_loop(settings.server.event_loop).run_until_complete(run())
-    except LogConfigError as exc:
-        log.error("the event log disagrees with the settings", error=str(exc))
-        return EXIT_INVALID_SETTINGS
+        with asyncio.Runner(loop_factory=lambda: new_event_loop(settings.server.event_loop)) as r:
+            result = r.run(run())
     except (LogError, OSError, sqlite3.Error) as exc:
-        log.error("replay failed", error=str(exc))
-        return EXIT_FAILED
+        return _failed(exc, "replay failed")
     if dump is not None:
         with open(dump, "wb") as out:
             for oa_id in sorted(result.states):

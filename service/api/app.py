@@ -19,6 +19,7 @@ import copy
 import hashlib
 import hmac
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,7 +36,7 @@ from pydantic import (
 
 from service.api import views
 from service.domain.admission import AdmissionRequest, decide
-from service.domain.events import ZaloId, ZaloTime
+from service.domain.events import ZaloId
 from service.domain.fold import advance
 from service.domain.records import (
     AdmissionRecord,
@@ -43,9 +44,7 @@ from service.domain.records import (
     SendOutcome,
     SendRecord,
     SyncRecord,
-    SyncTemplate,
     Tag,
-    ZaloQuota,
     recipient_hash,
 )
 from service.domain.state import OAState, Policy
@@ -135,28 +134,17 @@ def _not_served(exc: NotServed) -> web.Response:
 # --- reads ------------------------------------------------------------------------------------
 
 
-async def get_quota(request: web.Request) -> web.Response:
-    try:
-        state, now, policy = _served_state(request, _oa_id(request))
-    except NotServed as exc:
-        return _not_served(exc)
-    return json_response(views.quota(state, now, policy))
+def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
+    """A GET handler answering `view` of the OA's state."""
 
+    async def handle(request: web.Request) -> web.Response:
+        try:
+            state, now, policy = _served_state(request, _oa_id(request))
+        except NotServed as exc:
+            return _not_served(exc)
+        return json_response(view(state, now, policy))
 
-async def get_zalo_quota(request: web.Request) -> web.Response:
-    try:
-        state, now, policy = _served_state(request, _oa_id(request))
-    except NotServed as exc:
-        return _not_served(exc)
-    return json_response(views.zalo_quota(state, now, policy))
-
-
-async def get_quality(request: web.Request) -> web.Response:
-    try:
-        state, now, policy = _served_state(request, _oa_id(request))
-    except NotServed as exc:
-        return _not_served(exc)
-    return json_response(views.quality(state, now, policy))
+    return handle
 
 
 async def get_templates(request: web.Request) -> web.Response:
@@ -198,16 +186,10 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class SendItem(_Body):
-    template_id: ZaloId
-    tag: Tag | None = None
+class SendItem(SendOutcome):
+    """A send as a sender reports it: the recipient may be a phone; it is hashed here."""
+
     recipient: str | None = None
-    tracking_id: str = Field(min_length=1, max_length=200)
-    msg_id: ZaloId | None = None
-    admission_id: str | None = Field(default=None, max_length=200)
-    sent_time: ZaloTime
-    error: int
-    quota: ZaloQuota | None = None
 
     @field_validator("recipient")
     @classmethod
@@ -219,16 +201,10 @@ class SendsBody(_Body):
     sends: list[SendItem] = Field(min_length=1, max_length=1000)
 
 
-class SyncBody(_Body):
-    as_of: ZaloTime
-    daily_quota: int | None = None
-    remaining_quota: int | None = Field(default=None, ge=0)
-    quality_48h: str | None = None
-    quality_7d: str | None = None
-    allowed_tags: list[Tag] | None = None
-    monthly_promotion_quota: int | None = Field(default=None, ge=0)
-    remaining_monthly_promotion_quota: int | None = Field(default=None, ge=0)
-    templates: list[SyncTemplate] = Field(default_factory=list, max_length=1000)
+class _Invalid(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code = status, code
 
 
 async def _body(request: web.Request, model: type[_Body]) -> _Body:
@@ -242,12 +218,6 @@ async def _body(request: web.Request, model: type[_Body]) -> _Body:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise _Invalid(422, "invalid_request", f"{where}: {first['msg']}") from exc
-
-
-class _Invalid(Exception):
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code = status, code
 
 
 async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> None:
@@ -275,7 +245,7 @@ async def post_sends(request: web.Request) -> web.Response:
             duplicates += 1
             continue
         seen.add(item.tracking_id)
-        record = SendRecord(oa_id=oa_id, send=SendOutcome(**item.model_dump()))
+        record = SendRecord(oa_id=oa_id, send=SendOutcome.model_validate(item.model_dump()))
         await _append(request, oa_id, "send", record.model_dump_json(exclude_none=True).encode())
         accepted += 1
     # Repeats of earlier requests are recognised when folded (by tracking_id and msg_id).
@@ -285,14 +255,16 @@ async def post_sends(request: web.Request) -> web.Response:
 async def post_sync(request: web.Request) -> web.Response:
     oa_id = _oa_id(request)
     try:
-        body = await _body(request, SyncBody)
-    except _Invalid as exc:
-        return error_response(exc.status, exc.code, str(exc))
+        raw = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return error_response(400, "malformed_json", "the body is not JSON")
+    if not isinstance(raw, dict) or "oa_id" in raw:
+        return error_response(422, "invalid_request", "body: an object, the OA from the path")
     try:
-        record = SyncRecord(oa_id=oa_id, **body.model_dump(exclude_unset=True))
+        record = SyncRecord.model_validate({**raw, "oa_id": oa_id})
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"]) or "body"
         return error_response(422, "invalid_request", f"{where}: {first['msg']}")
     await _append(request, oa_id, "sync", record.model_dump_json(exclude_unset=True).encode())
     return json_response({"accepted": 1})
@@ -429,9 +401,9 @@ def add_routes(app: web.Application) -> None:
     app[_LOCKS] = {}
     r = app.router
     r.add_get("/v1/oas", list_oas)
-    r.add_get("/v1/oas/{oa_id}/quota", get_quota)
-    r.add_get("/v1/oas/{oa_id}/message/quota", get_zalo_quota)
-    r.add_get("/v1/oas/{oa_id}/quality", get_quality)
+    r.add_get("/v1/oas/{oa_id}/quota", _read(views.quota))
+    r.add_get("/v1/oas/{oa_id}/message/quota", _read(views.zalo_quota))
+    r.add_get("/v1/oas/{oa_id}/quality", _read(views.quality))
     r.add_get("/v1/oas/{oa_id}/templates", get_templates)
     r.add_get("/v1/oas/{oa_id}/templates/{template_id}", get_templates)
     r.add_post("/v1/oas/{oa_id}/admissions", post_admissions)

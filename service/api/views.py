@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import date, datetime
 from typing import Any
 
+from service.domain.admission import grantable
 from service.domain.governor import governor
 from service.domain.scoring import Level, score
 from service.domain.state import WINDOW_7D, WINDOW_48H, OAState, Policy, Template
@@ -27,32 +28,12 @@ def _iso_day(day: int | None, policy: Policy) -> str | None:
 def allowed_tags(state: OAState, now: datetime, policy: Policy) -> list[int]:
     """The tags the OA may send now, by Zalo's rules and its send errors."""
     today = policy.day(now)
-    allowed = []
-    for tag in TAGS:
-        if state.allowed_tags is not None and tag not in state.allowed_tags:
-            continue
-        if state.tag_blocked.get(str(tag)) == today:
-            continue
-        if tag == 3 and not state.rule_set().allows_tag3(state.daily_quota):
-            continue
-        allowed.append(tag)
-    return allowed
+    return [tag for tag in TAGS if state.tag_allowed(tag, today)]
 
 
 def by_tag(state: OAState, now: datetime, policy: Policy) -> dict[str, int | None]:
     """What each tag may still be granted today, after the governor (None: no limit)."""
-    today = policy.day(now)
-    remaining = state.remaining_today(today)
-    limits = governor(state, now, policy)
-    promotion = state.promotion_remaining(date.fromordinal(today), policy.thresholds)
-    tags = allowed_tags(state, now, policy)
-    out: dict[str, int | None] = {}
-    for tag in TAGS:
-        caps = [remaining, limits[tag].remaining, promotion if tag == 3 else None]
-        known = [cap for cap in caps if cap is not None]
-        value = min(known) if known else None
-        out[str(tag)] = 0 if tag not in tags or state.suspended else value
-    return out
+    return {str(tag): grantable(state, tag, now, policy) for tag in TAGS}
 
 
 def next_evaluation(state: OAState, now: datetime, policy: Policy) -> datetime | None:
@@ -161,9 +142,7 @@ def quality(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
         "delivered_7d": state.delivered.within(now, WINDOW_7D),
         "negatives_7d": state.negatives.within(now, WINDOW_7D),
     }
-    tier_basis, basis_level = "proxy", proxy_7d
-    if zalo is not None and zalo[1] is not Level.UNDEFINED:
-        tier_basis, basis_level = "zalo", zalo[1]
+    tier_basis, basis_level = state.tier_level(now, t)
     threshold = state.penalty_threshold(policy)
     negatives_today = state.negatives_by_day.get(policy.day(now))
     evaluation = next_evaluation(state, now, policy)
@@ -211,20 +190,9 @@ def _rate(negatives: int, delivered: int) -> float | None:
 
 def _projected_tier(state: OAState, now: datetime, policy: Policy, level: Level) -> int | None:
     """The daily quota the next evaluation would give, were it run on today's numbers."""
-    t = policy.thresholds
     today = policy.day(now)
-    quota_now = state.daily_quota
-    rules = state.rule_set()
-    sent = state.sent_ok.total(today - 6, today)
-    if (
-        level is Level.HIGH
-        and quota_now is not None
-        and sent >= t.upgrade_volume_factor * quota_now
-    ):
-        return rules.step_up(quota_now)
-    if level is Level.LOW:
-        return rules.step_down(quota_now)
-    return quota_now
+    move = state.tier_move(level, state.sent_ok.total(today - 6, today), policy.thresholds)
+    return state.daily_quota if move is None else move[0]
 
 
 def _explain(

@@ -105,6 +105,14 @@ def decide(
     return Admission(answer, granted)
 
 
+def grantable(state: OAState, tag: int, now: datetime, policy: Policy) -> int | None:
+    """Units of `tag` an admission could still be granted today, for any template and
+    recipient (None: no limit); 0 when the OA cannot send the tag at all."""
+    if _blocked(state, AdmissionRequest("", tag), now, policy) is not None:
+        return 0
+    return _remaining(_capacities(state, tag, "", now, policy))
+
+
 def _blocked(
     state: OAState, request: AdmissionRequest, now: datetime, policy: Policy
 ) -> str | None:
@@ -121,12 +129,7 @@ def _blocked(
         return "template_disabled"
     if template is not None and template.paused(int(now.timestamp() * 1000)):
         return "template_paused"
-    tag = request.tag
-    if (
-        (state.allowed_tags is not None and tag not in state.allowed_tags)
-        or state.tag_blocked.get(str(tag)) == today
-        or (tag == 3 and not state.rule_set().allows_tag3(state.daily_quota))
-    ):
+    if not state.tag_allowed(request.tag, today):
         return "tag_not_allowed"
     if template is not None and template.night_restricted and _at_night(now, policy):
         return "night_window"

@@ -275,22 +275,13 @@ class _Fold:
         if state.tier_changed_day is not None and day < state.tier_changed_day + t.wait_days:
             return
         moment = stamp - timedelta(milliseconds=1)  # the 7 days before midnight
-        # Zalo's 7-day level while it is fresh (Zalo moves the tier by it), else the proxy.
-        zalo = state.zalo_levels(moment, t)
-        basis, level = "proxy", state.proxy_levels(moment, t)[1]
-        if zalo is not None and zalo[1] is not Level.UNDEFINED:
-            basis, level = "zalo", zalo[1]
+        basis, level = state.tier_level(moment, t)
         sent_ok = state.sent_ok.total(day - 7, day - 1)
         quota = state.daily_quota
-        rules = state.rule_set()
-        if level is Level.HIGH and quota is not None and sent_ok >= t.upgrade_volume_factor * quota:
-            new, rule = rules.step_up(quota), "evaluation_up"
-        elif level is Level.LOW:
-            new, rule = rules.step_down(quota), "evaluation_down"
-        else:
+        move = state.tier_move(level, sent_ok, t)
+        if move is None or move[0] == quota:
             return
-        if new == quota:
-            return
+        new, rule = move
         state.daily_quota = new
         state.tier_changed_day = day
         self.change(

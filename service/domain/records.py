@@ -134,13 +134,13 @@ class SyncRecord(_Record):
     oa_id: ZaloId
     as_of: ZaloTime
     daily_quota: int | None = None
-    remaining_quota: int | None = None
+    remaining_quota: int | None = Field(default=None, ge=0)
     quality_48h: str | None = None
     quality_7d: str | None = None
     allowed_tags: list[Tag] | None = None
-    monthly_promotion_quota: int | None = None
-    remaining_monthly_promotion_quota: int | None = None
-    templates: list[SyncTemplate] = Field(default_factory=list)
+    monthly_promotion_quota: int | None = Field(default=None, ge=0)
+    remaining_monthly_promotion_quota: int | None = Field(default=None, ge=0)
+    templates: list[SyncTemplate] = Field(default_factory=list, max_length=1000)
 
     @field_validator("quality_48h", "quality_7d")
     @classmethod

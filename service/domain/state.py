@@ -314,6 +314,36 @@ class OAState:
             return proxy
         return worse(proxy[0], zalo[0]), worse(proxy[1], zalo[1])
 
+    def tier_level(self, now: datetime, thresholds: Thresholds) -> tuple[str, Level]:
+        """What tier evaluation goes by: Zalo's 7-day level while it is fresh and known
+        (Zalo moves the tier by it), else the proxy's; with which of the two it was."""
+        zalo = self.zalo_levels(now, thresholds)
+        if zalo is not None and zalo[1] is not Level.UNDEFINED:
+            return "zalo", zalo[1]
+        return "proxy", self.proxy_levels(now, thresholds)[1]
+
+    def tier_move(
+        self, level: Level, sent_ok_7d: int, thresholds: Thresholds
+    ) -> tuple[Quota, str] | None:
+        """The evaluation rule (DESIGN.md 4.3): one step up when the level is HIGH and
+        sent-OK reached twice the quota, one step down when it is LOW; else None."""
+        quota, rules = self.daily_quota, self.rule_set()
+        needed = None if quota is None else thresholds.upgrade_volume_factor * quota
+        if level is Level.HIGH and needed is not None and sent_ok_7d >= needed:
+            return rules.step_up(quota), "evaluation_up"
+        if level is Level.LOW:
+            return rules.step_down(quota), "evaluation_down"
+        return None
+
+    def tag_allowed(self, tag: int, day: int) -> bool:
+        """Whether Zalo lets the OA send `tag` on `day`: its allowed tags, a -145 that day,
+        and the rule set's tier for tag 3."""
+        if self.allowed_tags is not None and tag not in self.allowed_tags:
+            return False
+        if self.tag_blocked.get(str(tag)) == day:
+            return False
+        return tag != 3 or self.rule_set().allows_tag3(self.daily_quota)
+
     def promotion(self, today: date, thresholds: Thresholds) -> PromotionQuota:
         """This month's promotion quota (Zalo's value wins for its month) and the estimate."""
         computed = promotion_quota(

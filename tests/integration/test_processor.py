@@ -114,6 +114,14 @@ async def fold_to_end(processor: Processor, log: EventLog, partitions: set[int])
             await asyncio.sleep(0.05)
 
 
+async def caught_up(log: EventLog) -> Processor:
+    """A processor of the log's group, started and caught up with every partition."""
+    processor = Processor(log, SETTINGS, options(log))
+    await processor.start()
+    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    return processor
+
+
 def options(log: EventLog, **changes: Any) -> ProcessorOptions:
     values: dict[str, Any] = {
         "group_id": f"{log.topics.prefix}-processor",
@@ -127,9 +135,7 @@ def options(log: EventLog, **changes: Any) -> ProcessorOptions:
 async def test_the_processor_stores_what_a_clean_pass_computes(log_factory: LogOpener) -> None:
     log = await log_factory(partitions=PARTITIONS)
     await append_all(log, feed.stream(seed=1, oas=8, messages=60))
-    processor = Processor(log, SETTINGS, options(log))
-    await processor.start()
-    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    processor = await caught_up(log)
     assert processor.ready() == frozenset(range(PARTITIONS))
     await processor.close()
     expected = await clean_pass(log)
@@ -146,9 +152,7 @@ async def test_the_processor_stores_what_a_clean_pass_computes(log_factory: LogO
             TypeAdapter(SnapshotChunk | PartitionMark).validate_json(record.value)
 
     # A new processor restores the states and folds nothing again.
-    again = Processor(log, SETTINGS, options(log))
-    await again.start()
-    await fold_to_end(again, log, set(range(PARTITIONS)))
+    again = await caught_up(log)
     restored = {oa: s.to_document() for f in again.folders.values() for oa, s in f.states.items()}
     assert restored == expected[0]
     assert sum(f.folded for f in again.folders.values()) == 0
@@ -162,14 +166,10 @@ async def test_records_after_a_restart_fold_onto_the_restored_state(
     raws = feed.stream(seed=2, oas=6, messages=50)
     half = len(raws) // 2
     await append_all(log, raws[:half])
-    first = Processor(log, SETTINGS, options(log))
-    await first.start()
-    await fold_to_end(first, log, set(range(PARTITIONS)))
+    first = await caught_up(log)
     await first.close()
     await append_all(log, raws[half:])
-    second = Processor(log, SETTINGS, options(log))
-    await second.start()
-    await fold_to_end(second, log, set(range(PARTITIONS)))
+    second = await caught_up(log)
     await second.close()
     assert await stored(log) == await clean_pass(log)
 
@@ -262,9 +262,7 @@ async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: L
 async def test_replay_rebuilds_the_states_live_processing_built(log_factory: LogOpener) -> None:
     log = await log_factory(partitions=PARTITIONS)
     await append_all(log, feed.stream(seed=5, oas=8, messages=60))
-    processor = Processor(log, SETTINGS, options(log))
-    await processor.start()
-    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    processor = await caught_up(log)
     await processor.close()
     live = await stored(log)
 
