@@ -15,6 +15,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
+from service.api.routing import advertised_url
 from service.config import Settings
 from service.http import LOG, PROCESSOR, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
@@ -78,6 +79,8 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
                 group_id=f"{app[LOG].topics.prefix}-processor",
                 checkpoint_interval_s=settings.processor.checkpoint_interval_s,
                 checkpoint_records=settings.processor.checkpoint_records,
+                address=advertised_url(settings),
+                contact_s=settings.log.session_timeout_ms / 2000,
             ),
         )
         await processor.start()

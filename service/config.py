@@ -104,9 +104,10 @@ class LogSettings(_Section):
     """Replication factor of topics the Kafka backend creates (1 suits a one-node broker)."""
     client_id: str = "zns-gate"
     request_timeout_ms: int = Field(default=5000, ge=100)
-    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
-    """Kafka backend: a processor silent this long loses its partitions to the others."""
     """Kafka client request timeout."""
+    session_timeout_ms: int = Field(default=10_000, ge=6_000, le=300_000)
+    """Kafka backend: a processor silent this long loses its partitions to the others;
+    one that has not heard from its group for half of it stops granting admissions."""
 
 
 class ProcessorSettings(_Section):
@@ -173,6 +174,12 @@ class ApiToken(_Section):
 
 class ApiSettings(_Section):
     tokens: list[ApiToken] = Field(default_factory=list)
+    advertised_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+$")
+    """Where other instances reach this one (`http://host:port`), published to the
+    processor group so that they forward requests for this instance's OAs here.
+    Default: `http://<server.host>:<server.port>`, the machine's name for 0.0.0.0."""
+    forward_timeout_s: float = Field(default=10.0, gt=0, le=60)
+    """How long a request forwarded to the owner of an OA may take."""
 
 
 class Settings(BaseSettings):

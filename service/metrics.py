@@ -56,3 +56,10 @@ CHECKPOINT_SECONDS = Histogram(
     buckets=(0.005, 0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10),
     registry=REGISTRY,
 )
+
+FORWARDED = Counter(
+    "zns_gate_forwarded_requests",
+    "Requests for an OA this instance does not own, forwarded to its owner, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)

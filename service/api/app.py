@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
@@ -35,6 +36,14 @@ from pydantic import (
 )
 
 from service.api import views
+from service.api.routing import (
+    SERVED_BY,
+    STALENESS,
+    Forward,
+    Forwarder,
+    OwnerUnreachable,
+    advertised_url,
+)
 from service.domain.admission import AdmissionRequest, decide
 from service.domain.events import ZaloId
 from service.domain.fold import advance
@@ -54,6 +63,8 @@ from service.log.base import Record
 from service.logsetup import get_logger
 
 _log = get_logger("api")
+
+FORWARDER = web.AppKey("forwarder", Forwarder)
 
 PREFIX = "/v1/"
 
@@ -108,27 +119,66 @@ def _oa_id(request: web.Request) -> str:
     return oa_id
 
 
-def _served_state(request: web.Request, oa_id: str) -> tuple[OAState, datetime, Policy]:
-    """A copy of the OA's state brought to now, from this instance's processor."""
+@dataclass(frozen=True)
+class Served:
+    """An OA's state as this instance can answer for it, brought to `now` (a copy)."""
+
+    state: OAState
+    now: datetime
+    policy: Policy
+    staleness_ms: int | None
+    """None: the owner's current state; else how much older than now it may be."""
+
+
+def _locate(request: web.Request, oa_id: str, *, admit: bool) -> Served | Forward:
+    """Answer here (from the state held here) or forward to the OA's owner; NotServed
+    when neither can be done now. An admission is decided only from current state, by
+    an owner in contact with its group; a read may come from a copy."""
     processor = request.app.get(PROCESSOR)
     if processor is None:
         raise NotServed("processor_disabled", "this instance runs no processor")
     partition = request.app[LOG].partition_for(oa_id.encode())
-    folder = processor.folders.get(partition)
-    if folder is None:
-        raise NotServed("not_owner", f"partition {partition} is not served by this instance")
-    if partition not in processor.ready():
-        raise NotServed("restoring", f"partition {partition} is still being restored")
-    policy = processor.policies.for_oa(oa_id)
-    live = folder.states.get(oa_id)
-    state = copy.deepcopy(live) if live is not None else OAState.new(oa_id, policy.rules)
-    now = folder.now()
-    advance(state, now, policy)
-    return state, now, policy
+    forwarder = request.app[FORWARDER]
+    held = processor.reader(partition)
+    if held is not None:
+        folder, staleness_ms = held
+        if admit and staleness_ms is not None:
+            raise NotServed("restoring", f"partition {partition} is moving to this instance")
+        if admit and not processor.in_contact():
+            raise NotServed(
+                "out_of_contact", "this instance has lost contact with its group; not granting"
+            )
+        policy = processor.policies.for_oa(oa_id)
+        live = folder.states.get(oa_id)
+        state = copy.deepcopy(live) if live is not None else OAState.new(oa_id, policy.rules)
+        now = folder.now()
+        advance(state, now, policy)
+        return Served(state, now, policy, staleness_ms)
+    owner = processor.owner_of(partition)
+    if owner is None or owner == forwarder.address:
+        raise NotServed("restoring", f"partition {partition} is not served yet")
+    if forwarder.was_forwarded(request):
+        raise NotServed("not_owner", f"partition {partition} moved; ask again")
+    return Forward(owner)
 
 
 def _not_served(exc: NotServed) -> web.Response:
     return error_response(503, exc.code, str(exc), {"Retry-After": "1"})
+
+
+def _answer(request: web.Request, body: object, served: Served, **headers: str) -> web.Response:
+    """A JSON answer given here, saying by whom and, for a copy, how stale it may be."""
+    extra = {SERVED_BY: request.app[FORWARDER].address or "unknown", **headers}
+    if served.staleness_ms is not None:
+        extra[STALENESS] = str(served.staleness_ms)
+    return json_response(body, headers=extra)
+
+
+async def _forward(request: web.Request, forward: Forward, body: bytes = b"") -> web.Response:
+    try:
+        return await request.app[FORWARDER].forward(request, forward.address, body)
+    except OwnerUnreachable as exc:
+        return error_response(503, "owner_unreachable", str(exc), {"Retry-After": "1"})
 
 
 # --- reads ------------------------------------------------------------------------------------
@@ -139,36 +189,43 @@ def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
 
     async def handle(request: web.Request) -> web.Response:
         try:
-            state, now, policy = _served_state(request, _oa_id(request))
+            served = _locate(request, _oa_id(request), admit=False)
         except NotServed as exc:
             return _not_served(exc)
-        return json_response(view(state, now, policy))
+        if isinstance(served, Forward):
+            return await _forward(request, served)
+        return _answer(request, view(served.state, served.now, served.policy), served)
 
     return handle
 
 
 async def get_templates(request: web.Request) -> web.Response:
     try:
-        state, now, policy = _served_state(request, _oa_id(request))
+        served = _locate(request, _oa_id(request), admit=False)
     except NotServed as exc:
         return _not_served(exc)
+    if isinstance(served, Forward):
+        return await _forward(request, served)
+    state, now, policy = served.state, served.now, served.policy
     wanted = request.match_info.get("template_id")
     if wanted is not None:
         found = state.templates.get(wanted)
         if found is None:
             return error_response(404, "unknown_template", "no record names this template")
-        return json_response(views.template(found, now, policy))
-    return json_response(
-        {"templates": [views.template(t, now, policy) for t in state.templates.values()]}
-    )
+        return _answer(request, views.template(found, now, policy), served)
+    body = {"templates": [views.template(t, now, policy) for t in state.templates.values()]}
+    return _answer(request, body, served)
 
 
 async def list_oas(request: web.Request) -> web.Response:
+    """Every OA the group holds: this instance's, and (unless this request was forwarded
+    here) every other owner's, asked in parallel."""
     processor = request.app.get(PROCESSOR)
     if processor is None:
         return _not_served(NotServed("processor_disabled", "this instance runs no processor"))
     out = []
-    for partition in sorted(processor.ready()):
+    partitions = sorted(processor.ready())
+    for partition in partitions:
         folder = processor.folders[partition]
         now = folder.now()
         for oa_id in sorted(folder.states):
@@ -176,7 +233,24 @@ async def list_oas(request: web.Request) -> web.Response:
             # day change not yet applied shows at the OA's next record or query.
             policy = processor.policies.for_oa(oa_id)
             out.append(views.summary(folder.states[oa_id], now, policy))
-    return json_response({"oas": out, "partitions": sorted(processor.ready())})
+    forwarder = request.app[FORWARDER]
+    unreachable: list[str] = []
+    if not forwarder.was_forwarded(request):
+        others = sorted(set(processor.owners().values()) - {forwarder.address or ""})
+        answers = await asyncio.gather(
+            *(forwarder.forward(request, address, b"") for address in others),
+            return_exceptions=True,
+        )
+        for address, answer in zip(others, answers, strict=True):
+            if isinstance(answer, web.Response) and answer.status == 200:
+                assert isinstance(answer.body, bytes)
+                theirs = orjson.loads(answer.body)
+                out.extend(theirs["oas"])
+                partitions.extend(theirs["partitions"])
+            else:
+                unreachable.append(address)
+    out.sort(key=lambda summary: str(summary["oa_id"]))
+    return json_response({"oas": out, "partitions": sorted(partitions), "unreachable": unreachable})
 
 
 # --- writes -----------------------------------------------------------------------------------
@@ -335,18 +409,27 @@ async def post_admissions(request: web.Request) -> web.Response:
     request_hash = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
+    try:
+        where = _locate(request, oa_id, admit=True)
+    except NotServed as exc:
+        return _not_served(exc)
+    if isinstance(where, Forward):
+        return await _forward(request, where, await request.read())
     async with _lock(request, oa_id):
         try:
-            state, now, policy = _served_state(request, oa_id)
+            served = _locate(request, oa_id, admit=True)  # again: the wait may have moved it
         except NotServed as exc:
             return _not_served(exc)
+        if isinstance(served, Forward):
+            return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
+        state, now, policy = served.state, served.now, served.policy
         earlier = state.idempotency.get(body.idempotency_key)
         if earlier is not None:
             if earlier[1] != request_hash:
                 return error_response(
                     409, "idempotency_conflict", "this idempotency_key was used with another body"
                 )
-            return _admission_response(earlier[2], now, policy)
+            return _admission_response(request, earlier[2], served)
         template = state.templates.get(body.template_id)
         tag = body.tag or (template.tag if template is not None else None)
         if tag is None:
@@ -385,20 +468,29 @@ async def post_admissions(request: web.Request) -> web.Response:
                 position.topic, position.partition, position.offset, oa_id.encode(), value, headers
             )
         )
-    return _admission_response(decided.answer.model_dump(mode="json"), now, policy)
+    return _admission_response(request, decided.answer.model_dump(mode="json"), served)
 
 
-def _admission_response(answer: dict[str, Any], now: datetime, policy: Policy) -> web.Response:
+def _admission_response(
+    request: web.Request, answer: dict[str, Any], served: Served
+) -> web.Response:
     remaining = answer.get("remaining")
-    reset = int((next_day_start(now, policy.zone) - now).total_seconds())
+    reset = int((next_day_start(served.now, served.policy.zone) - served.now).total_seconds())
     headers = {"X-RateLimit-Reset": str(max(reset, 0))}
     if remaining is not None:
         headers["X-RateLimit-Remaining"] = str(remaining)
-    return json_response(answer, headers=headers)
+    return _answer(request, answer, served, **headers)
 
 
 def add_routes(app: web.Application) -> None:
+    settings = app[SETTINGS]
     app[_LOCKS] = {}
+    app[FORWARDER] = Forwarder(advertised_url(settings), settings.api.forward_timeout_s)
+
+    async def close_forwarder(app: web.Application) -> None:
+        await app[FORWARDER].close()
+
+    app.on_cleanup.append(close_forwarder)
     r = app.router
     r.add_get("/v1/oas", list_oas)
     r.add_get("/v1/oas/{oa_id}/quota", _read(views.quota))

@@ -246,6 +246,18 @@ class LogConsumer(abc.ABC):
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         """Return records of these paused partitions again."""
 
+    @abc.abstractmethod
+    def owners(self) -> Mapping[int, str]:
+        """Partition -> the address its owner serves on, for every partition of the
+        group's first topic, as of the last assignment this member took part in
+        (members give their address with `EventLog.consumer(address=...)`)."""
+
+    @abc.abstractmethod
+    def in_contact(self, within_s: float) -> bool:
+        """Whether the group confirmed this membership (a heartbeat or a join) within
+        the last `within_s` seconds: if not, the group may have given its partitions
+        to another member already."""
+
 
 class EventLog(abc.ABC):
     """An append-only, partitioned, durable log of records."""
@@ -313,8 +325,10 @@ class EventLog(abc.ABC):
         group_id: str,
         topics: Sequence[str],
         listener: RebalanceListener | None = None,
+        address: str | None = None,
     ) -> LogConsumer:
-        """A new, not yet started, member of consumer group `group_id`."""
+        """A new, not yet started, member of consumer group `group_id`; `address` is
+        where it serves its partitions, published to the other members (`owners`)."""
 
     @abc.abstractmethod
     async def end_offsets(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:

@@ -433,8 +433,9 @@ class EmbeddedLog(EventLog):
         group_id: str,
         topics: Sequence[str],
         listener: RebalanceListener | None = None,
+        address: str | None = None,
     ) -> EmbeddedConsumer:
-        return EmbeddedConsumer(self, group_id, tuple(topics), listener)
+        return EmbeddedConsumer(self, group_id, tuple(topics), listener, address)
 
     def _join(self, member: EmbeddedConsumer) -> None:
         # One process owns the file, so one member owns a group's partitions.
@@ -538,11 +539,13 @@ class EmbeddedConsumer(LogConsumer):
         group_id: str,
         topics: tuple[str, ...],
         listener: RebalanceListener | None,
+        address: str | None = None,
     ) -> None:
         self._log = log
         self.group_id = group_id
         self._topics = topics
         self._listener = listener
+        self._address = address
         self._assigned: frozenset[TopicPartition] = frozenset()
         self._positions: dict[TopicPartition, int] = {}
         self._rotation = 0
@@ -589,12 +592,15 @@ class EmbeddedConsumer(LogConsumer):
             wanted = self._wanted()
             if wanted:
                 records = await self._log._on_reader(partial(self._log._read, wanted, max_records))
+                # A partition sought elsewhere during the read keeps its new position.
+                unmoved = {tp for tp, start in wanted if self._positions.get(tp) == start}
+                records = [r for r in records if r.topic_partition in unmoved]
                 if records:
                     for record in records:
                         self._positions[record.topic_partition] = record.offset + 1
                     return records
                 # The wanted range was removed by retention: skip to the head.
-                for tp, _ in wanted:
+                for tp in unmoved:
                     self._positions[tp] = max(self._positions[tp], self._log._heads.get(tp, 0))
                 continue
             remaining = deadline - asyncio.get_running_loop().time()
@@ -643,3 +649,12 @@ class EmbeddedConsumer(LogConsumer):
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._paused -= set(partitions)
+
+    def owners(self) -> dict[int, str]:
+        # The only member: every partition is served where it is.
+        if not self._started or self._address is None:
+            return {}
+        return {p: self._address for p in range(self._log.partitions)}
+
+    def in_contact(self, within_s: float) -> bool:
+        return self._started  # no group coordinator to lose: membership is this process

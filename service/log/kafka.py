@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,7 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
+from service.log.assignor import AddressingAssignor
 from service.log.base import (
     Deadlines,
     EventLog,
@@ -360,6 +362,8 @@ class KafkaLog(EventLog):
                 end = (await reader.end_offsets([ktp]))[ktp]
                 if start >= end:
                     return []
+                if (await reader.beginning_offsets([ktp]))[ktp] >= end:
+                    return []  # retention removed every record
                 reader.assign([ktp])
                 reader.seek(ktp, start)
                 out: list[Record] = []
@@ -374,24 +378,30 @@ class KafkaLog(EventLog):
                     out.extend(_record(m) for m in messages)
                     if out[-1].offset + 1 >= end:
                         break
-                return out
             except KafkaError as exc:
                 raise LogUnavailable(f"cannot read {tp}: {exc}") from exc
+            if not out:
+                # Records exist below `end`; an empty answer would read as "nothing more"
+                # and cut a restore or a replay short. The caller may try again.
+                raise LogUnavailable(f"no records of {tp} from {start} arrived in time")
+            return out
 
     def consumer(
         self,
         group_id: str,
         topics: Sequence[str],
         listener: RebalanceListener | None = None,
+        address: str | None = None,
     ) -> KafkaConsumer:
-        return KafkaConsumer(self, group_id, tuple(topics), listener)
+        return KafkaConsumer(self, group_id, tuple(topics), listener, address)
 
 
 class _ListenerBridge(ConsumerRebalanceListener):
     """Passes aiokafka's rebalance callbacks on in this project's terms."""
 
-    def __init__(self, listener: RebalanceListener | None) -> None:
+    def __init__(self, listener: RebalanceListener | None, member: KafkaConsumer) -> None:
         self._listener = listener
+        self._member = member
 
     async def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
         partitions = frozenset(_from_kafka(tp) for tp in revoked)
@@ -400,6 +410,7 @@ class _ListenerBridge(ConsumerRebalanceListener):
             await self._listener.on_revoked(partitions)
 
     async def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
+        self._member.touch()  # the group has just taken this member in
         if self._listener is not None:
             await self._listener.on_assigned(frozenset(_from_kafka(tp) for tp in assigned))
 
@@ -413,12 +424,16 @@ class KafkaConsumer(LogConsumer):
         group_id: str,
         topics: tuple[str, ...],
         listener: RebalanceListener | None,
+        address: str | None = None,
     ) -> None:
         self._log = log
         self.group_id = group_id
         self._topics = topics
         self._listener = listener
         self._consumer: AIOKafkaConsumer[bytes, bytes] | None = None
+        self._assignor = AddressingAssignor(address)
+        self._contact = 0.0
+        """time.monotonic() of the last successful heartbeat or join."""
 
     async def start(self) -> None:
         consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
@@ -430,8 +445,9 @@ class KafkaConsumer(LogConsumer):
             # A member that stops heartbeating (killed) loses its partitions after this.
             session_timeout_ms=self._log.session_timeout_ms,
             heartbeat_interval_ms=self._log.session_timeout_ms // 3,
+            partition_assignment_strategy=(self._assignor,),
         )
-        consumer.subscribe(list(self._topics), listener=_ListenerBridge(self._listener))
+        consumer.subscribe(list(self._topics), listener=_ListenerBridge(self._listener, self))
         # Set before start: the group may assign partitions, and call the listener, meanwhile.
         self._consumer = consumer
         try:
@@ -441,6 +457,33 @@ class KafkaConsumer(LogConsumer):
             with contextlib.suppress(KafkaError):
                 await consumer.stop()
             raise LogUnavailable(f"cannot join group {self.group_id}: {exc}") from exc
+        self._watch_heartbeats(consumer)
+
+    def _watch_heartbeats(self, consumer: AIOKafkaConsumer[bytes, bytes]) -> None:
+        """Note the time of every successful heartbeat (`in_contact`).
+
+        aiokafka has no public hook for it: wrap its coordinator's heartbeat call. If a
+        later aiokafka moves it, this member reports itself out of contact (it stops
+        granting) rather than in contact without knowing.
+        """
+        coordinator = getattr(consumer, "_coordinator", None)
+        beat = getattr(coordinator, "_do_heartbeat", None)
+        if coordinator is None or beat is None:
+            _log.error("cannot watch the group's heartbeats; admissions will be refused")
+            return
+
+        async def watched() -> bool:
+            ok: bool = await beat()
+            if ok:
+                self.touch()
+            return ok
+
+        coordinator._do_heartbeat = watched
+        self.touch()
+
+    def touch(self) -> None:
+        """The group has just confirmed this membership."""
+        self._contact = time.monotonic()
 
     async def close(self) -> None:
         if self._consumer is None:
@@ -495,6 +538,12 @@ class KafkaConsumer(LogConsumer):
 
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._live().resume(*(_to_kafka(tp) for tp in partitions))
+
+    def owners(self) -> dict[int, str]:
+        return dict(self._assignor.owners.get(self._topics[0], {}))
+
+    def in_contact(self, within_s: float) -> bool:
+        return self._consumer is not None and time.monotonic() - self._contact <= within_s
 
     async def position(self, tp: TopicPartition) -> int | None:
         consumer = self._live()

@@ -93,6 +93,9 @@ class PartitionFolder:
         self.clock_history: list[tuple[int, int | None]] = []
         """(position, clock) of the last checkpoints, for the next mark."""
         self.folded = 0
+        self.current_ms = 0
+        """Wall time (ms) up to which every record of the partition is known to be in
+        these states: the newest log time of a record handled, or of the checkpoint."""
 
     def restore(self, states: dict[str, OAState], mark: PartitionMark | None) -> None:
         """Take the restored snapshots and the partition's mark."""
@@ -100,6 +103,7 @@ class PartitionFolder:
         self.mark = mark
         self.included = -1 if mark is None else mark.position
         self.clock_history = [] if mark is None else list(mark.clocks)
+        self.current_ms = 0 if mark is None else mark.written_ms or 0
 
     def begin(self, start: int) -> None:
         """Folding resumes at offset `start`: the clock is what it was just before it."""
@@ -117,6 +121,7 @@ class PartitionFolder:
     def handle(self, record: Record, out: Output) -> None:
         """Fold one record (records come in offset order)."""
         self.position = max(self.position, record.offset)
+        self.current_ms = max(self.current_ms, record.timestamp_ms)
         headers = {name: value.decode(errors="replace") for name, value in record.headers}
         try:
             item = read_item(headers.get("kind"), record.key, record.value, headers)

@@ -47,6 +47,11 @@ class ProcessorOptions:
     """Records taken from the log at a time (a checkpoint comes between fetches)."""
     compact_every: int = 20
     """Embedded log: compact `zns.oa-state` every this many checkpoints."""
+    address: str | None = None
+    """Where this instance serves the API, published to the group (see `owner_of`)."""
+    contact_s: float = 5.0
+    """Without a heartbeat the group acknowledged for this long, stop granting (half the
+    session timeout: the group may give the partitions away at the full timeout)."""
 
 
 class Processor:
@@ -78,12 +83,24 @@ class Processor:
         self._stopping = asyncio.Event()
         self._assigned_once = False
         self._unrestored: set[TopicPartition] = set()
-        """Assigned partitions whose restore failed: tried again by the loop."""
+        """Assigned partitions not restored yet (or whose restore failed: the loop tries
+        again)."""
+        self._taking = asyncio.Lock()
+        """Held while a partition is restored or partitions are revoked."""
+        self._seeks: dict[int, int] = {}
+        """Partition -> how often it was moved to where folding resumes. Records of a
+        partition that a fetch returned before its latest move may come from another
+        offset; they are dropped (the consumer reads again from the new one)."""
+        self.copies: dict[int, tuple[PartitionFolder, int]] = {}
+        """Partitions revoked from this member, with the wall time (ms) they stopped
+        following the log: read (with their staleness) until the next assignment."""
 
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._consumer = self.log.consumer(self.options.group_id, [self.log.topics.events], self)
+        self._consumer = self.log.consumer(
+            self.options.group_id, [self.log.topics.events], self, address=self.options.address
+        )
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="processor")
         self._task.add_done_callback(_report_end)
@@ -121,6 +138,34 @@ class Processor:
             return "partitions still restoring: " + ", ".join(str(p) for p in waiting)
         return None
 
+    def owner_of(self, partition: int) -> str | None:
+        """The address of the member that owns `partition`, as of the last assignment."""
+        return self.owners().get(partition)
+
+    def owners(self) -> dict[int, str]:
+        """Partition -> its owner's address, as of the last assignment."""
+        return {} if self._consumer is None else dict(self._consumer.owners())
+
+    def in_contact(self) -> bool:
+        """Whether the group has confirmed this member recently enough for it to grant."""
+        return self._consumer is not None and self._consumer.in_contact(self.options.contact_s)
+
+    def reader(self, partition: int) -> tuple[PartitionFolder, int | None] | None:
+        """The states of `partition` held here, and how stale they may be (milliseconds;
+        None when they are current): its folder while it is restored and catching up,
+        or the copy kept since it was revoked. None when there are none."""
+        now_ms = int(self.wall().timestamp() * 1000)
+        folder = self.folders.get(partition)
+        if folder is not None:
+            if partition not in self.catching_up:
+                return folder, None
+            return folder, max(0, now_ms - folder.current_ms)
+        copy = self.copies.get(partition)
+        if copy is not None:
+            folder, revoked_ms = copy
+            return folder, max(0, now_ms - min(revoked_ms, folder.current_ms))
+        return None
+
     def apply_ahead(self, record: Record) -> None:
         """Fold an admission this instance has just appended into the owner's state at once."""
         folder = self.folders.get(record.partition)
@@ -144,9 +189,19 @@ class Processor:
             except Exception as exc:  # the loop tries again; the partition stays held
                 _log.warning("restore failed", partition=tp.partition, error=repr(exc))
                 self._unrestored.add(tp)
+        self.copies.clear()  # the new owners serve them (from their own copy meanwhile)
 
     async def _take(self, tp: TopicPartition) -> None:
-        """Restore one assigned partition, move to where folding resumes, let it be fetched."""
+        """Restore one assigned partition, move to where folding resumes, let it be fetched.
+
+        The group's callbacks and the loop's retries both come here: one at a time, and a
+        partition taken already is not taken again (a second restore and seek under a
+        folder that is already folding would skip records)."""
+        async with self._taking:
+            if tp in self._unrestored:
+                await self._take_now(tp)
+
+    async def _take_now(self, tp: TopicPartition) -> None:
         consumer = self._consumer
         assert consumer is not None
         started = time.monotonic()
@@ -157,6 +212,7 @@ class Processor:
         if tp not in consumer.assignment():
             return  # revoked while it was restored
         consumer.seek(tp, start)
+        self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
         folder.begin(start)
         self.folders[tp.partition] = folder
         if start < end:
@@ -175,6 +231,10 @@ class Processor:
         )
 
     async def on_revoked(self, partitions: frozenset[TopicPartition]) -> None:
+        async with self._taking:  # a restore under way ends first, then is revoked
+            await self._revoke(partitions)
+
+    async def _revoke(self, partitions: frozenset[TopicPartition]) -> None:
         self._unrestored -= partitions
         mine = [tp.partition for tp in partitions if tp.partition in self.folders]
         if not mine:
@@ -183,9 +243,12 @@ class Processor:
             await self.checkpoint()
         except LogError as exc:  # the next owner folds again from the last commit
             _log.warning("checkpoint before revocation failed", error=repr(exc))
+        now_ms = int(self.wall().timestamp() * 1000)
         for partition in mine:
-            self.folders.pop(partition, None)
-            self.catching_up.pop(partition, None)
+            folder = self.folders.pop(partition)
+            if self.catching_up.pop(partition, None) is None:
+                folder.current_ms = now_ms  # it had everything up to now
+            self.copies[partition] = (folder, now_ms)
         _log.info("partitions revoked", partitions=mine)
 
     async def _restore(self, partition: int) -> PartitionFolder:
@@ -228,8 +291,10 @@ class Processor:
                 records = await self._consumer.fetch(
                     max_records=self.options.fetch_records, timeout_s=0.5
                 )
+                seeks = dict(self._seeks)  # as the fetch returned (the consumer's own seeks
+                # before it are reflected in what it returned)
                 async with self._lock:
-                    self._fold(records)
+                    self._fold(records, seeks)
                 if self.catching_up:
                     await self._check_caught_up()
                 if self._checkpoint_due():
@@ -250,12 +315,17 @@ class Processor:
                 self.catching_up.pop(partition, None)
                 _log.info("partition caught up", partition=partition)
 
-    def _fold(self, records: list[Record]) -> None:
+    def _fold(self, records: list[Record], seeks: dict[int, int]) -> None:
+        """Fold records fetched when the partitions' seek counts were `seeks`."""
         out = self._output
         for record in records:
             folder = self.folders.get(record.partition)
             if folder is None:
                 continue  # revoked meanwhile
+            if self._seeks.get(record.partition) != seeks.get(record.partition):
+                # Moved (restored again) after this fetch returned: the records may come
+                # from before the new position, and folding them could skip some.
+                continue
             folder.handle(record, out)
             end = self.catching_up.get(record.partition)
             if end is not None and record.offset + 1 >= end:
@@ -309,6 +379,7 @@ class Processor:
                         folder.position,
                         folder.clock_ms,
                         folder.clock_history,
+                        int(self.wall().timestamp() * 1000),
                     )
                     marks.append((topics.oa_state, mark_key(partition), mark, partition))
                     commits[TopicPartition(topics.events, partition)] = folder.position + 1

@@ -73,6 +73,8 @@ class PartitionMark(BaseModel):
     clocks: list[tuple[int, int | None]] = Field(default_factory=list)
     """(position, clock) of the last checkpoints, this one included: where folding resumes
     from an earlier checkpoint's position, the clock starts from what it was there."""
+    written_ms: int | None = None
+    """Wall time the checkpoint was written: a restored copy holds every record older."""
 
     def clock_at(self, position: int) -> int | None:
         """The stream clock after the record at `position`, as well as the marks tell."""
@@ -133,6 +135,7 @@ def encode_mark(
     position: int,
     clock_ms: int | None,
     history: list[tuple[int, int | None]],
+    written_ms: int | None = None,
 ) -> bytes:
     """The mark of a checkpoint; `history` is the previous mark's `clocks` (or [])."""
     clocks = next_clocks(history, position, clock_ms)
@@ -144,6 +147,7 @@ def encode_mark(
             "position": position,
             "clock_ms": clock_ms,
             "clocks": clocks,
+            "written_ms": written_ms,
         }
     )
 

@@ -72,10 +72,10 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
     log.append = append  # type: ignore[method-assign]
     real_fold = processor._fold
 
-    def fold(records: list[Any]) -> None:
+    def fold(records: list[Any], seeks: dict[int, int]) -> None:
         for record in records:
             folds.tick()
-            real_fold([record])
+            real_fold([record], seeks)
 
     processor._fold = fold  # type: ignore[method-assign]
     await processor.start()

@@ -1,0 +1,123 @@
+"""Which instance answers for an OA, and forwarding a request to it (DESIGN.md 5).
+
+The instance whose processor owns the OA's partition answers. The processor
+group's assignor gives every member the table partition -> owner's address
+(`service/log/assignor.py`), so another instance forwards the request there
+and passes the answer back. A forwarded request carries `X-Zns-Gate-Forwarded`
+and is never forwarded again: an instance that gets one for an OA it does not
+own (the table moved meanwhile) answers 503 with `Retry-After`.
+
+While partitions move, a read may be answered from a copy (a partition still
+catching up after its restore, or one just revoked) with `X-Staleness-Ms`: how
+much older than now its newest certain information may be. An admission is
+only decided by an owner that is caught up and in contact with its group.
+Every answer for an OA says which instance gave it in `X-Served-By`.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass
+
+import aiohttp
+from aiohttp import web
+
+from service.config import Settings
+from service.logsetup import get_logger
+from service.metrics import FORWARDED
+
+_log = get_logger("api")
+
+FORWARDED_HEADER = "X-Zns-Gate-Forwarded"
+SERVED_BY = "X-Served-By"
+STALENESS = "X-Staleness-Ms"
+
+# Headers of the owner's answer that are passed back to the sender.
+_ANSWER_HEADERS = (
+    "Content-Type",
+    "Retry-After",
+    "X-RateLimit-Remaining",
+    "X-RateLimit-Reset",
+    "WWW-Authenticate",
+    STALENESS,
+    SERVED_BY,
+)
+# Headers of the sender's request that the owner needs.
+_REQUEST_HEADERS = ("Authorization", "Content-Type", "Accept")
+
+
+def advertised_url(settings: Settings) -> str | None:
+    """Where other instances reach this one; None when it cannot be known (port 0)."""
+    if settings.api.advertised_url is not None:
+        return settings.api.advertised_url
+    host, port = settings.server.host, settings.server.port
+    if port == 0:
+        return None
+    if host in ("0.0.0.0", "::", ""):  # noqa: S104 (a comparison: find a reachable name)
+        host = socket.gethostname()
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
+
+
+@dataclass(frozen=True)
+class Forward:
+    """Answer by forwarding to the instance at `address`."""
+
+    address: str
+
+
+class Forwarder:
+    """The HTTP client that forwards requests to other instances."""
+
+    def __init__(self, address: str | None, timeout_s: float) -> None:
+        self.address = address
+        self._timeout = aiohttp.ClientTimeout(total=timeout_s)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=self._timeout, auto_decompress=False)
+        return self._session
+
+    @staticmethod
+    def was_forwarded(request: web.Request) -> bool:
+        return FORWARDED_HEADER in request.headers
+
+    async def forward(self, request: web.Request, address: str, body: bytes) -> web.Response:
+        """Send `request` (its body already read: `body`) to `address`; its answer."""
+        headers = {
+            name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers
+        }
+        headers[FORWARDED_HEADER] = self.address or "unknown"
+        url = address + request.rel_url.path_qs
+        try:
+            async with self._client().request(
+                request.method, url, data=body or None, headers=headers
+            ) as answer:
+                content = await answer.read()
+                passed = {
+                    name: answer.headers[name] for name in _ANSWER_HEADERS if name in answer.headers
+                }
+                status = answer.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            FORWARDED.labels("unreachable").inc()
+            _log.warning("owner unreachable", owner=address, path=request.path, error=repr(exc))
+            raise OwnerUnreachable(address) from exc
+        FORWARDED.labels("answered").inc()
+        response = web.Response(body=content, status=status)
+        response.headers.update(passed)
+        return response
+
+
+class OwnerUnreachable(Exception):
+    """The owner did not answer a forwarded request."""
+
+    def __init__(self, address: str) -> None:
+        super().__init__(f"the owner of this OA at {address} did not answer")
+        self.address = address
