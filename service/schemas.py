@@ -1,6 +1,7 @@
 """JSON Schemas of every payload that crosses a boundary, generated from the pydantic models.
 
-`zns-gate schemas` writes them under `schemas/`; the files are committed so
+`zns-gate schemas` writes them, and the OpenAPI document of the HTTP API
+(`openapi.json`), under `schemas/`; the files are committed so
 that consumers in any language can read them, and a test fails when they no
 longer match the models. Generation is deterministic (sorted keys, fixed
 indentation) so a diff shows only real changes.
@@ -52,8 +53,14 @@ def render(kind: Any) -> str:
 
 
 def generate() -> dict[str, str]:
-    """Relative path -> file content of every schema."""
-    return {path: render(model) for path, model in _documents().items()}
+    """Relative path -> file content of every schema, and of the OpenAPI document."""
+    from service.api.openapi import document
+
+    files = {path: render(model) for path, model in _documents().items()}
+    files["openapi.json"] = (
+        json.dumps(document(), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    )
+    return files
 
 
 def write(root: Path) -> list[Path]:

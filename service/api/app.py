@@ -22,20 +22,18 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiohttp import web
 from pydantic import (
     BaseModel,
-    ConfigDict,
-    Field,
     ValidationError,
-    field_validator,
-    model_validator,
 )
 
 from service.api import views
+from service.api.models import AdmissionBody, SendsBody
+from service.api.openapi import document
 from service.api.routing import (
     SERVED_BY,
     STALENESS,
@@ -45,7 +43,6 @@ from service.api.routing import (
     advertised_url,
 )
 from service.domain.admission import AdmissionRequest, decide
-from service.domain.events import ZaloId
 from service.domain.fold import advance
 from service.domain.records import (
     AdmissionRecord,
@@ -53,8 +50,6 @@ from service.domain.records import (
     SendOutcome,
     SendRecord,
     SyncRecord,
-    Tag,
-    recipient_hash,
 )
 from service.domain.state import OAState, Policy
 from service.domain.windows import next_day_start
@@ -65,6 +60,8 @@ from service.logsetup import get_logger
 _log = get_logger("api")
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
+
+BodyT = TypeVar("BodyT", bound=BaseModel)
 
 PREFIX = "/v1/"
 
@@ -256,32 +253,13 @@ async def list_oas(request: web.Request) -> web.Response:
 # --- writes -----------------------------------------------------------------------------------
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SendItem(SendOutcome):
-    """A send as a sender reports it: the recipient may be a phone; it is hashed here."""
-
-    recipient: str | None = None
-
-    @field_validator("recipient")
-    @classmethod
-    def _hashed(cls, value: str | None) -> str | None:
-        return None if value is None else recipient_hash(value)
-
-
-class SendsBody(_Body):
-    sends: list[SendItem] = Field(min_length=1, max_length=1000)
-
-
 class _Invalid(Exception):
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
         self.status, self.code = status, code
 
 
-async def _body(request: web.Request, model: type[_Body]) -> _Body:
+async def _body(request: web.Request, model: type[BodyT]) -> BodyT:
     try:
         raw = orjson.loads(await request.read())
     except orjson.JSONDecodeError as exc:
@@ -311,7 +289,6 @@ async def post_sends(request: web.Request) -> web.Response:
         body = await _body(request, SendsBody)
     except _Invalid as exc:
         return error_response(exc.status, exc.code, str(exc))
-    assert isinstance(body, SendsBody)
     seen: set[str] = set()
     accepted = duplicates = 0
     for item in body.sends:
@@ -362,26 +339,6 @@ async def post_template_resume(request: web.Request) -> web.Response:
     return await _command(request, "resume_template", request.match_info["template_id"])
 
 
-class AdmissionBody(_Body):
-    template_id: ZaloId
-    tag: Tag | None = None
-    recipients: list[str] | None = Field(default=None, max_length=10_000)
-    count: int | None = Field(default=None, ge=1, le=1_000_000)
-    idempotency_key: str = Field(min_length=1, max_length=200)
-
-    @field_validator("recipients")
-    @classmethod
-    def _hashed(cls, value: list[str] | None) -> list[str] | None:
-        return None if value is None else [recipient_hash(r) for r in value]
-
-    @model_validator(mode="after")
-    def _count_matches(self) -> AdmissionBody:
-        given = self.recipients is not None and self.count is not None
-        if given and self.count != len(self.recipients or ()):
-            raise ValueError("count differs from the number of recipients")
-        return self
-
-
 _LOCKS = web.AppKey("admission_locks", dict)
 
 
@@ -405,7 +362,6 @@ async def post_admissions(request: web.Request) -> web.Response:
         body = await _body(request, AdmissionBody)
     except _Invalid as exc:
         return error_response(exc.status, exc.code, str(exc))
-    assert isinstance(body, AdmissionBody)
     request_hash = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
@@ -482,6 +438,11 @@ def _admission_response(
     return _answer(request, answer, served, **headers)
 
 
+async def get_openapi(_: web.Request) -> web.Response:
+    """The OpenAPI 3.1 document (the same as `schemas/openapi.json`)."""
+    return json_response(document())
+
+
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[_LOCKS] = {}
@@ -492,6 +453,7 @@ def add_routes(app: web.Application) -> None:
 
     app.on_cleanup.append(close_forwarder)
     r = app.router
+    r.add_get("/openapi.json", get_openapi)
     r.add_get("/v1/oas", list_oas)
     r.add_get("/v1/oas/{oa_id}/quota", _read(views.quota))
     r.add_get("/v1/oas/{oa_id}/message/quota", _read(views.zalo_quota))

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from service.api.models import ErrorBody
+from service.api.openapi import OPERATIONS
 from service.domain.records import recipient_hash
 from tests import feed, zalo
 from tests.conftest import RunningService, ServiceFactory
 
+ROOT = Path(__file__).resolve().parents[2]
 OA = zalo.OA_ID
 NOW = datetime.now(UTC).replace(microsecond=0) - timedelta(minutes=5)
 
@@ -31,10 +37,29 @@ async def call(
         async with service.client.request(method, path, data=data, headers=headers) as response:
             status, body = response.status, await response.json()
             retry = response.headers.get("Retry-After")
+            conforms(method, path, status, body)
             if not (status == 503 and body["error"]["code"] == "restoring" and retry):
                 return status, body, dict(response.headers)
         assert asyncio.get_running_loop().time() < deadline, "the partition never came back"
         await asyncio.sleep(float(retry))
+
+
+def conforms(method: str, path: str, status: int, body: Any) -> None:
+    """The answer is one the OpenAPI document (`schemas/openapi.json`) declares, in the
+    shape of its model (the models forbid fields they do not name)."""
+    route = path.split("?")[0]
+    for op in OPERATIONS:
+        pattern = re.sub(r"\{[a-z_]+\}", "[^/]+", op.path) + "$"
+        if op.method == method.lower() and re.match(pattern, route):
+            break
+    else:
+        raise AssertionError(f"{method} {route} is not in the OpenAPI document")
+    if status == 200:
+        if op.answer is not None:
+            op.answer.model_validate(body)
+    else:
+        assert status in op.errors, f"{method} {route}: {status} is not declared"
+        ErrorBody.model_validate(body)
 
 
 async def get(service: RunningService, path: str, token: str | None = None) -> tuple[int, Any]:
@@ -240,7 +265,7 @@ async def test_without_a_processor_reads_answer_503(service_factory: ServiceFact
 
 
 def test_recipients_are_hashed_before_they_reach_the_log() -> None:
-    from service.api.app import SendItem
+    from service.api.models import SendItem
 
     item = SendItem.model_validate(send("x", recipient="+84 90 123 4567"))
     assert item.recipient == recipient_hash("84901234567")
@@ -321,3 +346,17 @@ async def test_the_same_key_after_a_restart_gets_the_first_answer(
     _, again, _ = await admit(second, template_id="t1", tag=2, count=3, idempotency_key="r1")
     assert again == answer
     assert (await get(second, f"/v1/oas/{OA}/quota"))[1]["remaining_today"] == 20_000 - 3
+
+
+async def test_the_openapi_document_is_served_and_names_every_route(
+    service: RunningService,
+) -> None:
+    status, served, _ = await call(service, "GET", "/openapi.json")
+    assert status == 200
+    assert served == json.loads((ROOT / "schemas" / "openapi.json").read_text(encoding="utf-8"))
+    routes = {
+        (route.method.lower(), route.resource.canonical)
+        for route in service.client.app.router.routes()
+        if route.resource is not None and route.method != "HEAD"
+    }
+    assert routes == {(op.method, op.path) for op in OPERATIONS}

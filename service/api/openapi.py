@@ -1,0 +1,302 @@
+"""The OpenAPI 3.1 document of the service, built from the models of `service/api/models.py`.
+
+`zns-gate schemas` writes it to `schemas/openapi.json` and a test keeps that
+file current; `GET /openapi.json` serves the same document.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from service import __version__
+from service.api import models
+from service.domain.records import SyncRecord
+
+REF = "#/components/schemas/{model}"
+JSON = "application/json"
+
+
+@dataclass(frozen=True)
+class Operation:
+    method: Literal["get", "post"]
+    path: str
+    summary: str
+    answer: type[BaseModel] | None
+    body: type[BaseModel] | None = None
+    scope: Literal["read", "send", "admin"] | None = "read"
+    errors: tuple[int, ...] = (401, 403, 503)
+    headers: tuple[str, ...] = ("X-Served-By", "X-Staleness-Ms")
+    notes: str = ""
+    raw_body: dict[str, Any] | None = None
+    """A JSON Schema for a body no model describes."""
+    content_type: str = JSON
+    """Of the 200 answer."""
+
+
+_OA = "/v1/oas/{oa_id}"
+OPERATIONS = (
+    Operation(
+        "get", "/v1/oas", "Every OA the group holds, one line each", models.OAList, headers=()
+    ),
+    Operation(
+        "get",
+        f"{_OA}/quota",
+        "What the OA may send today and this month, and the limits in force",
+        models.QuotaAnswer,
+    ),
+    Operation(
+        "get",
+        f"{_OA}/message/quota",
+        "The quota in the shape of Zalo's own endpoint",
+        models.ZaloQuotaAnswer,
+    ),
+    Operation(
+        "get",
+        f"{_OA}/quality",
+        "Quality (effective, proxy and Zalo's), counts, explanation and forecast",
+        models.QualityAnswer,
+    ),
+    Operation("get", f"{_OA}/templates", "Every template of the OA", models.TemplatesAnswer),
+    Operation(
+        "get",
+        f"{_OA}/templates/{{template_id}}",
+        "One template",
+        models.TemplateAnswer,
+        errors=(401, 403, 404, 503),
+    ),
+    Operation(
+        "post",
+        f"{_OA}/admissions",
+        "Ask how much may be sent now; a grant consumes quota",
+        models.AdmissionAnswer,
+        body=models.AdmissionBody,
+        scope="send",
+        errors=(400, 401, 403, 409, 413, 422, 503),
+        headers=("X-Served-By", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+        notes=(
+            "Denials answer 200 with each denied item's reason and Zalo code. The same "
+            "idempotency_key with the same body returns the first answer; with another "
+            "body, 409 idempotency_conflict. 422 tag_required when the template's tag is "
+            "not known and none is given."
+        ),
+    ),
+    Operation(
+        "post",
+        f"{_OA}/sends",
+        "Report send outcomes (from Zalo's answers to the sender)",
+        models.SendsAnswer,
+        body=models.SendsBody,
+        scope="send",
+        errors=(400, 401, 403, 413, 422, 503),
+        headers=(),
+    ),
+    Operation(
+        "post",
+        f"{_OA}/sync",
+        "Record authoritative values read from Zalo",
+        models.Accepted,
+        body=SyncRecord,
+        scope="admin",
+        errors=(400, 401, 403, 413, 422, 503),
+        headers=(),
+        notes="The OA is the one of the path; the body has no oa_id.",
+    ),
+    Operation(
+        "post",
+        f"{_OA}/resume",
+        "Clear the OA's suspension",
+        models.Accepted,
+        scope="admin",
+        headers=(),
+    ),
+    Operation(
+        "post",
+        f"{_OA}/templates/{{template_id}}/resume",
+        "Lift a template's pause",
+        models.Accepted,
+        scope="admin",
+        headers=(),
+    ),
+    Operation(
+        "post",
+        "/webhooks/zalo",
+        "Zalo's webhook: verified, then made durable in the event log",
+        models.WebhookAccepted,
+        scope=None,
+        errors=(400, 401, 408, 413, 415, 503),
+        headers=(),
+        raw_body={
+            "type": "object",
+            "description": "A Zalo event as Zalo sends it (see schemas/webhooks/), signed "
+            "in the X-ZEvent-Signature header.",
+        },
+        notes="Answers 200 only once the event is durable; 503 (Zalo retries) otherwise.",
+    ),
+    Operation("get", "/healthz", "Liveness", None, scope=None, errors=(), headers=()),
+    Operation(
+        "get",
+        "/readyz",
+        "Readiness: the log answers and the partitions are restored",
+        None,
+        scope=None,
+        errors=(503,),
+        headers=(),
+    ),
+    Operation(
+        "get",
+        "/metrics",
+        "Prometheus metrics",
+        None,
+        scope=None,
+        errors=(),
+        headers=(),
+        content_type="text/plain",
+    ),
+    Operation("get", "/openapi.json", "This document", None, scope=None, errors=(), headers=()),
+)
+
+_HEADERS: dict[str, dict[str, Any]] = {
+    "X-Served-By": {
+        "description": "The address of the instance that answered (the OA's owner).",
+        "schema": {"type": "string"},
+    },
+    "X-Staleness-Ms": {
+        "description": "Present when answered from a copy while partitions move: how much "
+        "older than now its newest certain information may be, in milliseconds.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Remaining": {
+        "description": "What the request's tag may still be granted today (absent: unlimited).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "X-RateLimit-Reset": {
+        "description": "Seconds until the daily quota resets (local midnight).",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+    "Retry-After": {
+        "description": "Seconds to wait before asking again.",
+        "schema": {"type": "integer", "minimum": 0},
+    },
+}
+
+_ERRORS = {
+    400: "Malformed JSON (`malformed_json`) or a bad path",
+    401: "No valid bearer token (`unauthenticated`)",
+    403: "The token lacks the scope (`forbidden`)",
+    404: "Not found",
+    408: "The body arrived too slowly (`request_timeout`)",
+    409: "The idempotency_key was used with another body (`idempotency_conflict`)",
+    413: "The body is too large",
+    415: "Not JSON (`unsupported_media_type`)",
+    422: "The body does not match its schema (`invalid_request`, `tag_required`)",
+    503: "Not answerable now (`restoring`, `not_owner`, `owner_unreachable`, "
+    "`out_of_contact`, `log_unavailable`, ...): ask again after Retry-After",
+}
+
+
+def _body_schema(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
+    if model is SyncRecord:  # the path names the OA
+        schema = {
+            **schema,
+            "properties": {k: v for k, v in schema["properties"].items() if k != "oa_id"},
+            "required": [name for name in schema.get("required", []) if name != "oa_id"],
+        }
+    return schema
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI 3.1 document."""
+    wanted: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = []
+    for op in OPERATIONS:
+        if op.body is not None and op.body is not SyncRecord:
+            wanted.append((op.body, "validation"))
+        if op.answer is not None:
+            wanted.append((op.answer, "validation"))
+    wanted.append((models.ErrorBody, "validation"))
+    refs, definitions = models_json_schema(wanted, ref_template=REF)
+    components: dict[str, Any] = dict(definitions.get("$defs", {}))
+    sync_refs, sync_defs = models_json_schema([(SyncRecord, "validation")], ref_template=REF)
+    sync_defs_all = dict(sync_defs.get("$defs", {}))
+    sync_name = sync_refs[(SyncRecord, "validation")]["$ref"].rsplit("/", 1)[-1]
+    components["SyncBody"] = _body_schema(SyncRecord, sync_defs_all.pop(sync_name))
+    components["SyncBody"]["title"] = "SyncBody"
+    components.update(sync_defs_all)
+
+    def ref(model: type[BaseModel]) -> dict[str, Any]:
+        if model is SyncRecord:
+            return {"$ref": REF.format(model="SyncBody")}
+        return refs[(model, "validation")]
+
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        responses: dict[str, Any] = {}
+        ok: dict[str, Any] = {"description": "OK"}
+        if op.answer is not None:
+            ok["content"] = {JSON: {"schema": ref(op.answer)}}
+        elif op.content_type == JSON:
+            ok["content"] = {JSON: {"schema": {"type": "object"}}}
+        else:
+            ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
+        if op.headers:
+            ok["headers"] = {name: _HEADERS[name] for name in op.headers}
+        responses["200"] = ok
+        for status in op.errors:
+            error: dict[str, Any] = {
+                "description": _ERRORS[status],
+                "content": {JSON: {"schema": ref(models.ErrorBody)}},
+            }
+            if status == 503:
+                error["headers"] = {"Retry-After": _HEADERS["Retry-After"]}
+            responses[str(status)] = error
+        operation: dict[str, Any] = {
+            "summary": op.summary,
+            "operationId": _operation_id(op),
+            "responses": responses,
+        }
+        if op.notes:
+            operation["description"] = op.notes
+        parameters = []
+        for name in ("oa_id", "template_id"):
+            if "{" + name + "}" in op.path:
+                parameters.append(
+                    {
+                        "name": name,
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                    }
+                )
+        if parameters:
+            operation["parameters"] = parameters
+        body = ref(op.body) if op.body is not None else op.raw_body
+        if body is not None:
+            operation["requestBody"] = {"required": True, "content": {JSON: {"schema": body}}}
+        if op.scope is not None:
+            operation["security"] = [{"bearer": [op.scope]}]
+            operation["description"] = (
+                operation.get("description", "") + f" Scope: `{op.scope}`."
+            ).strip()
+        paths.setdefault(op.path, {})[op.method] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "zns-gate",
+            "version": __version__,
+            "description": "Quota, quality and admission answers for Zalo ZNS senders "
+            "(DESIGN.md 5). With no tokens configured the API is open.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": dict(sorted(components.items())),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _operation_id(op: Operation) -> str:
+    words = [w for w in op.path.replace("{", "").replace("}", "").split("/") if w and w != "v1"]
+    return op.method + "_" + "_".join(words).replace("-", "_")
