@@ -23,8 +23,13 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
-from tests.conftest import free_port
+from service.app import build_app
+from service.log.base import Topics
+from service.log.kafka import KafkaLog
+from tests.conftest import KAFKA_SH, free_port, make_settings, start_broker
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -235,3 +240,51 @@ async def _admissions_while_the_owner_dies(
     assert tally.granted <= consumed <= tally.granted + tally.uncertain, (tally, quota)
     assert consumed == QUOTA, (tally, quota)
     print(f"owner killed: another instance answered after {tally.served_after_kill:.1f} s; {tally}")
+
+
+@pytest.mark.kafka
+async def test_an_owner_out_of_contact_with_its_group_stops_granting() -> None:
+    """Freeze a broker of this test's own (SIGSTOP): heartbeats stop succeeding, and after
+    half the session timeout the owner refuses admissions (another member may own the OA
+    at the full timeout), while reads still answer; thawed, it grants again."""
+    broker = await asyncio.to_thread(start_broker, "contact")
+    pid = int((KAFKA_SH.parent / "run" / broker.name / "kafka.pid").read_text().strip())
+    client: TestClient[web.Request, web.Application] | None = None
+    try:
+        log = KafkaLog(broker.bootstrap, Topics("contact"), 3, session_timeout_ms=6000)
+        settings = make_settings(log={"backend": "kafka", "session_timeout_ms": 6000})
+        client = TestClient(TestServer(build_app(settings, log), host="127.0.0.1"))
+        await client.start_server()
+
+        async def admit(key: str) -> tuple[int, Any]:
+            body = {"template_id": "t1", "tag": 1, "idempotency_key": key}
+            async with client.post(f"/v1/oas/{OA}/admissions", json=body) as response:
+                return response.status, await response.json()
+
+        async def until(wanted: int, code: str | None, timeout_s: float) -> float:
+            started = time.monotonic()
+            for n in itertools.count():
+                status, answer = await admit(f"{code}-{n}")
+                if status == wanted and (code is None or answer["error"]["code"] == code):
+                    return time.monotonic() - started
+                assert time.monotonic() - started < timeout_s, (status, answer)
+                await asyncio.sleep(0.2)
+            raise AssertionError("unreachable")
+
+        await until(200, None, 60)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            refused_after = await until(503, "out_of_contact", 10)
+            async with client.get(f"/v1/oas/{OA}/quota") as response:
+                assert response.status == 200  # the owner's state is still the newest there is
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await until(200, None, 60)
+        # Refusing before the session timeout ran out: before the group could have given
+        # the OA's partition to another member, which would then grant too.
+        assert refused_after < 6.0
+    finally:
+        os.kill(pid, signal.SIGCONT)
+        if client is not None:
+            await client.close()
+        await asyncio.to_thread(broker.stop)
