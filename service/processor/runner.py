@@ -159,6 +159,8 @@ class Processor:
         if folder is not None:
             if partition not in self.catching_up:
                 return folder, None
+            if folder.current_ms == 0:
+                return None  # restored from nothing: how old it is is not known either
             return folder, max(0, now_ms - folder.current_ms)
         copy = self.copies.get(partition)
         if copy is not None:

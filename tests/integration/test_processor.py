@@ -11,6 +11,7 @@ import os
 import random
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -312,3 +313,33 @@ async def test_replay_rebuilds_the_states_live_processing_built(log_factory: Log
     assert result.decisions == len(live[1])
     # The rebuilt snapshots are now the newest, and equal: a processor restores them.
     assert_same(((await stored(log))[0], *live[1:]), live)
+
+
+async def test_a_partition_catching_up_is_read_with_its_staleness(log_factory: LogOpener) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    await append_all(log, feed.stream(seed=6, oas=6, messages=20))
+    first = await caught_up(log)
+    await first.close()  # its checkpoint says when it was written
+    checkpointed_ms = int(time.time() * 1000)
+    await append_all(log, feed.stream(seed=7, oas=12, messages=120))
+
+    processor = Processor(log, SETTINGS, options(log, fetch_records=20))
+    await processor.start()
+    seen: list[int] = []
+    async with asyncio.timeout(60):
+        while not seen:
+            for partition in processor.catching_up:
+                held = processor.reader(partition)
+                if held is not None and held[1] is not None:
+                    seen.append(held[1])
+            if not seen and processor.folders and not processor.catching_up:
+                pytest.fail("caught up before a read could see it catching up")
+            await asyncio.sleep(0)
+    # At least as old as the time since the checkpoint (records after it are missing).
+    assert seen[0] >= int(time.time() * 1000) - checkpointed_ms - 1000
+    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    async with asyncio.timeout(30):
+        while processor.catching_up:
+            await asyncio.sleep(0.05)
+    assert all(processor.reader(p) == (processor.folders[p], None) for p in range(PARTITIONS))
+    await processor.close()
