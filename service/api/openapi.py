@@ -244,7 +244,7 @@ def document() -> dict[str, Any]:
         if op.headers:
             ok["headers"] = {name: _HEADERS[name] for name in op.headers}
         responses["200"] = ok
-        for status in op.errors:
+        for status in statuses(op):
             error: dict[str, Any] = {
                 "description": _ERRORS[status],
                 "content": {JSON: {"schema": ref(models.ErrorBody)}},
@@ -295,6 +295,12 @@ def document() -> dict[str, Any]:
             "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
         },
     }
+
+
+def statuses(op: Operation) -> list[int]:
+    """The error statuses an operation may answer: its own, and 400 for a bad path."""
+    extra = {400} if "{oa_id}" in op.path else set()
+    return sorted(set(op.errors) | extra)
 
 
 def _operation_id(op: Operation) -> str:
