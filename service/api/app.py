@@ -15,7 +15,6 @@ resume); with none, the API is open (the service warns at start).
 from __future__ import annotations
 
 import asyncio
-import copy
 import hashlib
 import hmac
 import uuid
@@ -56,6 +55,7 @@ from service.domain.windows import next_day_start
 from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
 from service.log.base import Record
 from service.logsetup import get_logger
+from service.processor.folding import PartitionFolder
 
 _log = get_logger("api")
 
@@ -127,15 +127,23 @@ class Served:
     """None: the owner's current state; else how much older than now it may be."""
 
 
-def _locate(request: web.Request, oa_id: str, *, admit: bool) -> Served | Forward:
-    """Answer here (from the state held here) or forward to the OA's owner; NotServed
+@dataclass(frozen=True)
+class Held:
+    """The OA's partition is held here: its folder, and how stale it may be (ms; None:
+    the owner's current state)."""
+
+    folder: PartitionFolder
+    staleness_ms: int | None
+
+
+def _where(request: web.Request, oa_id: str, *, admit: bool) -> Held | Forward:
+    """Answer here (from the states held here) or forward to the OA's owner; NotServed
     when neither can be done now. An admission is decided only from current state, by
     an owner in contact with its group; a read may come from a copy."""
     processor = request.app.get(PROCESSOR)
     if processor is None:
         raise NotServed("processor_disabled", "this instance runs no processor")
     partition = request.app[LOG].partition_for(oa_id.encode())
-    forwarder = request.app[FORWARDER]
     held = processor.reader(partition)
     if held is not None:
         folder, staleness_ms = held
@@ -145,18 +153,28 @@ def _locate(request: web.Request, oa_id: str, *, admit: bool) -> Served | Forwar
             raise NotServed(
                 "out_of_contact", "this instance has lost contact with its group; not granting"
             )
-        policy = processor.policies.for_oa(oa_id)
-        live = folder.states.get(oa_id)
-        state = copy.deepcopy(live) if live is not None else OAState.new(oa_id, policy.rules)
-        now = folder.now()
-        advance(state, now, policy)
-        return Served(state, now, policy, staleness_ms)
+        return Held(folder, staleness_ms)
     owner = processor.owner_of(partition)
-    if owner is None or owner == forwarder.address:
+    if owner is None or owner == request.app[FORWARDER].address:
         raise NotServed("restoring", f"partition {partition} is not served yet")
-    if forwarder.was_forwarded(request):
+    if request.app[FORWARDER].was_forwarded(request):
         raise NotServed("not_owner", f"partition {partition} moved; ask again")
     return Forward(owner)
+
+
+def _served(request: web.Request, oa_id: str, held: Held) -> Served:
+    """A copy of the OA's state brought to now (the live state only changes by folding)."""
+    policy = request.app[PROCESSOR].policies.for_oa(oa_id)
+    live = held.folder.states.get(oa_id)
+    state = live.served_copy() if live is not None else OAState.new(oa_id, policy.rules)
+    now = held.folder.now()
+    advance(state, now, policy)
+    return Served(state, now, policy, held.staleness_ms)
+
+
+def _locate(request: web.Request, oa_id: str, *, admit: bool) -> Served | Forward:
+    where = _where(request, oa_id, admit=admit)
+    return where if isinstance(where, Forward) else _served(request, oa_id, where)
 
 
 def _not_served(exc: NotServed) -> web.Response:
@@ -366,7 +384,7 @@ async def post_admissions(request: web.Request) -> web.Response:
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
     try:
-        where = _locate(request, oa_id, admit=True)
+        where = _where(request, oa_id, admit=True)
     except NotServed as exc:
         return _not_served(exc)
     if isinstance(where, Forward):

@@ -12,6 +12,7 @@ would cost more than the rest of the work) and does no I/O.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -345,6 +346,9 @@ class _Fold:
             if grant is not None and grant.open > 0:
                 if grant.at_ms > cutoff:
                     return
+                # A new Grant, not a change to the old: copies of the state made to answer
+                # a request share their grants with the live state (`served_copy`).
+                grant = state.grants[waiting[0]] = dataclasses.replace(grant)
                 self.give_back(grant, grant.open)
             waiting.pop(0)
 

@@ -12,6 +12,7 @@ threshold) are methods here; the changes are made by `fold.py`. No I/O.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from collections.abc import Mapping
@@ -170,6 +171,10 @@ class Template:
 
     def paused(self, now_ms: int) -> bool:
         return self.gate_disabled or (self.paused_until is not None and now_ms < self.paused_until)
+
+
+_PLAIN = (int, str, float, bool, type(None))
+"""Values that are never changed in place: a copy may share them."""
 
 
 @dataclass(slots=True)
@@ -370,6 +375,24 @@ class OAState:
     def rule_set(self) -> RuleSet:
         return RULE_SETS[self.rules]
 
+    # --- copies -------------------------------------------------------------------------
+
+    SHARED_INDEXES = ("dedup", "idempotency", "messages", "recipients")
+    """Large indexes that `fold.advance` only ever replaces whole (when it prunes them)
+    and that the admission decision only reads."""
+
+    def served_copy(self) -> OAState:
+        """A copy that `fold.advance` and `admission.decide` may change freely, at a fraction
+        of a deep copy's cost: plain values and the shared indexes are not copied, nor are
+        the grants (the dict is; advancing replaces an expiring grant, never changes it)."""
+        clone = copy.copy(self)
+        for name in _FIELDS:
+            value = getattr(self, name)
+            if name in self.SHARED_INDEXES or isinstance(value, _PLAIN):
+                continue
+            setattr(clone, name, dict(value) if name == "grants" else copy.deepcopy(value))
+        return clone
+
     # --- snapshots ----------------------------------------------------------------------
 
     def to_json(self) -> bytes:
@@ -390,6 +413,9 @@ class OAState:
 def _day_of_minute(minute: int, zone: ZoneInfo) -> int:
     # Every zone's offset is a whole number of minutes, so a minute lies in one local day.
     return local_day(datetime.fromtimestamp(minute * 60, zone), zone).toordinal()
+
+
+_FIELDS = tuple(f.name for f in dataclasses.fields(OAState))
 
 
 def _level(value: str | None) -> Level:

@@ -10,8 +10,10 @@ never reads the clock: every function takes the moment it is about.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 HOUR_S = 3600
@@ -87,6 +89,13 @@ class Buckets:
     def __bool__(self) -> bool:
         return bool(self._counts)
 
+    def __deepcopy__(self, memo: dict[int, Any]) -> Buckets:
+        # Integer keys and values: a copy of the dict is a deep copy, without deepcopy's
+        # walk over every item (the API copies an OA's state for every answer).
+        clone = copy.copy(self)
+        clone._counts = dict(self._counts)
+        return clone
+
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Buckets) and self._counts == other._counts
 
@@ -133,6 +142,12 @@ class HourlyCounts(Buckets):
     def prune(self, before: int) -> None:
         super().prune(before)
         self._totals.clear()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> HourlyCounts:
+        clone = copy.copy(self)
+        clone._counts = dict(self._counts)
+        clone._totals = dict(self._totals)  # tuples of integers
+        return clone
 
     def forget_before(self, moment: datetime) -> None:
         self.prune(hour_index(moment))

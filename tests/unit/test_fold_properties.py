@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import datetime, timedelta
 from zoneinfo import ZoneInfo
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from service.domain.admission import AdmissionRequest, decide
 from service.domain.fold import advance, fold, read_item
+from service.domain.records import recipient_hash
 from service.domain.rules import ZBS_2026, Thresholds
 from service.domain.state import OAState, Policy
 from tests import feed
@@ -118,3 +121,28 @@ def test_delivered_and_negatives_are_a_recount_of_the_distinct_messages(raws: li
     window = timedelta(days=7)
     assert state.delivered.within(end, window) == len(delivered) + len(refusals)
     assert state.negatives.within(end, window) == len(negative) + len(refusals)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    raws=st.lists(records(), min_size=1, max_size=40),
+    later_hours=st.integers(0, 24 * 200),
+    tag=st.sampled_from([1, 2, 3]),
+)
+def test_a_served_copy_is_a_deep_copy_for_advance_and_decide(
+    raws: list[Raw], later_hours: int, tag: int
+) -> None:
+    """What the API does to answer (advance a copy to now, decide on it) never touches the
+    live state, and gives what a full deep copy would."""
+    live = run(raws)
+    before = live.to_document()
+    now = START + timedelta(hours=36 + later_hours)  # up to past the 6-month recipient memory
+    served, deep = live.served_copy(), copy.deepcopy(live)
+    request = AdmissionRequest("t1", tag, (recipient_hash("0901234567"),), 1)
+    answers = []
+    for state in (served, deep):
+        changes = advance(state, now, POLICY)
+        answers.append((changes, decide(state, request, now, POLICY, "a-new").answer))
+    assert live.to_document() == before
+    assert served.to_document() == deep.to_document()
+    assert answers[0] == answers[1]
