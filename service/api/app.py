@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -357,11 +358,13 @@ async def post_template_resume(request: web.Request) -> web.Response:
     return await _command(request, "resume_template", request.match_info["template_id"])
 
 
-_LOCKS = web.AppKey("admission_locks", dict)
+_LOCKS = web.AppKey("admission_locks", weakref.WeakValueDictionary)
 
 
 def _lock(request: web.Request, oa_id: str) -> asyncio.Lock:
-    locks: dict[str, asyncio.Lock] = request.app[_LOCKS]
+    """The OA's admission lock. Held weakly: it lives while requests hold or wait for it,
+    then goes, so that idle OAs cost nothing here."""
+    locks: weakref.WeakValueDictionary[str, asyncio.Lock] = request.app[_LOCKS]
     lock = locks.get(oa_id)
     if lock is None:
         lock = locks[oa_id] = asyncio.Lock()
@@ -463,7 +466,7 @@ async def get_openapi(_: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
-    app[_LOCKS] = {}
+    app[_LOCKS] = weakref.WeakValueDictionary()
     app[FORWARDER] = Forwarder(advertised_url(settings), settings.api.forward_timeout_s)
 
     async def close_forwarder(app: web.Application) -> None:
