@@ -2,7 +2,7 @@
 the decisions one instance makes per second on one core, and the in-process decision as
 the baseline of the same run. Not a test; it asserts nothing about speed.
 
-Two `zns-gate serve` instances share one Kafka broker. Instance A (pinned to CPU 0) owns
+Two `zns-gate serve` instances share one Kafka broker. Served A (pinned to CPU 0) owns
 the OAs asked about; instance B, the broker and this load generator share CPU 1. For each
 fixed request rate the generator sends admissions on a fixed schedule (open loop: a slow
 answer does not delay the next request, and latency is measured from the time a request
@@ -38,7 +38,8 @@ from service.domain.admission import AdmissionRequest, decide
 from service.domain.fold import advance
 from service.domain.state import OAState
 from service.processor.folding import PolicyBook
-from tests.bench.receiver import KAFKA_SH, free_port, wait_ready
+from tests.bench.receiver import KAFKA_SH, cpu_seconds, free_port, wait_ready
+from tests.serve import Served
 
 OAS = 200
 
@@ -77,41 +78,19 @@ def baseline(rounds: int = 20_000) -> dict[str, float]:
 # --- the instances ----------------------------------------------------------------------------
 
 
-class Instance:
-    def __init__(self, cpu: str, bootstrap: str, prefix: str, folder: Path, name: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
-        env.update(
-            ZNS_GATE_SERVER__PORT=str(self.port),
-            ZNS_GATE_LOG__BACKEND="kafka",
-            ZNS_GATE_LOG__BOOTSTRAP_SERVERS=bootstrap,
-            ZNS_GATE_LOG__TOPIC_PREFIX=prefix,
-            ZNS_GATE_LOG_LEVEL="WARNING",
-        )
-        self.output = (folder / f"{name}.log").open("wb")
-        self.process = subprocess.Popen(
-            ["taskset", "-c", cpu, sys.executable, "-m", "service.cli", "serve"],
-            cwd=folder,
-            env=env,
-            stdout=self.output,
-            stderr=subprocess.STDOUT,
-        )
-
-    def cpu_seconds(self) -> float:
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-        self.output.close()
+def start(cpu: str, bootstrap: str, prefix: str, folder: Path, name: str) -> Served:
+    return Served(
+        folder,
+        name,
+        cpu,
+        ZNS_GATE_LOG__BACKEND="kafka",
+        ZNS_GATE_LOG__BOOTSTRAP_SERVERS=bootstrap,
+        ZNS_GATE_LOG__TOPIC_PREFIX=prefix,
+        ZNS_GATE_LOG_LEVEL="WARNING",
+    )
 
 
-async def settle(session: aiohttp.ClientSession, instances: list[Instance]) -> None:
+async def settle(session: aiohttp.ClientSession, instances: list[Served]) -> None:
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -128,7 +107,7 @@ async def settle(session: aiohttp.ClientSession, instances: list[Instance]) -> N
     raise RuntimeError("the instances did not settle")
 
 
-async def owned_by(session: aiohttp.ClientSession, owner: Instance, count: int) -> list[str]:
+async def owned_by(session: aiohttp.ClientSession, owner: Served, count: int) -> list[str]:
     """OA ids whose partition `owner` serves."""
     out: list[str] = []
     n = 0
@@ -180,7 +159,7 @@ async def open_loop(
 
 
 async def closed_loop(
-    session: aiohttp.ClientSession, owner: Instance, oas: list[str], workers: int, seconds: float
+    session: aiohttp.ClientSession, owner: Served, oas: list[str], workers: int, seconds: float
 ) -> dict[str, float]:
     """As many admissions as `workers` concurrent senders get answered, straight to A."""
     done = 0
@@ -192,11 +171,11 @@ async def closed_loop(
             status, _ = await admit(session, owner.url, oas[(n + done) % len(oas)])
             done += status == 200
 
-    cpu_before = owner.cpu_seconds()
+    cpu_before = cpu_seconds(owner.process.pid)
     started = time.perf_counter()
     await asyncio.gather(*(worker(n) for n in range(workers)))
     elapsed = time.perf_counter() - started
-    cpu = owner.cpu_seconds() - cpu_before
+    cpu = cpu_seconds(owner.process.pid) - cpu_before
     return {
         "workers": workers,
         "decisions_per_s": done / elapsed,
@@ -205,7 +184,7 @@ async def closed_loop(
     }
 
 
-async def measure(args: argparse.Namespace, a: Instance, b: Instance) -> dict[str, Any]:
+async def measure(args: argparse.Namespace, a: Served, b: Served) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector) as session:
         await settle(session, [a, b])
@@ -252,13 +231,13 @@ def main() -> int:
     subprocess.run(["taskset", "-c", "1", "bash", str(KAFKA_SH), "start", *broker], check=True)
     bootstrap = f"127.0.0.1:{broker[3]}"
     prefix = f"bench{uuid.uuid4().hex[:6]}"
-    instances: list[Instance] = []
+    instances: list[Served] = []
     try:
         with tempfile.TemporaryDirectory() as folder:
-            a = Instance("0", bootstrap, prefix, Path(folder), "a")
+            a = start("0", bootstrap, prefix, Path(folder), "a")
             instances.append(a)
             wait_ready(f"{a.url}/readyz")
-            b = Instance("1", bootstrap, prefix, Path(folder), "b")
+            b = start("1", bootstrap, prefix, Path(folder), "b")
             instances.append(b)
             wait_ready(f"{b.url}/readyz")
             report.update(asyncio.run(measure(args, a, b)))

@@ -8,9 +8,6 @@ process on the embedded log, as `zns-gate serve` out of the box does.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +25,7 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from tests.conftest import free_port
+from tests.serve import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 schema = schemathesis.openapi.from_path(ROOT / "schemas" / "openapi.json")
@@ -47,22 +44,11 @@ CHECKS = [
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`zns-gate serve` on the embedded log, ready; its base URL."""
-    folder = tmp_path_factory.mktemp("fuzz")
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
-    env["ZNS_GATE_SERVER__PORT"] = str(port)
-    output = (folder / "serve.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        cwd=folder,
-        env=env,
-        stdout=output,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
+    served = Served(tmp_path_factory.mktemp("fuzz"))
+    url = served.url
     deadline = time.monotonic() + 30
     while True:
-        assert process.poll() is None, (folder / "serve.log").read_text()[-2000:]
+        assert served.alive, served.tail()
         try:
             if requests.get(f"{url}/readyz", timeout=1).status_code == 200:
                 break
@@ -71,10 +57,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         assert time.monotonic() < deadline, "zns-gate serve never became ready"
         time.sleep(0.1)
     yield url
-    process.terminate()
-    process.wait(timeout=30)
-    output.close()
-    assert process.returncode == 0, (folder / "serve.log").read_text()[-2000:]
+    assert served.stop() == 0, served.tail()
 
 
 @schema.parametrize()

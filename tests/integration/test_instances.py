@@ -13,8 +13,6 @@ import asyncio
 import itertools
 import os
 import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -29,7 +27,8 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.app import build_app
 from service.log.base import Topics
 from service.log.kafka import KafkaLog
-from tests.conftest import KAFKA_SH, free_port, make_settings, start_broker
+from tests.conftest import KAFKA_SH, make_settings, start_broker
+from tests.serve import Served
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 6
@@ -38,26 +37,10 @@ OA = "4100000000000001"
 SESSION_TIMEOUT_MS = 6000
 
 
-@dataclass
-class Instance:
-    process: subprocess.Popen[bytes]
-    url: str
-    output: Path
-
-    @property
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def tail(self) -> str:
-        return self.output.read_text(errors="replace")[-3000:]
-
-
-def start(folder: Path, bootstrap: str, prefix: str, name: str) -> Instance:
-    port = free_port()
-    output = folder / f"{name}.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
-    env.update(
-        ZNS_GATE_SERVER__PORT=str(port),
+def start(folder: Path, bootstrap: str, prefix: str, name: str) -> Served:
+    return Served(
+        folder,
+        name,
         ZNS_GATE_LOG__BACKEND="kafka",
         ZNS_GATE_LOG__BOOTSTRAP_SERVERS=bootstrap,
         ZNS_GATE_LOG__TOPIC_PREFIX=prefix,
@@ -65,15 +48,6 @@ def start(folder: Path, bootstrap: str, prefix: str, name: str) -> Instance:
         ZNS_GATE_LOG__SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
         ZNS_GATE_PROCESSOR__CHECKPOINT_INTERVAL_S="0.5",
     )
-    with output.open("wb") as sink:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", "serve"],
-            cwd=folder,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
-    return Instance(process, f"http://127.0.0.1:{port}", output)
 
 
 async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any, dict[str, str]]:
@@ -81,7 +55,7 @@ async def get(session: aiohttp.ClientSession, url: str) -> tuple[int, Any, dict[
         return response.status, await response.json(), dict(response.headers)
 
 
-async def settled(session: aiohttp.ClientSession, instances: list[Instance]) -> None:
+async def settled(session: aiohttp.ClientSession, instances: list[Served]) -> None:
     """Every instance ready, and each sees the whole group: every partition has an owner."""
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
@@ -133,17 +107,10 @@ async def test_three_instances_answer_alike_and_survive_the_owner_killed(
             await _admissions_while_the_owner_dies(session, instances)
     finally:
         for instance in instances:
-            if instance.alive:
-                instance.process.send_signal(signal.SIGTERM)
-        for instance in instances:
-            try:
-                instance.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                instance.process.kill()
-                instance.process.wait()
+            instance.stop()
 
 
-async def _check_same_answers(session: aiohttp.ClientSession, instances: list[Instance]) -> None:
+async def _check_same_answers(session: aiohttp.ClientSession, instances: list[Served]) -> None:
     now_ms = int(time.time() * 1000)
     async with session.post(
         f"{instances[1].url}/v1/oas/{OA}/sync",
@@ -175,7 +142,7 @@ async def _check_same_answers(session: aiohttp.ClientSession, instances: list[In
 
 
 async def _admissions_while_the_owner_dies(
-    session: aiohttp.ClientSession, instances: list[Instance]
+    session: aiohttp.ClientSession, instances: list[Served]
 ) -> None:
     _, _, headers = await get(session, f"{instances[0].url}/v1/oas/{OA}/quota")
     owner = next(i for i in instances if i.url == headers["X-Served-By"])
