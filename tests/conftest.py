@@ -10,7 +10,6 @@ is already running instead.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,6 +29,7 @@ from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
 from service.logsetup import configure_logging
 from tests import zalo
+from tests.serve import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 KAFKA_SH = ROOT / "deploy" / "kafka" / "kafka.sh"
@@ -50,13 +50,6 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 def _production_logging() -> None:
     """Tests log the way the service does (JSON lines), so logging code paths run for real."""
     configure_logging("INFO", json=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ from aiohttp.test_utils import TestServer
 from service.api.models import SendItem
 from service.client import Client, GateError, Unavailable
 from tests import zalo
-from tests.conftest import RunningService, free_port
+from tests.conftest import RunningService
 from tests.integration.test_api import ready
+from tests.serve import free_port
 
 OA = zalo.OA_ID
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import subprocess
 import sys
@@ -14,59 +13,15 @@ import aiohttp
 import orjson
 import pytest
 
-from tests.conftest import free_port
-
-
-def _environment(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ZNS_GATE_")}
-    env.update(extra)
-    return env
-
-
-class Served:
-    def __init__(self, process: subprocess.Popen[bytes], port: int) -> None:
-        self.process = process
-        self.url = f"http://127.0.0.1:{port}"
-
-    async def wait_ready(self, timeout_s: float = 30, path: str = "/healthz") -> None:
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        async with aiohttp.ClientSession() as session:
-            while asyncio.get_running_loop().time() < deadline:
-                assert self.process.poll() is None, "zns-gate serve exited early"
-                try:
-                    async with session.get(f"{self.url}{path}") as response:
-                        if response.status == 200:
-                            return
-                except aiohttp.ClientConnectionError:
-                    pass
-                await asyncio.sleep(0.1)
-        pytest.fail(f"zns-gate serve did not answer {path} with 200")
-
-    def end(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-        self.process.communicate(timeout=30)
-
-
-def spawn(folder: Path, **env: str) -> Served:
-    """`zns-gate serve` on a free port in `folder`, with only the ZNS_GATE_* settings given."""
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service.cli", "serve"],
-        cwd=folder,
-        env=_environment(ZNS_GATE_SERVER__PORT=str(port), **env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    return Served(process, port)
+from tests.serve import Served, environment, free_port
 
 
 @pytest.fixture
 def served(tmp_path: Path) -> Iterator[Served]:
     """`zns-gate serve` with no settings file, in an empty folder (so the default db path)."""
-    served = spawn(tmp_path)
+    served = Served(tmp_path)
     yield served
-    served.end()
+    served.stop()
 
 
 async def test_serve_with_defaults_is_ready_on_the_embedded_log(
@@ -88,19 +43,19 @@ async def test_serve_with_defaults_is_ready_on_the_embedded_log(
 async def test_signal_stops_gracefully(served: Served, signum: int) -> None:
     await served.wait_ready()
     served.process.send_signal(signum)
-    _, stderr = await asyncio.to_thread(served.process.communicate, timeout=30)
-    assert served.process.returncode == 0
-    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith(b"{")]
+    assert await asyncio.to_thread(served.process.wait, 30) == 0
+    lines = served.log_lines()
     events = [(line.get("component"), line["event"]) for line in lines]
     assert ("log.embedded", "embedded log closed") in events
     assert events[-1] == ("cli", "stopped")
-    # Every line is JSON (stderr is not a terminal) and names its component.
+    # Every line is JSON (the output is not a terminal) and names its component.
     assert all("component" in line and "timestamp" in line for line in lines)
 
 
 async def test_serve_on_kafka_is_ready(kafka_bootstrap: str, tmp_path: Path) -> None:
-    served = spawn(
+    served = Served(
         tmp_path,
+        "serve",
         ZNS_GATE_LOG__BACKEND="kafka",
         ZNS_GATE_LOG__BOOTSTRAP_SERVERS=kafka_bootstrap,
         ZNS_GATE_LOG__TOPIC_PREFIX=f"serve{free_port()}",
@@ -116,17 +71,16 @@ async def test_serve_on_kafka_is_ready(kafka_bootstrap: str, tmp_path: Path) -> 
             assert response.status == 200
             assert await response.json() == {"status": "ready", "log": "kafka"}
         served.process.send_signal(signal.SIGTERM)
-        await asyncio.to_thread(served.process.communicate, timeout=60)
-        assert served.process.returncode == 0
+        assert await asyncio.to_thread(served.process.wait, 60) == 0
     finally:
-        served.end()
+        served.stop()
 
 
 async def test_kafka_partition_mismatch_refuses_to_start(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
     prefix = f"mismatch{free_port()}"
-    base = _environment(
+    base = environment(
         ZNS_GATE_LOG__BACKEND="kafka",
         ZNS_GATE_LOG__BOOTSTRAP_SERVERS=kafka_bootstrap,
         ZNS_GATE_LOG__TOPIC_PREFIX=prefix,
@@ -156,7 +110,7 @@ async def test_an_unusable_database_path_fails_cleanly(tmp_path: Path) -> None:
         subprocess.run,
         [sys.executable, "-m", "service.cli", "serve"],
         cwd=tmp_path,
-        env=_environment(
+        env=environment(
             ZNS_GATE_SERVER__PORT=str(free_port()), ZNS_GATE_LOG__PATH="file/zns-gate.db"
         ),
         capture_output=True,
@@ -195,7 +149,7 @@ async def test_replay_reports_and_dumps_the_rebuilt_states(tmp_path: Path) -> No
             str(dump),
         ],
         cwd=tmp_path,
-        env=_environment(ZNS_GATE_RULES__CLOCK="stream"),
+        env=environment(ZNS_GATE_RULES__CLOCK="stream"),
         capture_output=True,
         timeout=120,
         check=False,
