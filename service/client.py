@@ -9,8 +9,9 @@
 Any instance may be asked: the owner of the OA answers. A 503 (the OA's
 partition moving, the log briefly away) is asked again after its
 `Retry-After`, and a lost connection after a short pause, until `retry_for_s`
-has passed. An admission keeps its idempotency key across these retries, so a
-retry never grants twice; reported sends are recognised by `tracking_id`.
+has passed (so are a proxy's 502 and 504). An admission keeps its idempotency key
+across these retries, so a retry never grants twice; reported sends are
+recognised by `tracking_id`.
 Any other error raises `GateError` at once.
 """
 
@@ -38,6 +39,10 @@ from service.api.models import (
 from service.domain.records import AdmissionAnswer
 
 AnswerT = TypeVar("AnswerT", bound=BaseModel)
+
+RETRIED = frozenset({502, 503, 504})
+"""Statuses asked again: zns-gate's own 503, and a proxy's in front of it."""
+MIN_WAIT_S = 0.05
 
 
 class GateError(Exception):
@@ -116,7 +121,11 @@ class Client:
         idempotency_key: str | None = None,
     ) -> Admission:
         """Ask to send `template_id` to `recipients` (or `count` messages). Partial grants
-        follow the order of the recipients; `granted` says how many may go now."""
+        follow the order of the recipients; `granted` says how many may go now.
+
+        The retries of this call reuse one idempotency key. To ask again after
+        `Unavailable` without risking a second grant, give your own `idempotency_key`
+        (one per batch) and pass the same one again."""
         body: dict[str, Any] = {
             "template_id": template_id,
             "idempotency_key": idempotency_key or uuid.uuid4().hex,
@@ -176,7 +185,7 @@ class Client:
                     status = response.status
                     raw = await response.read()
                     answer_headers = response.headers
-            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            except (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError) as exc:
                 wait = min(self.max_wait_s, 0.1 * 2**attempt)
                 if time.monotonic() + wait > deadline:
                     raise Unavailable(0, "no_answer", repr(exc)) from exc
@@ -186,7 +195,7 @@ class Client:
             if status == 200:
                 return answer, answer_headers
             code, message = _error(answer, status)
-            if status != 503:
+            if status not in RETRIED:
                 raise GateError(status, code, message)
             wait = _retry_after(answer_headers.get("Retry-After"), self.max_wait_s)
             if time.monotonic() + wait > deadline:
@@ -215,4 +224,4 @@ def _retry_after(value: str | None, cap: float) -> float:
         wait = float(value) if value is not None else 1.0
     except ValueError:
         wait = 1.0
-    return min(cap, max(0.0, wait)) * random.uniform(0.9, 1.1)  # noqa: S311 (jitter)
+    return min(cap, max(MIN_WAIT_S, wait)) * random.uniform(0.9, 1.1)  # noqa: S311 (jitter)

@@ -146,7 +146,7 @@ def _where(request: web.Request, oa_id: str, *, admit: bool) -> Held | Forward:
         raise NotServed("processor_disabled", "this instance runs no processor")
     partition = request.app[LOG].partition_for(oa_id.encode())
     held = processor.reader(partition)
-    if held is not None:
+    if held is not None and not (admit and partition not in processor.folders):
         folder, staleness_ms = held
         if admit and staleness_ms is not None:
             raise NotServed("restoring", f"partition {partition} is moving to this instance")
@@ -155,6 +155,7 @@ def _where(request: web.Request, oa_id: str, *, admit: bool) -> Held | Forward:
                 "out_of_contact", "this instance has lost contact with its group; not granting"
             )
         return Held(folder, staleness_ms)
+    # Not held here, or only as a copy of a revoked partition: an admission goes to the owner.
     owner = processor.owner_of(partition)
     if owner is None or owner == request.app[FORWARDER].address:
         raise NotServed("restoring", f"partition {partition} is not served yet")
@@ -258,15 +259,30 @@ async def list_oas(request: web.Request) -> web.Response:
             return_exceptions=True,
         )
         for address, answer in zip(others, answers, strict=True):
-            if isinstance(answer, web.Response) and answer.status == 200:
-                assert isinstance(answer.body, bytes)
-                theirs = orjson.loads(answer.body)
-                out.extend(theirs["oas"])
-                partitions.extend(theirs["partitions"])
-            else:
+            listing = _listing(answer)
+            if listing is None:
                 unreachable.append(address)
+                continue
+            out.extend(listing["oas"])
+            partitions.extend(listing["partitions"])
     out.sort(key=lambda summary: str(summary["oa_id"]))
     return json_response({"oas": out, "partitions": sorted(partitions), "unreachable": unreachable})
+
+
+def _listing(answer: object) -> dict[str, list[Any]] | None:
+    """Another owner's `GET /v1/oas` answer, if it is one."""
+    if not isinstance(answer, web.Response) or answer.status != 200:
+        return None
+    try:
+        theirs = orjson.loads(answer.body) if isinstance(answer.body, bytes) else None
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(theirs, dict):
+        return None
+    oas, partitions = theirs.get("oas"), theirs.get("partitions")
+    if not isinstance(oas, list) or not isinstance(partitions, list):
+        return None
+    return {"oas": oas, "partitions": partitions}
 
 
 # --- writes -----------------------------------------------------------------------------------
@@ -392,7 +408,9 @@ async def post_admissions(request: web.Request) -> web.Response:
         return _not_served(exc)
     if isinstance(where, Forward):
         return await _forward(request, where, await request.read())
-    async with _lock(request, oa_id):
+    processor = request.app[PROCESSOR]
+    partition = request.app[LOG].partition_for(oa_id.encode())
+    async with _lock(request, oa_id), processor.admitting(partition):
         try:
             served = _locate(request, oa_id, admit=True)  # again: the wait may have moved it
         except NotServed as exc:
@@ -440,7 +458,7 @@ async def post_admissions(request: web.Request) -> web.Response:
             headers,
             timeout_s=request.app[SETTINGS].receiver.publish_deadline_s,
         )
-        request.app[PROCESSOR].apply_ahead(
+        processor.apply_ahead(
             Record(
                 position.topic, position.partition, position.offset, oa_id.encode(), value, headers
             )

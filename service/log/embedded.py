@@ -591,18 +591,22 @@ class EmbeddedConsumer(LogConsumer):
             woken = self._log._appended  # taken before looking, so no append is missed
             wanted = self._wanted()
             if wanted:
-                records = await self._log._on_reader(partial(self._log._read, wanted, max_records))
+                read = await self._log._on_reader(partial(self._log._read, wanted, max_records))
+                if not read:
+                    # The wanted range was removed by retention: skip to the head (unless
+                    # a partition was sought elsewhere meanwhile).
+                    for tp, start in wanted:
+                        if self._positions.get(tp) == start:
+                            self._positions[tp] = max(start, self._log._heads.get(tp, 0))
+                    continue
                 # A partition sought elsewhere during the read keeps its new position.
                 unmoved = {tp for tp, start in wanted if self._positions.get(tp) == start}
-                records = [r for r in records if r.topic_partition in unmoved]
+                records = [r for r in read if r.topic_partition in unmoved]
                 if records:
                     for record in records:
                         self._positions[record.topic_partition] = record.offset + 1
                     return records
-                # The wanted range was removed by retention: skip to the head.
-                for tp in unmoved:
-                    self._positions[tp] = max(self._positions[tp], self._log._heads.get(tp, 0))
-                continue
+                continue  # everything read was of partitions sought meanwhile: read again
             remaining = deadline - asyncio.get_running_loop().time()
             if remaining <= 0:
                 return []

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 from aiokafka.errors import KafkaError
 
 from service.log.assignor import AddressingAssignor
@@ -404,13 +405,14 @@ class _ListenerBridge(ConsumerRebalanceListener):
         self._member = member
 
     async def on_partitions_revoked(self, revoked: Iterable[KafkaTopicPartition]) -> None:
+        self._member.rebalancing()
         partitions = frozenset(_from_kafka(tp) for tp in revoked)
         # aiokafka also "revokes" the empty set before the first join; say nothing then.
         if self._listener is not None and partitions:
             await self._listener.on_revoked(partitions)
 
     async def on_partitions_assigned(self, assigned: Iterable[KafkaTopicPartition]) -> None:
-        self._member.touch()  # the group has just taken this member in
+        self._member.assigned()
         if self._listener is not None:
             await self._listener.on_assigned(frozenset(_from_kafka(tp) for tp in assigned))
 
@@ -433,7 +435,10 @@ class KafkaConsumer(LogConsumer):
         self._consumer: AIOKafkaConsumer[bytes, bytes] | None = None
         self._assignor = AddressingAssignor(address)
         self._contact = 0.0
-        """time.monotonic() of the last successful heartbeat or join."""
+        """time.monotonic() at which the last heartbeat the group acknowledged was sent."""
+        self._watching = False
+        self._rebalancing = False
+        """From the revocation of a rebalance to the next assignment: not in contact."""
 
     async def start(self) -> None:
         consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
@@ -445,7 +450,9 @@ class KafkaConsumer(LogConsumer):
             # A member that stops heartbeating (killed) loses its partitions after this.
             session_timeout_ms=self._log.session_timeout_ms,
             heartbeat_interval_ms=self._log.session_timeout_ms // 3,
-            partition_assignment_strategy=(self._assignor,),
+            # Ours first; round robin only while older members without it are in the group
+            # (a rolling upgrade): the group then has no owners' table, and no forwarding.
+            partition_assignment_strategy=(self._assignor, RoundRobinPartitionAssignor),
         )
         consumer.subscribe(list(self._topics), listener=_ListenerBridge(self._listener, self))
         # Set before start: the group may assign partitions, and call the listener, meanwhile.
@@ -460,11 +467,11 @@ class KafkaConsumer(LogConsumer):
         self._watch_heartbeats(consumer)
 
     def _watch_heartbeats(self, consumer: AIOKafkaConsumer[bytes, bytes]) -> None:
-        """Note the time of every successful heartbeat (`in_contact`).
+        """Note when each heartbeat the group acknowledges was sent (`in_contact`).
 
         aiokafka has no public hook for it: wrap its coordinator's heartbeat call. If a
-        later aiokafka moves it, this member reports itself out of contact (it stops
-        granting) rather than in contact without knowing.
+        later aiokafka moves it, this member says it is never in contact (it refuses
+        admissions) rather than in contact without knowing.
         """
         coordinator = getattr(consumer, "_coordinator", None)
         beat = getattr(coordinator, "_do_heartbeat", None)
@@ -473,16 +480,26 @@ class KafkaConsumer(LogConsumer):
             return
 
         async def watched() -> bool:
+            sent = time.monotonic()  # the group knew of this member no later than this
             ok: bool = await beat()
             if ok:
-                self.touch()
+                self._contact = max(self._contact, sent)
             return ok
 
         coordinator._do_heartbeat = watched
-        self.touch()
+        self._watching = True
+        self._contact = time.monotonic()
 
-    def touch(self) -> None:
-        """The group has just confirmed this membership."""
+    def rebalancing(self) -> None:
+        """A rebalance has begun: the partitions may go elsewhere, and the owners' table
+        is stale until the assignment (which leaves it empty if the group chose round
+        robin)."""
+        self._rebalancing = True
+        self._assignor.owners = {}
+
+    def assigned(self) -> None:
+        """The group has just taken this member in, with its partitions."""
+        self._rebalancing = False
         self._contact = time.monotonic()
 
     async def close(self) -> None:
@@ -543,7 +560,9 @@ class KafkaConsumer(LogConsumer):
         return dict(self._assignor.owners.get(self._topics[0], {}))
 
     def in_contact(self, within_s: float) -> bool:
-        return self._consumer is not None and time.monotonic() - self._contact <= within_s
+        if self._consumer is None or not self._watching or self._rebalancing:
+            return False
+        return time.monotonic() - self._contact <= within_s
 
     async def position(self, tp: TopicPartition) -> int | None:
         consumer = self._live()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from service.config import Settings
@@ -49,6 +50,8 @@ class ProcessorOptions:
     """Embedded log: compact `zns.oa-state` every this many checkpoints."""
     address: str | None = None
     """Where this instance serves the API, published to the group (see `owner_of`)."""
+    drain_timeout_s: float = 5.0
+    """How long a revocation waits for admissions still appending their record."""
     contact_s: float = 5.0
     """Without a heartbeat the group acknowledged for this long, stop granting (half the
     session timeout: the group may give the partitions away at the full timeout)."""
@@ -91,6 +94,9 @@ class Processor:
         """Partition -> how often it was moved to where folding resumes. Records of a
         partition that a fetch returned before its latest move may come from another
         offset; they are dropped (the consumer reads again from the new one)."""
+        self._admitting: dict[int, int] = {}
+        """Partition -> admissions under way (decided, their record being appended)."""
+        self._admissions_done = asyncio.Condition()
         self.copies: dict[int, tuple[PartitionFolder, int]] = {}
         """Partitions revoked from this member, with the wall time (ms) they stopped
         following the log: read (with their staleness) until the next assignment."""
@@ -236,11 +242,37 @@ class Processor:
         async with self._taking:  # a restore under way ends first, then is revoked
             await self._revoke(partitions)
 
+    @contextlib.asynccontextmanager
+    async def admitting(self, partition: int) -> AsyncIterator[None]:
+        """Held by an admission from before it checks that it may grant until its record
+        is appended: a revocation waits for it, so the next owner, which reads the
+        partition to the end it sees when it takes it over, also reads that record."""
+        self._admitting[partition] = self._admitting.get(partition, 0) + 1
+        try:
+            yield
+        finally:
+            self._admitting[partition] -= 1
+            async with self._admissions_done:
+                self._admissions_done.notify_all()
+
+    async def _drain(self, partitions: list[int]) -> None:
+        def done() -> bool:
+            return not any(self._admitting.get(p) for p in partitions)
+
+        try:
+            async with self._admissions_done:
+                await asyncio.wait_for(
+                    self._admissions_done.wait_for(done), self.options.drain_timeout_s
+                )
+        except TimeoutError:
+            _log.warning("admissions still appending at revocation", partitions=partitions)
+
     async def _revoke(self, partitions: frozenset[TopicPartition]) -> None:
         self._unrestored -= partitions
         mine = [tp.partition for tp in partitions if tp.partition in self.folders]
         if not mine:
             return
+        await self._drain(mine)
         try:
             await self.checkpoint()
         except LogError as exc:  # the next owner folds again from the last commit
@@ -381,7 +413,11 @@ class Processor:
                         folder.position,
                         folder.clock_ms,
                         folder.clock_history,
-                        int(self.wall().timestamp() * 1000),
+                        # What the checkpoint holds is current up to now, unless the
+                        # partition is still catching up: then up to its newest record.
+                        folder.current_ms
+                        if partition in self.catching_up
+                        else int(self.wall().timestamp() * 1000),
                     )
                     marks.append((topics.oa_state, mark_key(partition), mark, partition))
                     commits[TopicPartition(topics.events, partition)] = folder.position + 1
