@@ -1,5 +1,6 @@
 """The `zns-gate` command: `serve` runs the receiver, processor and API in one process;
-`replay` rebuilds every OA's state from the event log; `schemas` writes the JSON Schemas.
+`replay` rebuilds every OA's state from the event log; `simulate` sends realistic traffic
+to a running service; `schemas` writes the JSON Schemas.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
 was started), 1 when the service could not start or stopped on an error.
@@ -46,6 +47,32 @@ def _parser() -> argparse.ArgumentParser:
         "--dump", metavar="FILE", help="also write each rebuilt state as a JSON line to FILE"
     )
     replay.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate = commands.add_parser(
+        "simulate", help="send realistic traffic (admissions, sends, signed webhooks) to a service"
+    )
+    simulate.add_argument(
+        "--target", required=True, help="the service's URL, e.g. http://127.0.0.1:8080"
+    )
+    simulate.add_argument("--oas", type=int, default=10, help="how many OAs (default 10)")
+    simulate.add_argument("--rate", type=float, default=50.0, help="requests a second (default 50)")
+    simulate.add_argument("--duration", type=float, default=60.0, help="seconds (default 60)")
+    simulate.add_argument(
+        "--negative-rate",
+        type=float,
+        default=0.05,
+        help="the share of ratings that are negative (default 0.05)",
+    )
+    simulate.add_argument("--seed", type=int, default=1, help="the same seed, the same traffic")
+    simulate.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings whose first [[apps]] signs the webhooks (default: $ZNS_GATE_CONFIG)",
+    )
+    simulate.add_argument("--app-id", help="sign as this app (instead of the settings')")
+    simulate.add_argument("--secret", help="with --app-id: its OA secret key")
+    simulate.add_argument("--token", help="bearer token for /v1 (scope send)")
+    simulate.add_argument("--record", metavar="FILE", help="one JSON line per request and answer")
+    simulate.add_argument("--quiet", action="store_true", help="no progress bar")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
@@ -158,6 +185,27 @@ def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) ->
     return EXIT_OK
 
 
+def _simulate(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from service.simulate import run
+
+    if args.app_id and args.secret:
+        app_id, secret = args.app_id, args.secret
+    elif settings.apps:
+        app_id = settings.apps[0].app_id
+        secret = settings.apps[0].secrets[0].get_secret_value()
+    else:
+        print(
+            "zns-gate: simulate needs --app-id and --secret, or [[apps]] in the settings",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_SETTINGS
+    summary = run(args, app_id, secret)
+    print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schemas":
@@ -172,6 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _serve(settings)
     if args.command == "replay":
         return _replay(settings, args.dry_run, args.dump, args.quiet)
+    if args.command == "simulate":
+        return _simulate(args, settings)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
 
 
