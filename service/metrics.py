@@ -6,7 +6,7 @@ an event name is a label only once the webhook's signature has been verified.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -60,6 +60,35 @@ CHECKPOINT_SECONDS = Histogram(
 FORWARDED = Counter(
     "zns_gate_forwarded_requests",
     "Requests for an OA this instance does not own, forwarded to its owner, by outcome.",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+CONSUMER_LAG = Gauge(
+    "zns_gate_consumer_lag_records",
+    "Records of zns.events not folded yet, per partition this instance owns (at each checkpoint).",
+    ["partition"],
+    registry=REGISTRY,
+)
+
+FOLD_DELAY_SECONDS = Histogram(
+    "zns_gate_fold_delay_seconds",
+    "Time from a record's append to the log to its folding (the last record of each fetch).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+    registry=REGISTRY,
+)
+
+LAST_CHECKPOINT = Gauge(
+    "zns_gate_last_checkpoint_timestamp_seconds",
+    "When each owned partition's state was last made durable; time() minus this is the "
+    "age of its newest snapshot.",
+    ["partition"],
+    registry=REGISTRY,
+)
+
+ADMISSION_UNITS = Counter(
+    "zns_gate_admission_units",
+    "Units asked for in admissions: granted, or denied with this reason.",
     ["outcome"],
     registry=REGISTRY,
 )

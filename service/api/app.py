@@ -45,6 +45,7 @@ from service.api.routing import (
 from service.domain.admission import AdmissionRequest, decide
 from service.domain.fold import advance
 from service.domain.records import (
+    AdmissionAnswer,
     AdmissionRecord,
     CommandRecord,
     SendOutcome,
@@ -56,6 +57,7 @@ from service.domain.windows import next_day_start
 from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
 from service.log.base import Record
 from service.logsetup import get_logger
+from service.metrics import ADMISSION_UNITS
 from service.processor.folding import PartitionFolder
 
 _log = get_logger("api")
@@ -437,6 +439,7 @@ async def post_admissions(request: web.Request) -> web.Response:
         )
         admission_id = uuid.uuid4().hex
         decided = decide(state, wanted, now, policy, admission_id)
+        _count_units(decided.answer)
         record = AdmissionRecord(
             oa_id=oa_id,
             admission_id=admission_id,
@@ -464,6 +467,13 @@ async def post_admissions(request: web.Request) -> web.Response:
             )
         )
     return _admission_response(request, decided.answer.model_dump(mode="json"), served)
+
+
+def _count_units(answer: AdmissionAnswer) -> None:
+    if answer.granted:
+        ADMISSION_UNITS.labels("granted").inc(answer.granted)
+    for denial in answer.denied:
+        ADMISSION_UNITS.labels(denial.reason).inc(denial.count)
 
 
 def _admission_response(

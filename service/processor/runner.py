@@ -23,7 +23,16 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
 from service.logsetup import get_logger
-from service.metrics import CHECKPOINT_SECONDS, DEAD_LETTERS, DECISIONS, FOLDED, RESTORE_SECONDS
+from service.metrics import (
+    CHECKPOINT_SECONDS,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    DECISIONS,
+    FOLD_DELAY_SECONDS,
+    FOLDED,
+    LAST_CHECKPOINT,
+    RESTORE_SECONDS,
+)
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
 from service.processor.snapshots import (
     Restorer,
@@ -283,6 +292,10 @@ class Processor:
             if self.catching_up.pop(partition, None) is None:
                 folder.current_ms = now_ms  # it had everything up to now
             self.copies[partition] = (folder, now_ms)
+        for partition in mine:  # another member reports them now
+            with contextlib.suppress(KeyError):
+                CONSUMER_LAG.remove(str(partition))
+                LAST_CHECKPOINT.remove(str(partition))
         _log.info("partitions revoked", partitions=mine)
 
     async def _restore(self, partition: int) -> PartitionFolder:
@@ -367,6 +380,8 @@ class Processor:
                 _log.info("partition caught up", partition=record.partition)
         self._since_checkpoint += len(records)
         FOLDED.inc(len(records))
+        if records and records[-1].timestamp_ms:
+            FOLD_DELAY_SECONDS.observe(max(0.0, time.time() - records[-1].timestamp_ms / 1000))
 
     def _checkpoint_due(self) -> bool:
         if self._since_checkpoint >= self.options.checkpoint_records:
@@ -437,6 +452,7 @@ class Processor:
                 folder.clock_history = next_clocks(
                     folder.clock_history, folder.position, folder.clock_ms
                 )
+                LAST_CHECKPOINT.labels(str(folder.partition)).set(time.time())
             DECISIONS.inc(len(output.decisions))
             DEAD_LETTERS.inc(len(output.dead_letters))
             self._since_checkpoint = 0
@@ -444,6 +460,8 @@ class Processor:
             self._checkpoints += 1
             if self._checkpoints % self.options.compact_every == 0:
                 await self._compact()
+            with contextlib.suppress(LogError):  # a metric is not worth failing a checkpoint
+                await self._measure_lag()
         CHECKPOINT_SECONDS.observe(time.monotonic() - started)
 
     async def _all(self, records: list[tuple[str, bytes | None, bytes, int | None]]) -> None:
@@ -458,6 +476,13 @@ class Processor:
         for result in results:
             if isinstance(result, BaseException):
                 raise result if isinstance(result, LogError) else LogError(repr(result))
+
+    async def _measure_lag(self) -> None:
+        events = [TopicPartition(self.log.topics.events, p) for p in self.folders]
+        for tp, end in (await self.log.end_offsets(events)).items():
+            folder = self.folders.get(tp.partition)
+            if folder is not None:
+                CONSUMER_LAG.labels(str(tp.partition)).set(max(0, end - folder.position - 1))
 
     async def _compact(self) -> None:
         """Every snapshot written so far is complete and committed: drop the superseded."""
