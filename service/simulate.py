@@ -26,7 +26,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Protocol
 
 import aiohttp
 import orjson
@@ -45,6 +45,12 @@ MANAGEMENT_SHARE = 0.003
 """The share of requests that are a template quality or status change."""
 SEND_ERRORS = (-124, -141)
 SEND_ERROR_SHARE = 0.02
+
+
+class Sink(Protocol):
+    """Where the record of each request goes (a file opened for bytes will do)."""
+
+    def write(self, data: bytes, /) -> object: ...
 
 
 @dataclass(frozen=True)
@@ -285,7 +291,7 @@ async def simulate(
     duration_s: float,
     *,
     token: str | None = None,
-    record: IO[bytes] | None = None,
+    record: Sink | None = None,
     progress: Callable[[int], object] | None = None,
     max_in_flight: int = 256,
 ) -> Summary:

@@ -1,0 +1,116 @@
+"""Faults under load (issue: end to end under load and faults).
+
+`zns-gate serve` runs as its own process and `zns-gate simulate`'s traffic
+keeps coming while the service is killed with SIGKILL and started again. At
+the end:
+- nothing that was acknowledged is lost: every webhook, send and admission
+  that got a 200 is in the log;
+- nothing is counted twice: the state the processor stored equals one clean
+  pass over the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from service.log.base import EventLog
+from service.simulate import Plan, Summary, simulate
+from tests import zalo
+from tests.conftest import LogOpener
+from tests.integration.test_processor import assert_same, clean_pass, read_topic, stored
+from tests.serve import Served
+
+PARTITIONS = 3
+
+
+def settings(opener: LogOpener) -> dict[str, str]:
+    where = (
+        {"ZNS_GATE_LOG__BACKEND": "kafka", "ZNS_GATE_LOG__BOOTSTRAP_SERVERS": opener.where}
+        if opener.backend == "kafka"
+        else {"ZNS_GATE_LOG__PATH": opener.where}
+    )
+    return {
+        **where,
+        "ZNS_GATE_LOG__TOPIC_PREFIX": opener.prefix,
+        "ZNS_GATE_LOG__PARTITIONS": str(PARTITIONS),
+        "ZNS_GATE_LOG__SESSION_TIMEOUT_MS": "6000",
+        "ZNS_GATE_RULES__CLOCK": "stream",  # so that a clean pass later folds alike
+        "ZNS_GATE_PROCESSOR__CHECKPOINT_INTERVAL_S": "0.3",
+        "ZNS_GATE_APPS": orjson.dumps([{"app_id": zalo.APP_ID, "secrets": [zalo.SECRET]}]).decode(),
+        "ZNS_GATE_LOG_LEVEL": "WARNING",
+    }
+
+
+class Recorder:
+    """What the simulated senders and Zalo were told: one line per request."""
+
+    def __init__(self) -> None:
+        self.lines: list[dict[str, Any]] = []
+
+    def write(self, data: bytes) -> int:
+        self.lines.append(orjson.loads(data))
+        return len(data)
+
+    def acknowledged(self, kind: str) -> list[dict[str, Any]]:
+        return [line for line in self.lines if line["kind"] == kind and line["status"] == 200]
+
+
+async def logged_values(log: EventLog) -> list[dict[str, Any]]:
+    out = []
+    for partition in range(PARTITIONS):
+        for record in await read_topic(log, log.topics.events, partition):
+            out.append(orjson.loads(record.value))
+    return out
+
+
+def assert_nothing_acknowledged_is_lost(record: Recorder, values: list[dict[str, Any]]) -> None:
+    webhooks = {orjson.dumps(v) for v in values if "event_name" in v}
+    for kind in ("receipt", "rating", "reply", "management", "duplicate"):
+        for line in record.acknowledged(kind):
+            assert orjson.dumps(line["body"]) in webhooks, line
+    tracking = {v["send"]["tracking_id"] for v in values if "send" in v}
+    for line in record.acknowledged("send"):
+        assert line["body"]["sends"][0]["tracking_id"] in tracking, line
+    admissions = {v["idempotency_key"] for v in values if "idempotency_key" in v}
+    for line in record.acknowledged("admission"):
+        assert line["body"]["idempotency_key"] in admissions, line
+
+
+async def test_killed_three_times_under_load_loses_and_doubles_nothing(
+    log_factory: LogOpener, tmp_path: Path
+) -> None:
+    env = settings(log_factory)
+    record = Recorder()
+    plan = Plan(21, 6, 0.1, zalo.APP_ID, zalo.SECRET)
+    served = Served(tmp_path, "serve-0", **env)
+    summaries: list[Summary] = []
+    try:
+        await served.wait_ready(60, "/readyz")
+        for n in range(1, 4):
+            traffic = asyncio.create_task(
+                simulate(served.url, plan, rate=60, duration_s=2.5, record=record)
+            )
+            await asyncio.sleep(1.5)
+            served.process.send_signal(signal.SIGKILL)
+            served.process.wait()
+            summaries.append(await traffic)
+            served = Served(tmp_path, f"serve-{n}", **env)
+            await served.wait_ready(60, "/readyz")
+        # A last stretch with nothing killed, then a clean stop (a final checkpoint).
+        summaries.append(await simulate(served.url, plan, rate=60, duration_s=2, record=record))
+        assert served.stop() == 0, served.tail()
+    finally:
+        served.stop()
+    refused = [s.as_json()["refused_by_status"] for s in summaries]
+    assert all(set(r) <= {"0", "503"} for r in refused), refused  # never a 4xx
+    assert all("0" in r for r in refused[:3]), "each kill came while requests were under way"
+    assert record.acknowledged("receipt"), "traffic got through"
+
+    log = await log_factory(partitions=PARTITIONS)
+    assert_nothing_acknowledged_is_lost(record, await logged_values(log))
+    assert_same(await stored(log), await clean_pass(log))
