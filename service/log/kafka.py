@@ -23,7 +23,14 @@ from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from service.log.assignor import AddressingAssignor
 from service.log.base import (
@@ -67,6 +74,19 @@ class _Append:
     value: bytes
     headers: Headers
     done: asyncio.Future[Position]
+
+
+# The broker no longer accepts this producer's sequence (a broker restart while batches
+# expired on the client, say): only a new producer, with a new id, can write again.
+# A batch that expired unsent leaves the producer's sequence numbers ahead of the
+# broker's, which refuses the next ones: renew then too, before that happens.
+_PRODUCER_STATE_ERRORS = (
+    OutOfOrderSequenceNumber,
+    UnknownProducerId,
+    InvalidProducerEpoch,
+    ProducerFenced,
+    KafkaTimeoutError,
+)
 
 
 def _settle(items: list[_Append], delivered: asyncio.Future[Any]) -> None:
@@ -121,6 +141,7 @@ class KafkaLog(EventLog):
         self._client_id = client_id
         self._request_timeout_ms = request_timeout_ms
         self._producer: AIOKafkaProducer[bytes, bytes] | None = None
+        self._renewing: asyncio.Task[None] | None = None
         self._reader: AIOKafkaConsumer[bytes, bytes] | None = None
         self._reader_lock = asyncio.Lock()
         # Records waiting for their partition's sender, and the sender tasks.
@@ -143,16 +164,7 @@ class KafkaLog(EventLog):
     async def start(self) -> None:
         try:
             await self._ensure_topics()
-            producer: AIOKafkaProducer[bytes, bytes] = AIOKafkaProducer(
-                **self._common(),
-                acks="all",
-                enable_idempotence=True,
-                linger_ms=0,
-                # One batch per partition holds every record queued meanwhile.
-                max_batch_size=_MAX_BATCH_BYTES,
-            )
-            await producer.start()
-            self._producer = producer
+            self._producer = await self._new_producer()
             self._deadlines.start()
             # A group-less consumer for end offsets and plain reads by tools.
             reader: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
@@ -176,6 +188,53 @@ class KafkaLog(EventLog):
             "kafka log open", bootstrap_servers=self.bootstrap_servers, partitions=self.partitions
         )
 
+    async def _new_producer(self) -> AIOKafkaProducer[bytes, bytes]:
+        producer: AIOKafkaProducer[bytes, bytes] = AIOKafkaProducer(
+            **self._common(),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=0,
+            # One batch per partition holds every record queued meanwhile.
+            max_batch_size=_MAX_BATCH_BYTES,
+        )
+        try:
+            await producer.start()
+        except BaseException:
+            await producer.stop()
+            raise
+        return producer
+
+    def _delivered(self, items: list[_Append], delivered: asyncio.Future[Any]) -> None:
+        _settle(items, delivered)
+        if not delivered.cancelled() and isinstance(delivered.exception(), _PRODUCER_STATE_ERRORS):
+            self._renew_producer(repr(delivered.exception()))
+
+    def _renew_producer(self, reason: str) -> None:
+        """Replace the producer (soon, once): its failed appends were answered 503 and
+        are sent again by their callers, through the new one."""
+        if self._state != "open" or (self._renewing is not None and not self._renewing.done()):
+            return
+        self._renewing = asyncio.create_task(self._renew(reason))
+
+    async def _renew(self, reason: str) -> None:
+        while True:  # the broker may be away for a while yet
+            try:
+                fresh = await self._new_producer()
+                break
+            except KafkaError as exc:
+                if self._state != "open":
+                    return
+                _log.warning("kafka producer not renewed yet", error=repr(exc))
+                await asyncio.sleep(1.0)
+        if self._state != "open":
+            await fresh.stop()
+            return
+        old, self._producer = self._producer, fresh
+        _log.warning("kafka producer renewed", reason=reason)
+        if old is not None:
+            with contextlib.suppress(KafkaError):
+                await old.stop()
+
     async def close(self) -> None:
         if self._state == "closed":
             return
@@ -183,6 +242,8 @@ class KafkaLog(EventLog):
         try:
             # Everything appended before the close is still submitted.
             await asyncio.gather(*self._senders.values(), return_exceptions=True)
+            if self._renewing is not None:
+                await asyncio.gather(self._renewing, return_exceptions=True)
         finally:
             await self._release()
 
@@ -290,8 +351,7 @@ class KafkaLog(EventLog):
         partition has its own sender, so one slow partition (a leader moving)
         holds up only its own records, and records keep their order.
         """
-        producer = self._producer
-        while (items := self._pending.pop(tp, None)) and producer is not None:
+        while (items := self._pending.pop(tp, None)) and (producer := self._producer) is not None:
             try:
                 await self._submit(producer, tp, items)
             except Exception as exc:  # the sender must outlive a bad batch
@@ -328,8 +388,10 @@ class KafkaLog(EventLog):
                 delivered = await producer.send_batch(batch, topic, partition=partition)
             except Exception as exc:
                 fail_waiting(taken, LogUnavailable(f"kafka did not accept the records: {exc!r}"))
+                if isinstance(exc, _PRODUCER_STATE_ERRORS):
+                    self._renew_producer(repr(exc))
                 continue
-            delivered.add_done_callback(functools.partial(_settle, taken))
+            delivered.add_done_callback(functools.partial(self._delivered, taken))
 
     async def check(self) -> None:
         producer = self._producer

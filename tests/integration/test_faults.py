@@ -17,11 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from service.log.base import EventLog
 from service.simulate import Plan, Summary, simulate
 from tests import zalo
-from tests.conftest import LogOpener
+from tests.conftest import LogOpener, start_broker
 from tests.integration.test_processor import assert_same, clean_pass, read_topic, stored
 from tests.serve import Served
 
@@ -114,3 +115,48 @@ async def test_killed_three_times_under_load_loses_and_doubles_nothing(
     log = await log_factory(partitions=PARTITIONS)
     assert_nothing_acknowledged_is_lost(record, await logged_values(log))
     assert_same(await stored(log), await clean_pass(log))
+
+
+@pytest.mark.kafka
+async def test_a_broker_restart_under_load_loses_and_doubles_nothing(tmp_path: Path) -> None:
+    """A broker of this test's own stops for a few seconds while traffic keeps coming:
+    the service answers 503 meanwhile (Zalo retries), never a 4xx, and at the end what
+    was acknowledged is all there, counted once."""
+    broker = await asyncio.to_thread(start_broker, "faults")
+    opener = LogOpener("kafka", broker.bootstrap)
+    served = Served(tmp_path, "serve", **settings(opener))
+    record = Recorder()
+    plan = Plan(22, 6, 0.1, zalo.APP_ID, zalo.SECRET)
+    try:
+        await served.wait_ready(60, "/readyz")
+        traffic = asyncio.create_task(
+            simulate(served.url, plan, rate=50, duration_s=12, record=record)
+        )
+        await asyncio.sleep(3)
+        await asyncio.to_thread(broker.stop)
+        await asyncio.sleep(4)
+        await asyncio.to_thread(broker.start, False)  # the same data, the same ports
+        during = (await traffic).as_json()
+        await served.wait_ready(90, "/readyz")
+        before_after = len(record.lines)
+        await simulate(served.url, plan, rate=50, duration_s=4, record=record)
+        assert served.stop() == 0, served.tail()
+
+        webhooks = ("receipt", "rating", "reply", "management", "duplicate")
+        refused = {
+            line["status"]
+            for line in record.lines
+            if line["kind"] in webhooks and line["status"] != 200
+        }
+        assert refused == {503}, (refused, during)  # the broker was away: 503, never a 4xx
+        # Back, it takes webhooks again (admissions may still wait for a partition to move).
+        after = [line for line in record.lines[before_after:] if line["kind"] in webhooks]
+        assert len(after) >= 10, "webhooks were sent after the broker came back"
+        assert all(line["status"] == 200 for line in after[-5:]), after
+        log = await opener(partitions=PARTITIONS)
+        assert_nothing_acknowledged_is_lost(record, await logged_values(log))
+        assert_same(await stored(log), await clean_pass(log))
+    finally:
+        served.stop()
+        await opener.close_all()
+        await asyncio.to_thread(broker.stop)
