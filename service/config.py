@@ -180,6 +180,8 @@ class ApiSettings(_Section):
     Default: `http://<server.host>:<server.port>`, the machine's name for 0.0.0.0."""
     forward_timeout_s: float = Field(default=10.0, gt=0, le=60)
     """How long a request forwarded to the owner of an OA may take."""
+    read_timeout_s: float = Field(default=2.0, gt=0, le=60)
+    """A /v1 request body that has not arrived whole by then gets 408 `request_timeout`."""
 
 
 class Settings(BaseSettings):

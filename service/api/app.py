@@ -296,11 +296,22 @@ class _Invalid(Exception):
         self.status, self.code = status, code
 
 
-async def _body(request: web.Request, model: type[BodyT]) -> BodyT:
+async def _json_body(request: web.Request) -> Any:
+    """The body as JSON; a body that does not arrive within `api.read_timeout_s` is a 408
+    (a slow or stalled client does not hold a handler)."""
     try:
-        raw = orjson.loads(await request.read())
+        async with asyncio.timeout(request.app[SETTINGS].api.read_timeout_s):
+            raw = await request.read()
+    except TimeoutError as exc:
+        raise _Invalid(408, "request_timeout", "the body arrived too slowly") from exc
+    try:
+        return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise _Invalid(400, "malformed_json", "the body is not JSON") from exc
+
+
+async def _body(request: web.Request, model: type[BodyT]) -> BodyT:
+    raw = await _json_body(request)
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
@@ -343,9 +354,9 @@ async def post_sends(request: web.Request) -> web.Response:
 async def post_sync(request: web.Request) -> web.Response:
     oa_id = _oa_id(request)
     try:
-        raw = orjson.loads(await request.read())
-    except orjson.JSONDecodeError:
-        return error_response(400, "malformed_json", "the body is not JSON")
+        raw = await _json_body(request)
+    except _Invalid as exc:
+        return error_response(exc.status, exc.code, str(exc))
     if not isinstance(raw, dict) or "oa_id" in raw:
         return error_response(422, "invalid_request", "body: an object, the OA from the path")
     try:

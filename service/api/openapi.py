@@ -75,7 +75,7 @@ OPERATIONS = (
         models.AdmissionAnswer,
         body=models.AdmissionBody,
         scope="send",
-        errors=(400, 401, 403, 409, 413, 422, 503),
+        errors=(400, 401, 403, 408, 409, 413, 422, 503),
         headers=("X-Served-By", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
         notes=(
             "Denials answer 200 with each denied item's reason and Zalo code. The same "
@@ -91,7 +91,7 @@ OPERATIONS = (
         models.SendsAnswer,
         body=models.SendsBody,
         scope="send",
-        errors=(400, 401, 403, 413, 422, 503),
+        errors=(400, 401, 403, 408, 413, 422, 503),
         headers=(),
     ),
     Operation(
@@ -101,7 +101,7 @@ OPERATIONS = (
         models.Accepted,
         body=SyncRecord,
         scope="admin",
-        errors=(400, 401, 403, 413, 422, 503),
+        errors=(400, 401, 403, 408, 413, 422, 503),
         headers=(),
         notes="The OA is the one of the path; the body has no oa_id.",
     ),

@@ -22,7 +22,8 @@ import pytest
 from service.log.base import EventLog
 from service.simulate import Plan, Summary, simulate
 from tests import zalo
-from tests.conftest import LogOpener, start_broker
+from tests.conftest import LogOpener, ServiceFactory, start_broker
+from tests.integration.test_api import ready
 from tests.integration.test_processor import assert_same, clean_pass, read_topic, stored
 from tests.serve import Served
 
@@ -160,3 +161,54 @@ async def test_a_broker_restart_under_load_loses_and_doubles_nothing(tmp_path: P
         served.stop()
         await opener.close_all()
         await asyncio.to_thread(broker.stop)
+
+
+async def test_slow_and_stalled_clients_do_not_hold_the_server(
+    service_factory: ServiceFactory,
+) -> None:
+    """Connections that never finish their headers or bodies: bodies get 408 once their
+    read timeout passes, and meanwhile every other request is answered as usual."""
+    service = await service_factory(receiver={"read_timeout_s": 0.3}, api={"read_timeout_s": 0.5})
+    await ready(service)
+    host, port = service.client.host, service.client.port
+    hook = zalo.Webhooks().build("user_feedback")
+    admission = orjson.dumps({"template_id": "t1", "tag": 1, "idempotency_key": "slow"})
+
+    async def stalled(head: str, body: bytes) -> asyncio.StreamReader:
+        reader, writer = await asyncio.open_connection(host, port)
+        writer.write(head.encode() + body)
+        await writer.drain()
+        stalled_writers.append(writer)
+        return reader
+
+    stalled_writers: list[asyncio.StreamWriter] = []
+    webhook_head = (
+        f"POST /webhooks/zalo HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(hook.body)}\r\n"
+        f"X-ZEvent-Signature: {hook.headers['X-ZEvent-Signature']}\r\n\r\n"
+    )
+    api_head = (
+        f"POST /v1/oas/{zalo.OA_ID}/admissions HTTP/1.1\r\nHost: {host}\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(admission)}\r\n\r\n"
+    )
+    bodies = [await stalled(webhook_head, hook.body[:10]) for _ in range(15)]
+    bodies += [await stalled(api_head, admission[:5]) for _ in range(15)]
+    for _ in range(20):  # headers that never end
+        await stalled(f"GET /v1/oas/{zalo.OA_ID}/quota HTTP/1.1\r\nHost: {host}\r\nX-A: ", b"")
+
+    async with asyncio.timeout(10):  # answered while all of the above hang
+        async with service.client.get("/healthz") as response:
+            assert response.status == 200
+        body = {"template_id": "t1", "tag": 1, "idempotency_key": "normal"}
+        async with service.client.post(f"/v1/oas/{zalo.OA_ID}/admissions", json=body) as r:
+            assert r.status == 200
+        assert (await service.post(zalo.Webhooks().build("user_feedback")))[0] == 200
+
+    async with asyncio.timeout(10):
+        answers = [await reader.read(4096) for reader in bodies]
+    assert all(answer.startswith(b"HTTP/1.1 408") for answer in answers), answers[:3]
+    assert all(b"request_timeout" in answer for answer in answers)
+    for writer in stalled_writers:
+        writer.close()
+    kinds = [dict(r.headers).get("kind") for r in await service.events()]
+    assert sorted(k.decode() if k else "" for k in kinds) == ["admission", "webhook"]
