@@ -265,6 +265,8 @@ class Summary:
     denied: int = 0
     """Admissions answered 200 that granted nothing."""
     elapsed_s: float = 0.0
+    latencies: dict[str, list[float]] = field(default_factory=dict)
+    """Kind -> seconds from each request's send to its answer."""
 
     def as_json(self) -> dict[str, Any]:
         accepted = sum(n for key, n in self.statuses.items() if key.split()[1].startswith("2"))
@@ -281,7 +283,16 @@ class Summary:
             "admissions_denied": self.denied,
             "elapsed_s": round(self.elapsed_s, 2),
             "rate": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else 0.0,
+            "latency_ms": {
+                kind: {"p50": _percentile(times, 50), "p99": _percentile(times, 99)}
+                for kind, times in sorted(self.latencies.items())
+            },
         }
+
+
+def _percentile(seconds: list[float], p: float) -> float:
+    ordered = sorted(seconds)
+    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2)
 
 
 async def simulate(
@@ -305,6 +316,7 @@ async def simulate(
 
     async def send(session: aiohttp.ClientSession, request: Request) -> None:
         status, answer = 0, None
+        sent_at = time.perf_counter()
         try:
             async with session.request(
                 request.method,
@@ -319,6 +331,8 @@ async def simulate(
         finally:
             limit.release()
         summary.statuses[f"{request.kind} {status}"] += 1
+        if status:
+            summary.latencies.setdefault(request.kind, []).append(time.perf_counter() - sent_at)
         parsed = _json(answer)
         if request.kind == "admission" and request.flow is not None:
             granted = status == 200 and isinstance(parsed, dict) and parsed.get("granted", 0) > 0
