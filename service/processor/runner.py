@@ -413,7 +413,7 @@ class Processor:
                 chunks: list[tuple[str, bytes | None, bytes, int | None]] = []
                 marks: list[tuple[str, bytes | None, bytes, int | None]] = []
                 commits: dict[TopicPartition, int] = {}
-                for partition, folder in self.folders.items():
+                for partition, folder in list(self.folders.items()):
                     if folder.position < 0:
                         continue
                     dirty, folder.dirty = folder.dirty, set()
@@ -422,6 +422,10 @@ class Processor:
                         state = folder.states[oa_id]
                         for key, value in encode_state(state, topics.events, partition):
                             chunks.append((topics.oa_state, key, value, partition))
+                        # One OA at a time: requests are answered between them, so a
+                        # checkpoint of many busy OAs does not stall the loop. Folding
+                        # waits (the lock); an admission applied meanwhile is in the next.
+                        await asyncio.sleep(0)
                     mark = encode_mark(
                         topics.events,
                         partition,
