@@ -10,9 +10,10 @@ most `max_in_flight` at a time.
 
 What is sent is a function of the seed: the same seed gives the same requests,
 in the same order, as long as the service gives the same answers at the same
-pace (a send only follows a granted admission, once its answer has come). The summary counts requests by kind and status;
-`--record FILE` writes one JSON line per request with its answer, for tests
-that compare the service's state with what it accepted.
+pace (a send only follows a granted admission, once its answer has come).
+The summary counts requests by kind and status; `--record FILE` writes one
+JSON line per request with its answer, for tests that compare the service's
+state with what it accepted.
 """
 
 from __future__ import annotations
