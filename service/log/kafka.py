@@ -229,11 +229,15 @@ class KafkaLog(EventLog):
         if self._state != "open":
             await fresh.stop()
             return
-        old, self._producer = self._producer, fresh
-        _log.warning("kafka producer renewed", reason=reason)
+        old = self._producer
         if old is not None:
+            # What went through the old producer ends (written or failed) before anything
+            # goes through the new one, so a partition's records keep their order. Appends
+            # meanwhile fail (503) and are sent again.
             with contextlib.suppress(KafkaError):
                 await old.stop()
+        self._producer = fresh
+        _log.warning("kafka producer renewed", reason=reason)
 
     async def close(self) -> None:
         if self._state == "closed":
