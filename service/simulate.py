@@ -285,15 +285,19 @@ class Summary:
             "elapsed_s": round(self.elapsed_s, 2),
             "rate": round(self.sent / self.elapsed_s, 1) if self.elapsed_s else 0.0,
             "latency_ms": {
-                kind: {"p50": _percentile(times, 50), "p99": _percentile(times, 99)}
+                kind: {
+                    "p50": round(percentile(times, 50) * 1000, 2),
+                    "p99": round(percentile(times, 99) * 1000, 2),
+                }
                 for kind, times in sorted(self.latencies.items())
             },
         }
 
 
-def _percentile(seconds: list[float], p: float) -> float:
-    ordered = sorted(seconds)
-    return round(ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))] * 1000, 2)
+def percentile(values: list[float], p: float) -> float:
+    """The value below which `p` percent of `values` lie (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def simulate(

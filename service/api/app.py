@@ -203,28 +203,34 @@ async def _forward(request: web.Request, forward: Forward, body: bytes = b"") ->
 # --- reads ------------------------------------------------------------------------------------
 
 
-def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
-    """A GET handler answering `view` of the OA's state."""
-
-    async def handle(request: web.Request) -> web.Response:
-        try:
-            served = _locate(request, _oa_id(request), admit=False)
-        except NotServed as exc:
-            return _not_served(exc)
-        if isinstance(served, Forward):
-            return await _forward(request, served)
-        return _answer(request, view(served.state, served.now, served.policy), served)
-
-    return handle
-
-
-async def get_templates(request: web.Request) -> web.Response:
+async def _reading(request: web.Request) -> Served | web.Response:
+    """The OA's state to answer a read from here, or the answer already: the owner's
+    (forwarded there) or a 503."""
     try:
         served = _locate(request, _oa_id(request), admit=False)
     except NotServed as exc:
         return _not_served(exc)
     if isinstance(served, Forward):
         return await _forward(request, served)
+    return served
+
+
+def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
+    """A GET handler answering `view` of the OA's state."""
+
+    async def handle(request: web.Request) -> web.Response:
+        served = await _reading(request)
+        if isinstance(served, web.Response):
+            return served
+        return _answer(request, view(served.state, served.now, served.policy), served)
+
+    return handle
+
+
+async def get_templates(request: web.Request) -> web.Response:
+    served = await _reading(request)
+    if isinstance(served, web.Response):
+        return served
     state, now, policy = served.state, served.now, served.policy
     wanted = request.match_info.get("template_id")
     if wanted is not None:

@@ -622,8 +622,8 @@ class KafkaConsumer(LogConsumer):
     def resume(self, partitions: Iterable[TopicPartition]) -> None:
         self._live().resume(*(_to_kafka(tp) for tp in partitions))
 
-    def owners(self) -> dict[int, str]:
-        return dict(self._assignor.owners.get(self._topics[0], {}))
+    def owners(self) -> Mapping[int, str]:
+        return self._assignor.owners.get(self._topics[0], {})
 
     def in_contact(self, within_s: float) -> bool:
         if self._consumer is None or not self._watching or self._rebalancing:

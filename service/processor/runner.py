@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from service.config import Settings
@@ -157,9 +157,9 @@ class Processor:
         """The address of the member that owns `partition`, as of the last assignment."""
         return self.owners().get(partition)
 
-    def owners(self) -> dict[int, str]:
+    def owners(self) -> Mapping[int, str]:
         """Partition -> its owner's address, as of the last assignment."""
-        return {} if self._consumer is None else dict(self._consumer.owners())
+        return {} if self._consumer is None else self._consumer.owners()
 
     def in_contact(self) -> bool:
         """Whether the group has confirmed this member recently enough for it to grant."""

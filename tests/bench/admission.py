@@ -38,15 +38,11 @@ from service.domain.admission import AdmissionRequest, decide
 from service.domain.fold import advance
 from service.domain.state import OAState
 from service.processor.folding import PolicyBook
+from service.simulate import percentile
 from tests.bench.receiver import KAFKA_SH, cpu_seconds, free_port, wait_ready
 from tests.serve import Served
 
 OAS = 200
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 # --- the baseline: a decision in this process -------------------------------------------------

@@ -32,14 +32,10 @@ from typing import Any
 import aiohttp
 import orjson
 
+from service.simulate import percentile
 from tests import zalo
 from tests.bench.receiver import KAFKA_SH
 from tests.serve import Served, free_port
-
-
-def percentile(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(p / 100 * len(ordered)))]
 
 
 async def delivered(session: aiohttp.ClientSession, url: str, oa_id: str) -> int:
