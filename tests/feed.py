@@ -44,87 +44,49 @@ def webhook(body: dict[str, Any], server: str | None = None) -> Raw:
     return Raw("webhook", oa_id.encode(), value, headers)
 
 
+def zalo_event(event_name: str, at: datetime, server: str | None = None, **fields: Any) -> Raw:
+    """Zalo's webhook `event_name`, sent at `at`, with its own fields."""
+    body = {"app_id": APP_ID, "event_name": event_name, "timestamp": ms(at), **fields}
+    return webhook(body, server=server)
+
+
 def receipt(msg_id: str, at: datetime, recipient: str = PHONE, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "user_received_message",
-            "timestamp": ms(at),
-            "sender": {"id": oa_id},
-            "recipient": {"id": recipient},
-            "message": {"delivery_time": ms(at), "msg_id": msg_id, "tracking_id": "t-" + msg_id},
-        },
+    return zalo_event(
+        "user_received_message",
+        at,
         server="ZNS",
+        sender={"id": oa_id},
+        recipient={"id": recipient},
+        message={"delivery_time": ms(at), "msg_id": msg_id, "tracking_id": "t-" + msg_id},
     )
 
 
 def rating(msg_id: str, rate: int, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "user_feedback",
-            "timestamp": ms(at),
-            "oa_id": oa_id,
-            "message": {
-                "msg_id": msg_id,
-                "rate": rate,
-                "submit_time": ms(at),
-                "note": "free text",
-                "feedbacks": [],
-            },
-        }
-    )
+    message = {"msg_id": msg_id, "rate": rate, "submit_time": ms(at), "note": "free text"}
+    return zalo_event("user_feedback", at, oa_id=oa_id, message={**message, "feedbacks": []})
 
 
 def quick_reply(msg_id: str, label: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "user_click_response_button",
-            "timestamp": ms(at),
-            "oa_id": oa_id,
-            "msg_id": msg_id,
-            "message": {"submit_time": ms(at), "button_type": "response", "data": label},
-        }
-    )
+    message = {"submit_time": ms(at), "button_type": "response", "data": label}
+    return zalo_event("user_click_response_button", at, oa_id=oa_id, msg_id=msg_id, message=message)
 
 
 def template_status(template_id: str, status: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "change_template_status",
-            "timestamp": ms(at),
-            "oa_id": oa_id,
-            "template_id": template_id,
-            "status": {"new_status": status},
-        }
+    status_change = {"new_status": status}
+    return zalo_event(
+        "change_template_status", at, oa_id=oa_id, template_id=template_id, status=status_change
     )
 
 
 def template_quality(template_id: str, quality: str, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "change_template_quality",
-            "timestamp": ms(at),
-            "oa_id": oa_id,
-            "template_id": template_id,
-            "quality": quality,
-        }
+    return zalo_event(
+        "change_template_quality", at, oa_id=oa_id, template_id=template_id, quality=quality
     )
 
 
 def daily_quota(new_value: int | None, at: datetime, oa_id: str = OA_ID) -> Raw:
-    return webhook(
-        {
-            "app_id": APP_ID,
-            "event_name": "change_oa_daily_quota",
-            "timestamp": ms(at),
-            "oaId": oa_id,
-            "quota": {"prev_value": None, "new_value": new_value},
-        }
-    )
+    quota = {"prev_value": None, "new_value": new_value}
+    return zalo_event("change_oa_daily_quota", at, oaId=oa_id, quota=quota)
 
 
 def _record(kind: str, oa_id: str, value: dict[str, Any]) -> Raw:
