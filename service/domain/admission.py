@@ -3,9 +3,11 @@
 `decide` looks at an OA's state (brought to `now` with `fold.advance` first) and
 answers a request with the units granted and, for each unit denied, the first
 reason that applies in DESIGN.md's order, with the Zalo error the same send
-would have met. Units are granted in the order of the recipients. The answer
-changes nothing: the caller appends it as an `admission` record, and folding
-that record applies the grant. This module does no I/O.
+would have met. Units are granted in the order of the recipients; an answer
+names at most 100 denied recipients and counts the other denials by reason. Its
+cost follows the recipients named, never `count`. The answer changes nothing:
+the caller appends it as an `admission` record, and folding that record applies
+the grant. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -67,42 +69,126 @@ class _Capacity:
 def decide(
     state: OAState, request: AdmissionRequest, now: datetime, policy: Policy, admission_id: str
 ) -> Admission:
-    """The answer to `request` at `now` (call `fold.advance(state, now, policy)` first)."""
+    """The answer to `request` at `now` (call `fold.advance(state, now, policy)` first).
+
+    Its cost grows with the recipients named, never with `count`: units without
+    recipients are decided together, by arithmetic on the limits."""
     blocked = _blocked(state, request, now, policy)
     capacities = _capacities(state, request.tag, request.template_id, now, policy)
-    units: list[str | None] = list(request.recipients) or [None] * request.count
-    granted: list[str] = []
-    granted_count = 0
-    denied: list[Denial] = []
-    per_recipient: dict[str, int] = {}  # this request's own tag-3 units per recipient
-    for recipient in units:
-        reason = blocked or _exhausted(capacities)
-        if reason is None and recipient is not None:
-            reason = _recipient_reason(state, request.tag, recipient, now, policy, per_recipient)
-        if reason is None:
-            for capacity in capacities:
-                if capacity.left is not None:
-                    capacity.left -= 1
-            granted_count += 1
-            if recipient is not None:
-                granted.append(recipient)
-                per_recipient[recipient] = per_recipient.get(recipient, 0) + 1
-            continue
-        code = reason.split(":")[0]
-        zalo = -1472 if reason == "recipient_promotion_limit:day" else ZALO_ERRORS[code]
-        denied.append(Denial(recipient=recipient, count=1, reason=code, zalo_error=zalo))
+    denied = Denials()
+    if request.recipients:
+        granted = _decide_recipients(state, request, now, policy, blocked, capacities, denied)
+        granted_count = len(granted)
+    else:
+        granted = []
+        granted_count = _decide_bulk(request.count, blocked, capacities, denied)
     remaining = _remaining(capacities)
     # When waiting helps some of the denied units: the soonest time it does.
-    waits = [_retry_after(state, r, request, now, policy) for r in {d.reason for d in denied}]
+    waits = [_retry_after(state, r, request, now, policy) for r in denied.reasons()]
     retry = min((w for w in waits if w is not None), default=None)
     answer = AdmissionAnswer(
         admission_id=admission_id,
         granted=granted_count,
-        denied=_merge(denied),
+        denied=denied.items(),
         remaining=remaining,
         retry_after_s=retry,
     )
     return Admission(answer, granted)
+
+
+def _decide_bulk(
+    count: int, blocked: str | None, capacities: list[_Capacity], denied: Denials
+) -> int:
+    """Units granted of `count` units without recipients; the rest go to `denied`."""
+    reason = blocked or _exhausted(capacities)
+    if reason is not None:
+        denied.add(None, reason, count)
+        return 0
+    lefts = [c.left for c in capacities if c.left is not None]
+    granted = min([count, *lefts])
+    for capacity in capacities:
+        if capacity.left is not None:
+            capacity.left -= granted
+    if granted < count:  # a limit ran out: the first in order names the units left
+        ran_out = _exhausted(capacities)
+        assert ran_out is not None
+        denied.add(None, ran_out, count - granted)
+    return granted
+
+
+def _decide_recipients(
+    state: OAState,
+    request: AdmissionRequest,
+    now: datetime,
+    policy: Policy,
+    blocked: str | None,
+    capacities: list[_Capacity],
+    denied: Denials,
+) -> list[str]:
+    """The recipients granted, in the order given; the others go to `denied`."""
+    granted: list[str] = []
+    per_recipient: dict[str, int] = {}  # this request's own tag-3 units per recipient
+    for recipient in request.recipients:
+        reason = blocked or _exhausted(capacities)
+        if reason is None:
+            reason = _recipient_reason(state, request.tag, recipient, now, policy, per_recipient)
+        if reason is not None:
+            denied.add(recipient, reason)
+            continue
+        for capacity in capacities:
+            if capacity.left is not None:
+                capacity.left -= 1
+        granted.append(recipient)
+        per_recipient[recipient] = per_recipient.get(recipient, 0) + 1
+    return granted
+
+
+NAMED_DENIALS = 100
+"""Denied recipients an answer names one by one; the others are counted by reason, so that
+an answer (kept for its idempotency key for 48 h) stays small whatever was asked."""
+
+
+class Denials:
+    """The denied units of one answer: the first `NAMED_DENIALS` recipients by name, then a
+    count per reason (and Zalo error) in the order the reasons first came."""
+
+    def __init__(self) -> None:
+        self._named: list[Denial] = []
+        self._counted: dict[tuple[str, int | None], int] = {}
+
+    def add(self, recipient: str | None, reason: str, count: int = 1) -> None:
+        """`reason` as `_blocked`, `_capacities` or `_recipient_reason` give it."""
+        code = reason.split(":")[0]
+        zalo = -1472 if reason == "recipient_promotion_limit:day" else ZALO_ERRORS[code]
+        self.add_item(recipient, code, zalo, count)
+
+    def add_item(self, recipient: str | None, code: str, zalo: int | None, count: int) -> None:
+        if recipient is not None and len(self._named) < NAMED_DENIALS:
+            self._named.append(
+                Denial(recipient=recipient, count=count, reason=code, zalo_error=zalo)
+            )
+            return
+        key = (code, zalo)
+        self._counted[key] = self._counted.get(key, 0) + count
+
+    def reasons(self) -> set[str]:
+        return {d.reason for d in self._named} | {code for code, _ in self._counted}
+
+    def items(self) -> list[Denial]:
+        counted = [
+            Denial(count=count, reason=code, zalo_error=zalo)
+            for (code, zalo), count in self._counted.items()
+        ]
+        return [*self._named, *counted]
+
+
+def compact(answer: AdmissionAnswer) -> AdmissionAnswer:
+    """`answer` with at most `NAMED_DENIALS` recipients named (the rest counted by reason):
+    what an idempotency key keeps. An answer `decide` gave is compact already."""
+    denials = Denials()
+    for item in answer.denied:
+        denials.add_item(item.recipient, item.reason, item.zalo_error, item.count)
+    return answer.model_copy(update={"denied": denials.items()})
 
 
 def grantable(state: OAState, tag: int, now: datetime, policy: Policy) -> int | None:
@@ -244,20 +330,3 @@ def _retry_after(
     if until is None:
         return None
     return max(1, int((until - now).total_seconds() + 0.999))
-
-
-def _merge(denied: list[Denial]) -> list[Denial]:
-    """Denials without a recipient and with the same reason become one item with a count."""
-    merged: list[Denial] = []
-    for item in denied:
-        last = merged[-1] if merged else None
-        if (
-            item.recipient is None
-            and last is not None
-            and last.recipient is None
-            and last.reason == item.reason
-        ):
-            merged[-1] = last.model_copy(update={"count": last.count + 1})
-        else:
-            merged.append(item)
-    return merged

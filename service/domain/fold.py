@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from service.domain.admission import compact
 from service.domain.events import (
     EVENT_MODELS,
     ChangeOaDailyQuota,
@@ -685,10 +686,11 @@ class _Fold:
 
     def admission(self, record: AdmissionRecord, at: datetime) -> None:
         state = self.state
-        # The first answer under a key is the answer (DESIGN.md 5).
+        # The first answer under a key is the answer, kept compact (a record written before
+        # answers were compact may name every denied recipient).
         state.idempotency.setdefault(
             record.idempotency_key,
-            [_ms(at), record.request_hash, record.answer.model_dump(mode="json")],
+            [_ms(at), record.request_hash, compact(record.answer).model_dump(mode="json")],
         )
         granted = record.answer.granted
         if granted == 0 or record.admission_id in state.grants:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+import orjson
 import pytest
 
 from service.domain.admission import AdmissionRequest, decide
@@ -212,3 +213,63 @@ def test_a_folded_grant_is_what_remains_less() -> None:
     granted, denied, remaining, _ = ask(oa, vn(D, 10, 1), count=6)
     assert (granted, remaining) == (4, 0)
     assert denied == [(None, 2, "daily_quota_exhausted", -144)]
+
+
+def test_units_without_recipients_are_decided_in_bulk_whatever_the_count() -> None:
+    # Far more units than could ever be held one by one: decided by arithmetic on the limits.
+    oa = Oa()
+    granted, denied, remaining, _ = ask(oa, vn(D, 10), count=10**12)
+    assert (granted, remaining) == (20_000, 0)
+    assert denied == [(None, 10**12 - 20_000, "daily_quota_exhausted", -144)]
+    blocked = Oa()
+    blocked.apply(feed.send("t9", "x", vn(D, 9), error=-1351))
+    assert ask(blocked, vn(D, 10), count=10**12)[1] == [(None, 10**12, "oa_suspended", -1351)]
+
+
+def test_the_first_reason_to_run_out_names_the_units_denied_in_bulk() -> None:
+    oa = Oa(thresholds=CALM)
+    oa.apply(feed.sync(vn(D, 9), remaining_quota=5_000))
+    # Tag 3: the promotion month (10,000) is not the limit; the daily remaining is.
+    granted, denied, remaining, _ = ask(oa, vn(D, 10), tag=3, template="t3", count=7_000)
+    assert (granted, remaining) == (5_000, 0)
+    assert denied == [(None, 2_000, "daily_quota_exhausted", -144)]
+
+
+def many(count: int) -> tuple[str, ...]:
+    return tuple(recipient_hash(f"849{i:08d}") for i in range(count))
+
+
+def test_an_answer_names_at_most_100_denied_recipients_and_counts_the_rest_by_reason() -> None:
+    oa = Oa(thresholds=CALM)
+    people = many(300)
+    for person in people[::2]:  # every other one opted out
+        oa.apply(feed.send("t9", "x" + person[:8], vn(D, 9), error=-141, recipient=person))
+    oa.apply(feed.sync(vn(D, 9, 30), remaining_quota=145))
+    granted, denied, remaining, _ = ask(oa, vn(D, 10), recipients=people)
+    assert (granted, remaining) == (145, 0)  # the odd ones up to the 290th
+    assert denied == [
+        *((p, 1, "recipient_opted_out", -141) for p in people[0:200:2]),
+        (None, 45, "recipient_opted_out", -141),
+        (None, 10, "daily_quota_exhausted", -144),
+    ]
+
+
+def test_a_folded_admission_keeps_a_compact_answer_for_its_idempotency_key() -> None:
+    # A record written before answers were compact: its stored answer is compacted.
+    oa = Oa()
+    raw = feed.admission("a1", "t1", 2, 0, vn(D, 10), key="k")
+    value = orjson.loads(raw.value)
+    people = many(250)
+    value["answer"]["denied"] = [
+        {"recipient": p, "count": 1, "reason": "daily_quota_exhausted", "zalo_error": -144}
+        for p in people
+    ]
+    oa.apply(raw._replace(value=orjson.dumps(value)))
+    stored = oa.state.idempotency["k"][2]
+    assert [d.get("recipient") for d in stored["denied"]] == [*people[:100], None]
+    assert stored["denied"][-1] == {
+        "recipient": None,
+        "count": 150,
+        "reason": "daily_quota_exhausted",
+        "zalo_error": -144,
+    }
