@@ -29,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from service.domain.events import id_as_string
+from service.domain.records import MAX_ADMISSION_UNITS
 
 CONFIG_ENV = "ZNS_GATE_CONFIG"
 ENV_PREFIX = "ZNS_GATE_"
@@ -182,6 +183,12 @@ class ApiSettings(_Section):
     """How long a request forwarded to the owner of an OA may take."""
     read_timeout_s: float = Field(default=2.0, gt=0, le=60)
     """A /v1 request body that has not arrived whole by then gets 408 `request_timeout`."""
+    max_future_s: int = Field(default=300, ge=0, le=86_400)
+    """How far past this instance's wall clock a reported time (`sent_time`, `as_of`) may
+    be: clocks differ a little, never by more (422 `invalid_request` beyond)."""
+    max_admission_units: int = Field(default=MAX_ADMISSION_UNITS, ge=1, le=MAX_ADMISSION_UNITS)
+    """The most units (`count`, or recipients) one admission may ask for; more is 422. At
+    most 10,000, which keeps an admission record within the broker's default limit."""
 
 
 class Settings(BaseSettings):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import hmac
+import re
 import uuid
 import weakref
 from collections.abc import Callable
@@ -73,7 +74,7 @@ PREFIX = "/v1/"
 
 
 def _scope(request: web.Request) -> str:
-    if request.method == "GET":
+    if request.method in {"GET", "HEAD"}:
         return "read"
     if request.path.endswith(("/sends", "/admissions")):
         return "send"
@@ -82,9 +83,26 @@ def _scope(request: web.Request) -> str:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    tokens = request.app[SETTINGS].api.tokens
-    if not request.path.startswith(PREFIX) or not tokens:
+    if not request.path.startswith(PREFIX):
         return await handler(request)
+    refused = _unauthorised(request)
+    if refused is not None:
+        return refused
+    # A browser posts forms and text to any site without asking first; JSON it does not:
+    # so no other web page can make a request here, even to an API without tokens.
+    if request.method == "POST" and request.content_type != "application/json":
+        return error_response(
+            415, "unsupported_media_type", "a /v1 POST takes a body of type application/json"
+        )
+    return await handler(request)
+
+
+def _unauthorised(request: web.Request) -> web.Response | None:
+    """The 401 or 403 for a request without a token of the scope it uses; None with no
+    tokens configured (the API is open) or a fitting token."""
+    tokens = request.app[SETTINGS].api.tokens
+    if not tokens:
+        return None
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
     match = None
@@ -98,7 +116,7 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
         )
     if _scope(request) not in match.scopes:
         return error_response(403, "forbidden", f"the token lacks the {_scope(request)} scope")
-    return await handler(request)
+    return None
 
 
 # --- the owner's state ----------------------------------------------------------------------
@@ -112,11 +130,20 @@ class NotServed(Exception):
         self.code = code
 
 
+_PATH_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def _path_id(request: web.Request, name: str) -> str:
+    """An id of the path (`oa_id`, `template_id`), as the records keep ids: at most 64 of
+    `A-Z a-z 0-9 _ . -`; else 400."""
+    value = request.match_info[name]
+    if not _PATH_ID.fullmatch(value):
+        raise web.HTTPBadRequest(reason=f"{name}: at most 64 of A-Z a-z 0-9 _ . -")
+    return value
+
+
 def _oa_id(request: web.Request) -> str:
-    oa_id = request.match_info["oa_id"]
-    if not oa_id or len(oa_id) > 64:
-        raise web.HTTPBadRequest(reason="oa_id")
-    return oa_id
+    return _path_id(request, "oa_id")
 
 
 @dataclass(frozen=True)
@@ -228,11 +255,11 @@ def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
 
 
 async def get_templates(request: web.Request) -> web.Response:
+    wanted = _path_id(request, "template_id") if "template_id" in request.match_info else None
     served = await _reading(request)
     if isinstance(served, web.Response):
         return served
     state, now, policy = served.state, served.now, served.policy
-    wanted = request.match_info.get("template_id")
     if wanted is not None:
         found = state.templates.get(wanted)
         if found is None:
@@ -326,6 +353,26 @@ async def _body(request: web.Request, model: type[BodyT]) -> BodyT:
         raise _Invalid(422, "invalid_request", f"{where}: {first['msg']}") from exc
 
 
+def _time_refused(request: web.Request, times: list[tuple[str, str]]) -> web.Response | None:
+    """A 422 naming the first of `times` (field, milliseconds) outside
+    [now - log.retention_days, now + api.max_future_s] of this instance's wall clock, or
+    None. A time outside would fall out of the log's retention, or move an OA's clock ahead
+    of every other record (and reset its quotas) by itself."""
+    settings = request.app[SETTINGS]
+    now_ms = int(datetime.now(UTC).timestamp() * 1000)
+    earliest = now_ms - settings.log.retention_days * 86_400_000
+    latest = now_ms + settings.api.max_future_s * 1000
+    for field, ms in times:
+        if not earliest <= int(ms) <= latest:
+            return error_response(
+                422,
+                "invalid_request",
+                f"{field}: a time within the last {settings.log.retention_days} days "
+                f"and at most {settings.api.max_future_s} s ahead",
+            )
+    return None
+
+
 async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> None:
     log = request.app[LOG]
     await log.append(
@@ -343,6 +390,9 @@ async def post_sends(request: web.Request) -> web.Response:
         body = await _body(request, SendsBody)
     except _Invalid as exc:
         return error_response(exc.status, exc.code, str(exc))
+    times = [(f"sends.{i}.sent_time", item.sent_time) for i, item in enumerate(body.sends)]
+    if (refused := _time_refused(request, times)) is not None:
+        return refused
     seen: set[str] = set()
     accepted = duplicates = 0
     for item in body.sends:
@@ -350,8 +400,10 @@ async def post_sends(request: web.Request) -> web.Response:
             duplicates += 1
             continue
         seen.add(item.tracking_id)
-        record = SendRecord(oa_id=oa_id, send=SendOutcome.model_validate(item.model_dump()))
-        await _append(request, oa_id, "send", record.model_dump_json(exclude_none=True).encode())
+        # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
+        outcome = SendOutcome.model_validate(item.model_dump(exclude_unset=True))
+        record = SendRecord(oa_id=oa_id, send=outcome)
+        await _append(request, oa_id, "send", record.model_dump_json(exclude_unset=True).encode())
         accepted += 1
     # Repeats of earlier requests are recognised when folded (by tracking_id and msg_id).
     return json_response({"accepted": accepted, "duplicates": duplicates})
@@ -371,6 +423,8 @@ async def post_sync(request: web.Request) -> web.Response:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"
         return error_response(422, "invalid_request", f"{where}: {first['msg']}")
+    if (refused := _time_refused(request, [("as_of", record.as_of)])) is not None:
+        return refused
     await _append(request, oa_id, "sync", record.model_dump_json(exclude_unset=True).encode())
     return json_response({"accepted": 1})
 
@@ -390,7 +444,7 @@ async def post_resume(request: web.Request) -> web.Response:
 
 
 async def post_template_resume(request: web.Request) -> web.Response:
-    return await _command(request, "resume_template", request.match_info["template_id"])
+    return await _command(request, "resume_template", _path_id(request, "template_id"))
 
 
 _LOCKS = web.AppKey("admission_locks", weakref.WeakValueDictionary)
@@ -418,6 +472,10 @@ async def post_admissions(request: web.Request) -> web.Response:
         body = await _body(request, AdmissionBody)
     except _Invalid as exc:
         return error_response(exc.status, exc.code, str(exc))
+    most = request.app[SETTINGS].api.max_admission_units
+    for field, units in (("recipients", len(body.recipients or ())), ("count", body.count or 0)):
+        if units > most:
+            return error_response(422, "invalid_request", f"{field}: at most {most} units")
     request_hash = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()

@@ -12,8 +12,14 @@ from typing import Literal
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from service.domain.events import ZaloId
-from service.domain.records import AdmissionAnswer, SendOutcome, Tag, recipient_hash
+from service.domain.records import (
+    MAX_ADMISSION_UNITS,
+    AdmissionAnswer,
+    GateId,
+    SendOutcome,
+    Tag,
+    recipient_hash,
+)
 
 Level = Literal["HIGH", "MEDIUM", "LOW", "UNDEFINED"]
 
@@ -46,13 +52,15 @@ class SendsBody(_Model):
 class AdmissionBody(_Model):
     """`POST /v1/oas/{oa_id}/admissions`."""
 
-    template_id: ZaloId
+    template_id: GateId
     tag: Tag | None = None
     """1, 2 or 3; may be left out when the template's tag is known."""
-    recipients: list[str] | None = Field(default=None, max_length=10_000)
-    """Phones or sha256 hashes of phones, in the order they should be granted."""
-    count: int | None = Field(default=None, ge=1, le=1_000_000)
-    """Units asked for; default the number of recipients, or 1."""
+    recipients: list[str] | None = Field(default=None, max_length=MAX_ADMISSION_UNITS)
+    """Phones or sha256 hashes of phones, in the order they should be granted (at most
+    `api.max_admission_units`)."""
+    count: int | None = Field(default=None, ge=1, le=MAX_ADMISSION_UNITS)
+    """Units asked for (at most `api.max_admission_units`); default the number of
+    recipients, or 1."""
     idempotency_key: str = Field(min_length=1, max_length=200)
     """The same key with the same body gets the first answer again."""
 

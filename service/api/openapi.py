@@ -75,7 +75,7 @@ OPERATIONS = (
         models.AdmissionAnswer,
         body=models.AdmissionBody,
         scope="send",
-        errors=(400, 401, 403, 408, 409, 413, 422, 503),
+        errors=(400, 401, 403, 408, 409, 413, 415, 422, 503),
         headers=("X-Served-By", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
         notes=(
             "Denials answer 200 with each denied item's reason and Zalo code. The same "
@@ -91,7 +91,7 @@ OPERATIONS = (
         models.SendsAnswer,
         body=models.SendsBody,
         scope="send",
-        errors=(400, 401, 403, 408, 413, 422, 503),
+        errors=(400, 401, 403, 408, 413, 415, 422, 503),
         headers=(),
     ),
     Operation(
@@ -101,7 +101,7 @@ OPERATIONS = (
         models.Accepted,
         body=SyncRecord,
         scope="admin",
-        errors=(400, 401, 403, 408, 413, 422, 503),
+        errors=(400, 401, 403, 408, 413, 415, 422, 503),
         headers=(),
         notes="The OA is the one of the path; the body has no oa_id.",
     ),
@@ -111,6 +111,7 @@ OPERATIONS = (
         "Clear the OA's suspension",
         models.Accepted,
         scope="admin",
+        errors=(401, 403, 415, 503),
         headers=(),
     ),
     Operation(
@@ -119,6 +120,7 @@ OPERATIONS = (
         "Lift a template's pause",
         models.Accepted,
         scope="admin",
+        errors=(401, 403, 415, 503),
         headers=(),
     ),
     Operation(
@@ -184,14 +186,14 @@ _HEADERS: dict[str, dict[str, Any]] = {
 }
 
 _ERRORS = {
-    400: "Malformed JSON (`malformed_json`) or a bad path",
+    400: "Malformed JSON (`malformed_json`) or a bad id in the path (`bad_request`)",
     401: "No valid bearer token (`unauthenticated`)",
     403: "The token lacks the scope (`forbidden`)",
     404: "Not found",
     408: "The body arrived too slowly (`request_timeout`)",
     409: "The idempotency_key was used with another body (`idempotency_conflict`)",
     413: "The body is too large",
-    415: "Not JSON (`unsupported_media_type`)",
+    415: "Not of type application/json (`unsupported_media_type`)",
     422: "The body does not match its schema (`invalid_request`, `tag_required`)",
     503: "Not answerable now (`restoring`, `not_owner`, `owner_unreachable`, "
     "`out_of_contact`, `log_unavailable`, ...): ask again after Retry-After",
@@ -267,7 +269,12 @@ def document() -> dict[str, Any]:
                         "name": name,
                         "in": "path",
                         "required": True,
-                        "schema": {"type": "string", "minLength": 1, "maxLength": 64},
+                        "schema": {
+                            "type": "string",
+                            "minLength": 1,
+                            "maxLength": 64,
+                            "pattern": "^[A-Za-z0-9_.-]+$",
+                        },
                     }
                 )
         if parameters:
