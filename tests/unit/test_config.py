@@ -135,6 +135,8 @@ def test_ids_given_as_numbers_stay_their_digits(tmp_path: Path) -> None:
         ),
         ('[[apps]]\napp_id = "1"\nsecrets = [""]\n', "apps.0.secrets"),
         ("[receiver]\nread_timeout_s = 1.0\n", "receiver"),
+        ("[api]\nmax_admission_units = 10001\n", "api.max_admission_units"),
+        ("[api]\nmax_future_s = -1\n", "api.max_future_s"),
         ("[log\n", "config"),
     ],
 )
