@@ -66,9 +66,9 @@ MAX_ADMISSION_UNITS = 10_000
 64-hex hash a unit) stays well under the broker's default limit of about 1 MB."""
 
 
-def _remaining_within(daily: int | None, remaining: int | None, names: str) -> None:
+def _remaining_within(daily: int | None, remaining: int | None, field: str) -> None:
     if daily is not None and remaining is not None and remaining > daily:
-        raise ValueError(f"{names}: what remains is above the daily quota")
+        raise ValueError(f"{field}: what remains is above the daily quota")
 
 
 class _Record(BaseModel):
