@@ -123,6 +123,9 @@ class AppSettings(_Section):
     app_id: ZaloId
     secrets: list[SecretStr] = Field(min_length=1, max_length=2)
     """OA secret keys; the first is current, a second may stay valid during rotation."""
+    oa_ids: list[ZaloId] | None = None
+    """The OAs of this app; when given, a webhook for another OA signed by this app is
+    refused (`unknown_app`). An OA listed here is refused for every other app."""
 
     @field_validator("secrets")
     @classmethod
@@ -208,6 +211,8 @@ class Settings(BaseSettings):
     @classmethod
     def _unique_apps(cls, apps: list[AppSettings]) -> list[AppSettings]:
         _refuse_repeats("app_id", [app.app_id for app in apps])
+        # One OA belongs to one app: a second app listing it could sign for it too.
+        _refuse_repeats("oa_id", [oa for app in apps for oa in app.oa_ids or ()])
         return apps
 
     @field_validator("oas")
@@ -231,6 +236,22 @@ class Settings(BaseSettings):
     def app_secrets(self, app_id: str) -> tuple[str, ...] | None:
         """The secrets configured for `app_id`, current first; None for an unknown app."""
         return self._secrets_by_app.get(app_id)
+
+    def app_signs_for(self, app_id: str, oa_id: str) -> bool:
+        """Whether `app_id` (a configured app) may sign webhooks for `oa_id`: the OA is in
+        its `oa_ids` when it lists them, and is listed under no other app."""
+        owner = self._app_by_oa.get(oa_id)
+        if owner is not None:
+            return owner == app_id
+        return app_id not in self._apps_listing_oas
+
+    @functools.cached_property
+    def _app_by_oa(self) -> dict[str, str]:
+        return {oa: app.app_id for app in self.apps for oa in app.oa_ids or ()}
+
+    @functools.cached_property
+    def _apps_listing_oas(self) -> frozenset[str]:
+        return frozenset(app.app_id for app in self.apps if app.oa_ids is not None)
 
     @functools.cached_property
     def _secrets_by_app(self) -> dict[str, tuple[str, ...]]:
