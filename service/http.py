@@ -50,11 +50,24 @@ _HTTP_CODES = {
 }
 
 
+# What aiohttp decodes by itself. With any other encoding the handlers would read the
+# compressed bytes as if they were the body.
+_READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own HTTP errors and anything unexpected, as JSON error bodies."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _READABLE_ENCODINGS:
+        return error_response(
+            415, "unsupported_media_type", "the body must not be encoded, or gzip or deflate"
+        )
     try:
         return await handler(request)
+    except web.RequestPayloadError:
+        # The client's bytes: a body that is not what its Content-Encoding says.
+        return error_response(400, "bad_request", "the body could not be decoded")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

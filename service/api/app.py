@@ -90,7 +90,8 @@ async def access_middleware(request: web.Request, handler: Handler) -> web.Strea
     match = None
     if scheme.lower() == "bearer" and given:
         for token in tokens:
-            if hmac.compare_digest(token.token.get_secret_value().encode(), given.encode()):
+            secret = token.token.get_secret_value().encode()
+            if hmac.compare_digest(secret, given.encode("utf-8", "surrogateescape")):
                 match = token
     if match is None:
         return error_response(
