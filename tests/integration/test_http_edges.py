@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import zlib
+from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import pytest
 
+from service.logsetup import configure_logging
 from tests import zalo
 from tests.conftest import RunningService, ServiceFactory
 
@@ -107,3 +110,38 @@ async def test_an_unsupported_encoding_is_415(guarded: RunningService, encoding:
     status, body = await raw_request(guarded, head, hook.body)
     assert (status, body["error"]["code"]) == (415, "unsupported_media_type"), body
     assert await guarded.events() == []
+
+
+@pytest.fixture
+def captured() -> Iterator[io.StringIO]:
+    out = io.StringIO()
+    configure_logging("INFO", stream=out, json=True)
+    yield out
+    configure_logging("INFO", json=True)  # as the rest of the session has it
+
+
+async def test_a_malformed_header_line_is_logged_once_without_its_text(
+    service: RunningService, captured: io.StringIO
+) -> None:
+    head = (
+        b"GET /v1/oas/1/quota?token=query-secret-123 HTTP/1.1\r\nHost: gate\r\n"
+        b"Authorization: Bearer header-secret-456\x01\r\n"
+        b"X-ZEvent-Signature: mac=0123456789abcdef\r\n\r\n"
+    )
+    reader, writer = await asyncio.open_connection(service.client.host, service.client.port)
+    writer.write(head)
+    await writer.drain()
+    answer = await asyncio.wait_for(reader.read(), timeout=10)
+    writer.close()
+    assert answer.startswith(b"HTTP/1.")
+    assert b" 400 " in answer.split(b"\r\n")[0]
+    text = captured.getvalue()
+    for secret in ("header-secret-456", "query-secret-123", "0123456789abcdef", "Bearer"):
+        assert secret not in text, text
+    lines = [orjson.loads(line) for line in text.splitlines()]
+    bad = [line for line in lines if line.get("component") == "aiohttp"]
+    assert len(bad) == 1, lines
+    assert "exception" not in bad[0]
+    assert "Traceback" not in text
+    assert bad[0]["level"] == "warning"
+    assert bad[0]["remote"] == "127.0.0.1"
