@@ -142,6 +142,9 @@ def _serve(settings: Settings) -> int:
             host=settings.server.host,
             port=settings.server.port,
             shutdown_timeout=settings.server.shutdown_timeout_s,
+            # aiohttp has no timeout for headers; its idle timeout runs from the
+            # connection's start, or its last answer, until the next headers are complete.
+            keepalive_timeout=settings.server.header_timeout_s,
             access_log=None,
             print=None,
             handle_signals=True,

@@ -59,6 +59,11 @@ class ServerSettings(_Section):
     """How long running requests may finish after SIGTERM."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """uvloop (libuv) serves more requests per core; asyncio is the standard library's loop."""
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """A connection is closed when a request's headers have not all arrived this long after
+    it opened or after its previous answer (so an idle kept-alive connection is closed
+    then too): connections that never finish their headers would otherwise be held open
+    until the process runs out of file descriptors."""
 
 
 class ReceiverSettings(_Section):
