@@ -125,6 +125,11 @@ def _serve(settings: Settings) -> int:
         log.warning("no API tokens configured: the /v1 API is open to anyone who can reach it")
     if not settings.apps:
         log.warning("no [[apps]] configured: every webhook will be refused as unknown_app")
+    if settings.log.backend == "kafka" and settings.api.cluster_secret is None:
+        log.warning(
+            "no api.cluster_secret: requests for OAs that other instances own get 503 "
+            "forwarding_disabled; set the same secret on every instance to forward them"
+        )
     app = build_app(settings)
     log.info(
         "starting",

@@ -186,6 +186,11 @@ class ApiSettings(_Section):
     """Where other instances reach this one (`http://host:port`), published to the
     processor group so that they forward requests for this instance's OAs here.
     Default: `http://<server.host>:<server.port>`, the machine's name for 0.0.0.0."""
+    cluster_secret: SecretStr | None = Field(default=None, min_length=16)
+    """Shared by every instance of one cluster: they sign the addresses they publish to
+    the group, and each request forwarded to an OA's owner, with it. Without it an
+    instance forwards nothing (a request for an OA another instance owns gets 503
+    `forwarding_disabled`), so a single instance needs none."""
     forward_timeout_s: float = Field(default=10.0, gt=0, le=60)
     """How long a request forwarded to the owner of an OA may take."""
     read_timeout_s: float = Field(default=2.0, gt=0, le=60)
