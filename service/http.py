@@ -50,9 +50,11 @@ _HTTP_CODES = {
 }
 
 
-# What aiohttp decodes by itself. With any other encoding the handlers would read the
-# compressed bytes as if they were the body.
-_READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate"})
+# What aiohttp decodes by itself (br and zstd with the Brotli and zstd packages, which the
+# project depends on for that: without them aiohttp refuses such a request before any
+# handler, in plain text). With any other encoding the handlers would read the encoded
+# bytes as if they were the body.
+_READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
 
 
 @web.middleware
@@ -61,7 +63,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     encoding = request.headers.get("Content-Encoding", "").strip().lower()
     if encoding not in _READABLE_ENCODINGS:
         return error_response(
-            415, "unsupported_media_type", "the body must not be encoded, or gzip or deflate"
+            415,
+            "unsupported_media_type",
+            "the body must be sent as it is, or encoded with gzip, deflate, br or zstd",
         )
     try:
         return await handler(request)

@@ -4,16 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sys
 import zlib
 from collections.abc import Iterator
 from typing import Any
 
+import brotli
 import orjson
 import pytest
 
 from service.logsetup import configure_logging
 from tests import zalo
 from tests.conftest import RunningService, ServiceFactory
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
 
 TOKEN = "a-token-long-enough-0123"
 OA = "388613280878808645"
@@ -55,7 +62,7 @@ async def test_a_non_utf8_authorization_is_unauthenticated(guarded: RunningServi
     assert (status, body["error"]["code"]) == (401, "unauthenticated"), body
 
 
-@pytest.mark.parametrize("encoding", ["gzip", "deflate"])
+@pytest.mark.parametrize("encoding", ["gzip", "deflate", "br", "zstd"])
 async def test_a_body_that_is_not_what_its_encoding_says_is_400(
     guarded: RunningService, encoding: str
 ) -> None:
@@ -82,14 +89,22 @@ async def test_a_body_that_is_not_what_its_encoding_says_is_400(
     assert await guarded.events() == []
 
 
-async def test_a_genuine_gzip_body_is_still_read(guarded: RunningService) -> None:
+PACKERS = {
+    "gzip": lambda body: zlib.compress(body, wbits=31),
+    "br": brotli.compress,
+    "zstd": lambda body: zstd.ZstdCompressor().compress(body, zstd.ZstdCompressor.FLUSH_FRAME),
+}
+
+
+@pytest.mark.parametrize("encoding", sorted(PACKERS))
+async def test_a_genuine_encoded_body_is_read(guarded: RunningService, encoding: str) -> None:
     hook = zalo.Webhooks().build("user_feedback")
-    packed = zlib.compress(hook.body, wbits=31)
+    packed = PACKERS[encoding](hook.body)
     head = post_head(
         "/webhooks/zalo",
         len(packed),
         Content_Type="application/json",
-        Content_Encoding="gzip",
+        Content_Encoding=encoding,
         X_ZEvent_Signature=hook.headers["X-ZEvent-Signature"],
     )
     status, body = await raw_request(guarded, head, packed)
