@@ -67,11 +67,12 @@ class _RefusedRequests(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         exc = record.exc_info[1] if record.exc_info else None
         if isinstance(exc, HttpProcessingError | RequestPayloadError):
-            remote = record.args[0] if isinstance(record.args, tuple) and record.args else None
+            # "Error handling request from %s" names the peer; other such lines do not.
+            if isinstance(record.args, tuple) and record.args:
+                record.remote = record.args[0]
             record.msg, record.args = "request refused", ()
             record.exc_info = record.exc_text = None
             record.levelno, record.levelname = logging.WARNING, "WARNING"
-            record.remote = remote
             record.fault = type(exc).__name__
         return True
 
