@@ -8,13 +8,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 from yarl import URL
 
 from service.api.routing import FORWARDED_HEADER, Forwarder, forwarded_middleware, sign_forward
+from service.app import build_app
 from service.http import SETTINGS, errors_middleware, json_response
+from service.log.assignor import AddressingAssignor
+from service.log.base import Topics
+from service.log.kafka import KafkaLog
 from tests.conftest import make_settings
 
 SECRET = "the-cluster-secret-0123"
@@ -129,3 +134,14 @@ async def test_the_owner_refuses_a_forward_it_cannot_verify(servers: list[TestSe
         async with session.post(owner.url + path, data=tampered, headers=good) as r:
             assert r.status == 401
     assert len(owner.seen) == 1
+
+
+def test_the_cluster_secret_signs_what_the_member_publishes() -> None:
+    log = KafkaLog("127.0.0.1:1", Topics("never-started"), 3)
+    build_app(make_settings(api={"cluster_secret": SECRET}), log)
+    consumer = log.consumer("group", ["never-started.events"], address="http://10.0.0.9:8080")
+    said = orjson.loads(consumer._assignor.metadata(["never-started.events"]).user_data)
+    assert said["address"] == "10.0.0.9:8080"
+    assert said["mac"] == AddressingAssignor("http://10.0.0.9:8080", SECRET.encode()).sign(
+        "10.0.0.9:8080"
+    )

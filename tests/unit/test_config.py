@@ -175,3 +175,11 @@ def test_an_oa_listed_under_two_apps_is_refused(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match=r"apps.*oa_id.*7"):
         load_settings(path)
+
+
+def test_a_short_cluster_secret_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"api.cluster_secret.*at least 16"):
+        load_settings(write(tmp_path, '[api]\ncluster_secret = "short"\n'))
+    settings = load_settings(write(tmp_path, '[api]\ncluster_secret = "long-enough-secret-01"\n'))
+    assert settings.api.cluster_secret is not None
+    assert "long-enough" not in repr(settings)
