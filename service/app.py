@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
-from service.api.routing import advertised_url
+from service.api.routing import advertised_url, forwarded_middleware
 from service.config import Settings
 from service.http import LOG, PROCESSOR, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
@@ -60,11 +60,13 @@ async def metrics(_: web.Request) -> web.Response:
 def build_app(settings: Settings, log: EventLog | None = None) -> web.Application:
     """The application; the log (from the settings unless given) opens with it."""
     app = web.Application(
-        middlewares=[errors_middleware, access_middleware],
+        middlewares=[errors_middleware, forwarded_middleware, access_middleware],
         client_max_size=settings.receiver.max_body_bytes,
     )
     app[SETTINGS] = settings
     app[LOG] = log if log is not None else create_log(settings.log)
+    if settings.api.cluster_secret is not None:
+        app[LOG].cluster_secret = settings.api.cluster_secret.get_secret_value().encode()
 
     async def log_lifetime(app: web.Application) -> AsyncIterator[None]:
         await app[LOG].start()

@@ -125,6 +125,11 @@ def _serve(settings: Settings) -> int:
         log.warning("no API tokens configured: the /v1 API is open to anyone who can reach it")
     if not settings.apps:
         log.warning("no [[apps]] configured: every webhook will be refused as unknown_app")
+    if settings.log.backend == "kafka" and settings.api.cluster_secret is None:
+        log.warning(
+            "no api.cluster_secret: requests for OAs that other instances own get 503 "
+            "forwarding_disabled; set the same secret on every instance to forward them"
+        )
     app = build_app(settings)
     log.info(
         "starting",
@@ -142,6 +147,9 @@ def _serve(settings: Settings) -> int:
             host=settings.server.host,
             port=settings.server.port,
             shutdown_timeout=settings.server.shutdown_timeout_s,
+            # aiohttp has no timeout for headers; its idle timeout runs from the
+            # connection's start, or its last answer, until the next headers are complete.
+            keepalive_timeout=settings.server.header_timeout_s,
             access_log=None,
             print=None,
             handle_signals=True,

@@ -60,6 +60,11 @@ class ServerSettings(_Section):
     """How long running requests may finish after SIGTERM."""
     event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     """uvloop (libuv) serves more requests per core; asyncio is the standard library's loop."""
+    header_timeout_s: float = Field(default=5.0, gt=0, le=300)
+    """A connection is closed when a request's headers have not all arrived this long after
+    it opened or after its previous answer (so an idle kept-alive connection is closed
+    then too): connections that never finish their headers would otherwise be held open
+    until the process runs out of file descriptors."""
 
 
 class ReceiverSettings(_Section):
@@ -124,6 +129,9 @@ class AppSettings(_Section):
     app_id: ZaloId
     secrets: list[SecretStr] = Field(min_length=1, max_length=2)
     """OA secret keys; the first is current, a second may stay valid during rotation."""
+    oa_ids: list[ZaloId] | None = None
+    """The OAs of this app; when given, a webhook for another OA signed by this app is
+    refused (`unknown_app`). An OA listed here is refused for every other app."""
 
     @field_validator("secrets")
     @classmethod
@@ -179,6 +187,11 @@ class ApiSettings(_Section):
     """Where other instances reach this one (`http://host:port`), published to the
     processor group so that they forward requests for this instance's OAs here.
     Default: `http://<server.host>:<server.port>`, the machine's name for 0.0.0.0."""
+    cluster_secret: SecretStr | None = Field(default=None, min_length=16)
+    """Shared by every instance of one cluster: they sign the addresses they publish to
+    the group, and each request forwarded to an OA's owner, with it. Without it an
+    instance forwards nothing (a request for an OA another instance owns gets 503
+    `forwarding_disabled`), so a single instance needs none."""
     forward_timeout_s: float = Field(default=10.0, gt=0, le=60)
     """How long a request forwarded to the owner of an OA may take."""
     read_timeout_s: float = Field(default=2.0, gt=0, le=60)
@@ -215,6 +228,8 @@ class Settings(BaseSettings):
     @classmethod
     def _unique_apps(cls, apps: list[AppSettings]) -> list[AppSettings]:
         _refuse_repeats("app_id", [app.app_id for app in apps])
+        # One OA belongs to one app: a second app listing it could sign for it too.
+        _refuse_repeats("oa_id", [oa for app in apps for oa in app.oa_ids or ()])
         return apps
 
     @field_validator("oas")
@@ -238,6 +253,22 @@ class Settings(BaseSettings):
     def app_secrets(self, app_id: str) -> tuple[str, ...] | None:
         """The secrets configured for `app_id`, current first; None for an unknown app."""
         return self._secrets_by_app.get(app_id)
+
+    def app_signs_for(self, app_id: str, oa_id: str) -> bool:
+        """Whether `app_id` (a configured app) may sign webhooks for `oa_id`: the OA is in
+        its `oa_ids` when it lists them, and is listed under no other app."""
+        owner = self._app_by_oa.get(oa_id)
+        if owner is not None:
+            return owner == app_id
+        return app_id not in self._apps_listing_oas
+
+    @functools.cached_property
+    def _app_by_oa(self) -> dict[str, str]:
+        return {oa: app.app_id for app in self.apps for oa in app.oa_ids or ()}
+
+    @functools.cached_property
+    def _apps_listing_oas(self) -> frozenset[str]:
+        return frozenset(app.app_id for app in self.apps if app.oa_ids is not None)
 
     @functools.cached_property
     def _secrets_by_app(self) -> dict[str, tuple[str, ...]]:

@@ -50,11 +50,28 @@ _HTTP_CODES = {
 }
 
 
+# What aiohttp decodes by itself (br and zstd with the Brotli and zstd packages, which the
+# project depends on for that: without them aiohttp refuses such a request before any
+# handler, in plain text). With any other encoding the handlers would read the encoded
+# bytes as if they were the body.
+_READABLE_ENCODINGS = frozenset({"", "identity", "gzip", "deflate", "br", "zstd"})
+
+
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """aiohttp's own HTTP errors and anything unexpected, as JSON error bodies."""
+    encoding = request.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _READABLE_ENCODINGS:
+        return error_response(
+            415,
+            "unsupported_media_type",
+            "the body must be sent as it is, or encoded with gzip, deflate, br or zstd",
+        )
     try:
         return await handler(request)
+    except web.RequestPayloadError:
+        # The client's bytes: a body that is not what its Content-Encoding says.
+        return error_response(400, "bad_request", "the body could not be decoded")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -10,11 +10,14 @@ net for known field names, not a licence.
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Any, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 from structlog.typing import EventDict, WrappedLogger
 
 # Field names whose values never reach a log line, whoever passes them.
@@ -27,6 +30,51 @@ def _redact(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
     for key in REDACTED_KEYS.intersection(event_dict):
         event_dict[key] = "[redacted]"
     return event_dict
+
+
+# Exception text quotes whatever the code was handling: header lines, URLs, values.
+_SENSITIVE_TEXT = (
+    (
+        re.compile(r"(?i)\b(authorization|cookie|x-zevent-signature)(\s*[:=]\s*)[^\r\n'\"\\]*"),
+        r"\1\2[redacted]",
+    ),
+    (re.compile(r"(?i)\bbearer\s+[^\s'\"\\]+"), "Bearer [redacted]"),
+    (re.compile(r"(?i)\bmac=[0-9a-f]+"), "mac=[redacted]"),
+    (re.compile(r"\?[^\s'\"\\]+"), "?[redacted]"),
+)
+
+
+def redact_text(text: str) -> str:
+    """`text` without bearer tokens, signatures and query strings."""
+    for pattern, replacement in _SENSITIVE_TEXT:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _redact_exception(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+    exception = event_dict.get("exception")
+    if isinstance(exception, str):
+        event_dict["exception"] = redact_text(exception)
+    return event_dict
+
+
+class _RefusedRequests(logging.Filter):
+    """aiohttp's server logs a request it could not parse (or whose body would not decode)
+    at ERROR with a traceback that quotes the offending bytes: a header line with its
+    bearer token, a request line with its query string. Such a request is the client's
+    fault: one WARNING line, naming the kind of fault and not its text."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError | RequestPayloadError):
+            # "Error handling request from %s" names the peer; other such lines do not.
+            if isinstance(record.args, tuple) and record.args:
+                record.remote = record.args[0]
+            record.msg, record.args = "request refused", ()
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            record.fault = type(exc).__name__
+        return True
 
 
 def _orjson_dumps(value: Any, **_: Any) -> str:
@@ -66,10 +114,15 @@ def configure_logging(
         cache_logger_on_first_use=True,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, _library_component],
+        foreign_pre_chain=[
+            *shared,
+            _library_component,
+            structlog.stdlib.ExtraAdder(allow=("remote", "fault")),
+        ],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             structlog.processors.format_exc_info,
+            _redact_exception,
             renderer,
         ],
     )
@@ -80,6 +133,9 @@ def configure_logging(
     root.setLevel(level.upper())
     # aiohttp's access log duplicates our own request metrics; keep it quiet.
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    server = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, _RefusedRequests) for f in server.filters):
+        server.addFilter(_RefusedRequests())
 
 
 def _library_component(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:

@@ -108,7 +108,8 @@ def _unauthorised(request: web.Request) -> web.Response | None:
     match = None
     if scheme.lower() == "bearer" and given:
         for token in tokens:
-            if hmac.compare_digest(token.token.get_secret_value().encode(), given.encode()):
+            secret = token.token.get_secret_value().encode()
+            if hmac.compare_digest(secret, given.encode("utf-8", "surrogateescape")):
                 match = token
     if match is None:
         return error_response(

@@ -7,6 +7,13 @@ and passes the answer back. A forwarded request carries `X-Zns-Gate-Forwarded`
 and is never forwarded again: an instance that gets one for an OA it does not
 own (the table moved meanwhile) answers 503 with `Retry-After`.
 
+The hop is signed with the cluster's secret (`api.cluster_secret`): an HMAC
+over the method, the raw path with its query, the body's hash and the time, so
+the owner acts only on requests another instance sent, for this very path and
+body, recently. The path is forwarded exactly as the client sent it: decoded
+and encoded again, `%2F` or `%3F` in an OA id would name another resource.
+Without a secret nothing is forwarded (503 `forwarding_disabled`).
+
 While partitions move, a read may be answered from a copy (a partition still
 catching up after its restore, or one just revoked) with `X-Staleness-Ms`: how
 much older than now its newest certain information may be. An admission is
@@ -16,19 +23,30 @@ Every answer for an OA says which instance gave it in `X-Served-By`.
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
 import socket
+import time
 from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from yarl import URL
 
 from service.config import Settings
+from service.http import SETTINGS, Handler, error_response
 from service.logsetup import get_logger
 from service.metrics import FORWARDED
 
 _log = get_logger("api")
 
 FORWARDED_HEADER = "X-Zns-Gate-Forwarded"
+TIMESTAMP_HEADER = "X-Zns-Gate-Timestamp"
+SIGNATURE_HEADER = "X-Zns-Gate-Signature"
+MAX_SKEW_S = 30
+"""A forwarded request signed longer ago (or further ahead) than this is refused: the
+hop takes milliseconds, and a copied request must not stay usable."""
 SERVED_BY = "X-Served-By"
 STALENESS = "X-Staleness-Ms"
 
@@ -58,6 +76,52 @@ def advertised_url(settings: Settings) -> str | None:
     if ":" in host:
         host = f"[{host}]"
     return f"http://{host}:{port}"
+
+
+def sign_forward(secret: bytes, method: str, raw_path: str, body: bytes, timestamp: str) -> str:
+    """The signature of one forwarded request (hex HMAC-SHA256)."""
+    signed = "\n".join(
+        ("zns-gate forward", method.upper(), raw_path, hashlib.sha256(body).hexdigest(), timestamp)
+    )
+    return hmac.new(secret, signed.encode("utf-8", "surrogateescape"), hashlib.sha256).hexdigest()
+
+
+def _secret(request: web.Request) -> bytes | None:
+    configured = request.app[SETTINGS].api.cluster_secret
+    return None if configured is None else configured.get_secret_value().encode()
+
+
+@web.middleware
+async def forwarded_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """A request that says it was forwarded by another instance must prove it."""
+    if FORWARDED_HEADER not in request.headers:
+        return await handler(request)
+    secret = _secret(request)
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].api.read_timeout_s):
+            body = await request.read()
+    except TimeoutError:
+        return error_response(408, "request_timeout", "the body arrived too slowly")
+    timestamp = request.headers.get(TIMESTAMP_HEADER, "")
+    claimed = request.headers.get(SIGNATURE_HEADER, "")
+    try:
+        fresh = abs(time.time() - int(timestamp)) <= MAX_SKEW_S
+    except ValueError:
+        fresh = False
+    if secret is None or not fresh:
+        return _unverified()
+    expected = sign_forward(secret, request.method, request.raw_path, body, timestamp)
+    if not hmac.compare_digest(claimed.encode("utf-8", "surrogateescape"), expected.encode()):
+        return _unverified()
+    return await handler(request)
+
+
+def _unverified() -> web.Response:
+    return error_response(
+        401,
+        "invalid_forward_signature",
+        "a forwarded request must be signed, recently, with the cluster's secret",
+    )
 
 
 @dataclass(frozen=True)
@@ -91,11 +155,25 @@ class Forwarder:
 
     async def forward(self, request: web.Request, address: str, body: bytes) -> web.Response:
         """Send `request` (its body already read: `body`) to `address`; its answer."""
+        secret = _secret(request)
+        if secret is None:
+            FORWARDED.labels("disabled").inc()
+            return error_response(
+                503,
+                "forwarding_disabled",
+                "another instance owns this OA, and without api.cluster_secret this "
+                "instance forwards to none",
+            )
         headers = {
             name: request.headers[name] for name in _REQUEST_HEADERS if name in request.headers
         }
+        timestamp = str(int(time.time()))
         headers[FORWARDED_HEADER] = self.address or "unknown"
-        url = address + request.rel_url.path_qs
+        headers[TIMESTAMP_HEADER] = timestamp
+        headers[SIGNATURE_HEADER] = sign_forward(
+            secret, request.method, request.raw_path, body, timestamp
+        )
+        url = URL(address + request.raw_path, encoded=True)
         try:
             async with self._client().request(
                 request.method, url, data=body or None, headers=headers

@@ -10,13 +10,26 @@ instance knows where to forward a request for an OA it does not own: the
 pattern of Kafka Streams' `application.server`, and the table is exactly as
 current as the group's generation, with no other topic or registry to keep.
 
+Any client that reaches the brokers can join the group and say anything of
+itself, and the leader is just another member. So with a secret the instances
+share (`api.cluster_secret`), each member signs the address it says, every
+entry of the table carries that signature, and each member keeps only the
+entries it can verify: a member that cannot sign is never forwarded to. The
+table holds `host:port` only (no scheme, path or user); the scheme is this
+member's own. Without a secret, the table is kept unsigned, and the forwarder
+sends nothing anywhere.
+
 `plan` is the assignment itself, without Kafka's types.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import orjson
 from aiokafka.cluster import ClusterMetadata
@@ -28,6 +41,10 @@ from aiokafka.coordinator.protocol import (
 from service.logsetup import get_logger
 
 _log = get_logger("log")
+
+# host:port, the host a name or an IPv4 or a bracketed IPv6 address: nothing else reaches a URL.
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}")
+_ADDRESS_LABEL = b"zns-gate address\0"
 
 
 @dataclass(frozen=True)
@@ -81,15 +98,34 @@ class AddressingAssignor:
     name = "zns-gate-addressing"
     version = 0
 
-    def __init__(self, address: str | None) -> None:
-        self.address = address
+    def __init__(self, address: str | None, secret: bytes | None = None) -> None:
+        """`address`: this member's URL (`http://host:port`); `secret`: the cluster's."""
+        parts = urlsplit(address) if address is not None else None
+        self.address = parts.netloc if parts is not None and _valid(parts.netloc) else None
+        self._scheme = parts.scheme if parts is not None and parts.scheme else "http"
+        self._secret = secret
         self.owned: frozenset[tuple[str, int]] = frozenset()
         self.owners: dict[str, dict[int, str]] = {}
-        """Topic -> partition -> its owner's address, from the last assignment."""
+        """Topic -> partition -> its owner's URL, from the last assignment."""
+
+    def sign(self, address: str) -> str | None:
+        """The signature of `address` (host:port) under the cluster's secret, if any."""
+        if self._secret is None:
+            return None
+        return hmac.new(self._secret, _ADDRESS_LABEL + address.encode(), hashlib.sha256).hexdigest()
+
+    def _trusted(self, address: object, mac: object) -> bool:
+        if not isinstance(address, str) or not _valid(address):
+            return False
+        if self._secret is None:
+            return True  # kept to say that the partition has an owner; never forwarded to
+        expected = self.sign(address)
+        return isinstance(mac, str) and expected is not None and hmac.compare_digest(mac, expected)
 
     def metadata(self, topics: Iterable[str]) -> ConsumerProtocolMemberMetadata:
         owned = sorted(f"{topic}:{partition}" for topic, partition in self.owned)
-        user_data = orjson.dumps({"address": self.address, "owned": owned})
+        mac = self.sign(self.address) if self.address is not None else None
+        user_data = orjson.dumps({"address": self.address, "mac": mac, "owned": owned})
         return ConsumerProtocolMemberMetadata(self.version, sorted(topics), user_data)
 
     def assign(
@@ -98,16 +134,17 @@ class AddressingAssignor:
         said = {member_id: _said(metadata) for member_id, metadata in members.items()}
         topics = sorted({topic for m in members.values() for topic in m.subscription})
         by_member: dict[str, list[tuple[str, list[int]]]] = {m: [] for m in members}
-        table: dict[str, dict[str, str | None]] = {}
+        table: dict[str, dict[str, dict[str, str | None]]] = {}
         for topic in topics:
             claims = {
                 member_id: Member(address, frozenset(p for t, p in owned if t == topic))
-                for member_id, (address, owned) in said.items()
+                for member_id, (address, _, owned) in said.items()
                 if topic in members[member_id].subscription
             }
             planned = plan(claims, cluster.partitions_for_topic(topic) or set())
+            # Passed on as each member signed it: every member checks the table itself.
             table[topic] = {
-                str(p): claims[member_id].address
+                str(p): {"address": said[member_id][0], "mac": said[member_id][1]}
                 for member_id, held in planned.items()
                 for p in held
             }
@@ -124,7 +161,12 @@ class AddressingAssignor:
         try:
             table = orjson.loads(assignment.user_data or b"{}")["owners"]
             self.owners = {
-                topic: {int(p): a for p, a in owners.items() if isinstance(a, str)}
+                topic: {
+                    int(p): f"{self._scheme}://{entry['address']}"
+                    for p, entry in owners.items()
+                    if isinstance(entry, dict)
+                    and self._trusted(entry.get("address"), entry.get("mac"))
+                }
                 for topic, owners in table.items()
             }
         except (orjson.JSONDecodeError, KeyError, AttributeError, TypeError, ValueError):
@@ -132,15 +174,26 @@ class AddressingAssignor:
             self.owners = {}
 
 
-def _said(metadata: ConsumerProtocolMemberMetadata) -> tuple[str | None, set[tuple[str, int]]]:
-    """(address, owned (topic, partition)s) from a member's metadata; nothing if unreadable."""
+def _valid(address: str) -> bool:
+    return _HOST_PORT.fullmatch(address) is not None
+
+
+def _said(
+    metadata: ConsumerProtocolMemberMetadata,
+) -> tuple[str | None, str | None, set[tuple[str, int]]]:
+    """(address, its signature, owned (topic, partition)s) from a member's metadata;
+    nothing if unreadable."""
     try:
         said = orjson.loads(metadata.user_data or b"{}")
-        address = said.get("address")
+        address, mac = said.get("address"), said.get("mac")
         owned = set()
         for item in said.get("owned", ()):
             topic, _, partition = str(item).rpartition(":")
             owned.add((topic, int(partition)))
     except (orjson.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return None, set()
-    return (address if isinstance(address, str) else None), owned
+        return None, None, set()
+    return (
+        address if isinstance(address, str) and _valid(address) else None,
+        mac if isinstance(mac, str) else None,
+        owned,
+    )

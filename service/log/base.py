@@ -265,6 +265,9 @@ class EventLog(abc.ABC):
     def __init__(self, topics: Topics, partitions: int) -> None:
         self.topics = topics
         self.partitions = partitions
+        self.cluster_secret: bytes | None = None
+        """The secret the instances of one cluster share: members sign the addresses they
+        publish with it (`consumer(address=...)`), and trust only addresses so signed."""
 
     @property
     @abc.abstractmethod

@@ -153,6 +153,10 @@ class EmbeddedLog(EventLog):
         self._groups: dict[str, EmbeddedConsumer] = {}
         self._deadlines = Deadlines()
         self._state = "new"
+        self._identity: tuple[int, int] | None = None
+        """(device, inode) of the file as opened: a file deleted or replaced under a
+        running process would take every later commit with it, unseen."""
+        self._lost: str | None = None
 
     @property
     def backend(self) -> str:
@@ -166,6 +170,7 @@ class EmbeddedLog(EventLog):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._take_lock()
         try:
+            self._identity = await self._on_writer(self._create_private)
             self._writer = await self._on_writer(self._open)
             self._reader = await self._on_reader(self._open)
             await self._on_writer(self._prepare)
@@ -241,6 +246,31 @@ class EmbeddedLog(EventLog):
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader_thread, fn)
 
+    def _create_private(self) -> tuple[int, int]:
+        """Create the file readable by its owner only (SQLite gives its WAL the same
+        mode); an existing file keeps the mode its operator chose. Its identity."""
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            found = os.fstat(fd)
+        finally:
+            os.close(fd)
+        return found.st_dev, found.st_ino
+
+    def _check_file(self) -> None:
+        """Raise LogUnavailable, for good, once the file opened is no longer at its path."""
+        if self._lost is None:
+            try:
+                found = os.stat(self.path)
+            except FileNotFoundError:
+                self._lost = f"{self.path} was deleted while open"
+            else:
+                if (found.st_dev, found.st_ino) != self._identity:
+                    self._lost = f"{self.path} was replaced while open"
+            if self._lost is not None:
+                _log.error("embedded log file lost; no more writes", reason=self._lost)
+        if self._lost is not None:
+            raise LogUnavailable(f"{self._lost}; restart once the file is restored")
+
     def _open(self) -> sqlite3.Connection:
         # isolation_level=None: transactions are begun and committed explicitly.
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -278,6 +308,7 @@ class EmbeddedLog(EventLog):
         self, rows: list[tuple[object, ...]], heads: dict[TopicPartition, int]
     ) -> None:
         conn = self._conn(self._writer)
+        self._check_file()  # a stat per commit group: committing to a deleted file loses it
         with _transaction(conn):
             conn.executemany(
                 "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp_ms)"
@@ -303,6 +334,8 @@ class EmbeddedLog(EventLog):
     ) -> Position:
         if self._state != "open":
             raise LogClosed("the embedded log is not open")
+        if self._lost is not None:
+            raise LogUnavailable(self._lost)
         check_record(key, value, headers)
         partition = self.choose_partition(key, partition)
         done: asyncio.Future[Position] = asyncio.get_running_loop().create_future()
@@ -419,12 +452,13 @@ class EmbeddedLog(EventLog):
         if self._writer_task is None or self._writer_task.done():
             raise LogUnavailable("the embedded log's writer has stopped")
         try:
-            await asyncio.wait_for(
-                self._on_reader(lambda: self._conn(self._reader).execute("SELECT 1").fetchone()),
-                timeout=2.0,
-            )
+            await asyncio.wait_for(self._on_reader(self._answers), timeout=2.0)
         except (TimeoutError, sqlite3.Error) as exc:
             raise LogUnavailable(f"the embedded log does not answer: {exc!r}") from exc
+
+    def _answers(self) -> None:
+        self._check_file()
+        self._conn(self._reader).execute("SELECT 1").fetchone()
 
     # -- consumer groups ---------------------------------------------------------------
 

@@ -499,7 +499,7 @@ class KafkaConsumer(LogConsumer):
         self._topics = topics
         self._listener = listener
         self._consumer: AIOKafkaConsumer[bytes, bytes] | None = None
-        self._assignor = AddressingAssignor(address)
+        self._assignor = AddressingAssignor(address, log.cluster_secret)
         self._contact = 0.0
         """time.monotonic() at which the last heartbeat the group acknowledged was sent."""
         self._watching = False

@@ -112,12 +112,22 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
     if limits.max_age_s is not None and not _fresh(timestamp, limits.max_age_s):
         return _refuse(request, 401, "stale_timestamp", "the timestamp is too old", app_id=app_id)
+    oa_id = find_oa_id(body)
+    # A genuine signature of one app says nothing about OAs of another app.
+    if oa_id is not None and not settings.app_signs_for(app_id, oa_id):
+        return _refuse(
+            request,
+            401,
+            "unknown_app",
+            "this app_id is not configured for this OA",
+            app_id=app_id,
+            oa_id=oa_id[:64],
+        )
 
     # 4. Classify.
     event_name = text_of(body.get("event_name")) or ""
     # Request headers are not signed: keep them short.
     server = request.headers.get("X-ZEvent-Server", "")[:64]
-    oa_id = find_oa_id(body)
     dedup = dedup_key(body, raw)
     headers: Headers = (
         ("kind", b"webhook"),

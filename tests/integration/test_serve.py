@@ -163,3 +163,25 @@ async def test_replay_reports_and_dumps_the_rebuilt_states(tmp_path: Path) -> No
     lines = [orjson.loads(line) for line in dump.read_bytes().splitlines()]
     assert [line["oa_id"] for line in lines] == sorted(line["oa_id"] for line in lines)
     assert all(line["state"]["position"] >= 0 for line in lines)
+
+
+async def test_connections_whose_headers_never_finish_are_closed(served: Served) -> None:
+    """By default, a connection gets `server.header_timeout_s` (5 s) to send a request's
+    headers; meanwhile every other request is answered."""
+    await served.wait_ready()
+    held = []
+    for _ in range(50):
+        reader, writer = await asyncio.open_connection("127.0.0.1", served.port)
+        writer.write(b"POST /webhooks/zalo HTTP/1.1\r\nHost: gate\r\nX-Slow: ")
+        held.append((reader, writer))
+    started = asyncio.get_running_loop().time()
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(f"{served.url}/healthz") as response,
+    ):
+        assert response.status == 200
+    for reader, writer in held:
+        assert await asyncio.wait_for(reader.read(), timeout=15) == b""
+        writer.close()
+    elapsed = asyncio.get_running_loop().time() - started
+    assert 3 < elapsed < 12, elapsed

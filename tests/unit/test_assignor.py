@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
+import orjson
 from aiokafka.coordinator.protocol import ConsumerProtocolMemberMetadata
 from hypothesis import given
 from hypothesis import strategies as st
@@ -104,3 +105,56 @@ def test_unreadable_metadata_owns_nothing_and_gets_no_address() -> None:
     leader.on_assignment(assignments["a"])
     assert set(leader.owners["t"].values()) == {"http://a:1"}
     assert len(leader.owners["t"]) == 1  # b's partition has no address to forward to
+
+
+SECRET = b"a-cluster-secret-for-tests"
+
+
+def _said(assignor: AddressingAssignor, topics: list[str]) -> ConsumerProtocolMemberMetadata:
+    return ConsumerProtocolMemberMetadata.decode(assignor.metadata(topics).encode())
+
+
+def test_only_addresses_signed_with_the_cluster_secret_are_forwarded_to() -> None:
+    honest = AddressingAssignor("http://10.0.0.1:8080", SECRET)
+    other_secret = AddressingAssignor("http://10.0.0.2:8080", b"another-secret-entirely")
+    unsigned = AddressingAssignor("http://10.0.0.3:8080")
+    said = {
+        "honest": _said(honest, ["t"]),
+        "other": _said(other_secret, ["t"]),
+        "unsigned": _said(unsigned, ["t"]),
+        # A member that copies a genuine signature onto its own address.
+        "copier": ConsumerProtocolMemberMetadata(
+            0,
+            ["t"],
+            orjson.dumps(
+                {
+                    "address": "10.6.6.6:80",
+                    "mac": orjson.loads(_said(honest, ["t"]).user_data)["mac"],
+                    "owned": [],
+                }
+            ),
+        ),
+    }
+    # Whoever leads (here the unsigned member), each member checks the table it is sent.
+    assignments = unsigned.assign(_Cluster({"t": set(range(8))}), said)
+    honest.on_assignment(assignments["honest"])
+    assert set(honest.owners["t"].values()) == {"http://10.0.0.1:8080"}
+    assert len(honest.owners["t"]) == 2  # its own partitions only
+
+
+def test_the_table_holds_host_and_port_only() -> None:
+    signer = AddressingAssignor("http://10.0.0.1:8080", SECRET)
+    said = orjson.loads(_said(signer, ["t"]).user_data)
+    assert said["address"] == "10.0.0.1:8080"
+    assignments = signer.assign(_Cluster({"t": {0}}), {"a": _said(signer, ["t"])})
+    table = orjson.loads(assignments["a"].user_data)["owners"]["t"]
+    assert table["0"]["address"] == "10.0.0.1:8080"
+
+    # A path, a user or a query smuggled into the address, even signed, is never used.
+    for address in ("evil.example:80/steal", "user@evil.example:80", "evil.example:80?x=1"):
+        entry = {"address": address, "mac": signer.sign(address)}
+        forged = {"owners": {"t": {"0": entry}}}
+        signer.on_assignment(
+            type(assignments["a"])(0, assignments["a"].assignment, orjson.dumps(forged))
+        )
+        assert signer.owners["t"] == {}, address

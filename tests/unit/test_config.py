@@ -167,3 +167,21 @@ def test_serve_with_an_invalid_setting_exits_2_before_listening(tmp_path: Path) 
     )
     assert result.returncode == 2
     assert "invalid setting log.partitions" in result.stderr
+
+
+def test_an_oa_listed_under_two_apps_is_refused(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        '[[apps]]\napp_id = "1"\nsecrets = ["secret-one-1"]\noa_ids = ["7"]\n'
+        '[[apps]]\napp_id = "2"\nsecrets = ["secret-two-2"]\noa_ids = ["7"]\n',
+    )
+    with pytest.raises(ConfigError, match=r"apps.*oa_id.*7"):
+        load_settings(path)
+
+
+def test_a_short_cluster_secret_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"api.cluster_secret.*at least 16"):
+        load_settings(write(tmp_path, '[api]\ncluster_secret = "short"\n'))
+    settings = load_settings(write(tmp_path, '[api]\ncluster_secret = "long-enough-secret-01"\n'))
+    assert settings.api.cluster_secret is not None
+    assert "long-enough" not in repr(settings)

@@ -70,3 +70,15 @@ def test_a_terminal_gets_readable_lines() -> None:
     assert "starting" in text
     assert "port" in text
     assert not text.lstrip().startswith("{")
+
+
+def test_exception_text_in_log_lines_is_redacted(stream: io.StringIO) -> None:
+    try:
+        raise ValueError("while reading Authorization: Bearer abc-secret-789 from /x?key=qs-1")
+    except ValueError:
+        get_logger("http").exception("unhandled error")
+    text = stream.getvalue()
+    assert "abc-secret-789" not in text, text
+    assert "qs-1" not in text, text
+    [line] = [orjson.loads(line) for line in text.splitlines()]
+    assert "ValueError" in str(line["exception"])
