@@ -83,8 +83,15 @@ class Item:
     oa_id: str
     body: Body
     at: datetime
-    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`."""
+    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`; for
+    a command, when the operator asked (see `has_event_time`)."""
     dedup_key: str | None = None
+
+    @property
+    def has_event_time(self) -> bool:
+        """False for an operator's command: it takes effect at the OA's "now" and moves no
+        clock, so that resuming an OA on a replayed or lagging stream does not jump its day."""
+        return self.kind != "command"
 
 
 _RECORD_MODELS: dict[str, type[SendRecord | AdmissionRecord | SyncRecord | CommandRecord]] = {
@@ -216,7 +223,7 @@ class _Fold:
     def apply(self, item: Item) -> list[Change]:
         self.advance()
         state = self.state
-        at = item.at if item.at <= self.now + FUTURE_SLACK else self.now
+        at = item.at if item.has_event_time and item.at <= self.now + FUTURE_SLACK else self.now
         if item.dedup_key is not None:
             if item.dedup_key in state.dedup:
                 return self.changes
@@ -394,6 +401,7 @@ class _Fold:
 
     def set_quota(self, value: Quota, at: datetime, rule: str) -> None:
         """Zalo's own daily quota: the latest event time wins."""
+        self.zalo_counted(at)
         state = self.state
         at_ms = _ms(at)
         if at_ms < state.quota_at:
@@ -411,6 +419,7 @@ class _Fold:
         self.change("tier", rule, before, value, at)
 
     def set_remaining(self, value: int, at: datetime) -> None:
+        self.zalo_counted(at)
         state = self.state
         at_ms = _ms(at)
         if at_ms < state.zalo_remaining_at:
@@ -420,6 +429,13 @@ class _Fold:
         state.zalo_remaining = value
         state.zalo_remaining_day = day
         state.zalo_remaining_base = state.consumed.get(day)
+
+    def zalo_counted(self, at: datetime) -> None:
+        """A value of the quota from Zalo, later than today's -144 and for that day, ends the
+        -144's 0: Zalo's own count is newer than the refusal."""
+        state = self.state
+        if state.exhausted_day == self.policy.day(at) and _ms(at) > state.exhausted_at:
+            state.exhausted_day = None
 
     def negative(
         self, message: Message | None, template: Template | None, at: datetime, cause: str
@@ -570,9 +586,8 @@ class _Fold:
             template = self.state.template(event.template_id)
             if _ms(at) >= template.status_at:
                 before = template.status
+                # A -146 stays: it is Zalo's quality, which a status does not report.
                 template.status, template.status_at = event.status.new_status, _ms(at)
-                if event.status.new_status == "ENABLE":
-                    template.zalo_disabled = False
                 if before != template.status:
                     self.change(
                         "template",
@@ -778,14 +793,18 @@ class _Fold:
             message.template_id = template.template_id
             message.tag = tag
             message.recipient = message.recipient or recipient
-        if grant is not None and admission_id is not None:
-            self.settle_with_grant(message, grant, admission_id, day)
-        elif message is None or not (message.settled or message.consumed):
+        settled = (
+            grant is not None
+            and admission_id is not None
+            and self.settle_with_grant(message, grant, admission_id, day)
+        )
+        if not settled and (message is None or not (message.settled or message.consumed)):
             self.consume(day, 1)
             if message is not None:
                 message.consumed = True
             if tag == 3:
-                self.promotion_used(day, 1, [recipient] if recipient else [])
+                # A send naming its admission had its recipient's counts taken at grant time.
+                self.promotion_used(day, 1, [recipient] if recipient and grant is None else [])
         if message is None or not message.sent_ok:
             if message is not None:
                 message.sent_ok = True
@@ -801,28 +820,27 @@ class _Fold:
 
     def settle_with_grant(
         self, message: Message | None, grant: Grant, admission_id: str, day: int
-    ) -> None:
-        """A send that names its admission uses that grant and consumes nothing more."""
+    ) -> bool:
+        """A send that names its admission uses that grant and consumes nothing more; False
+        when the grant has no unit left (it went back, or others settled them all): the send
+        then counts as one without an admission, and what its receipt took is undone."""
         if message is not None and message.settled == admission_id:
-            return
+            return True
         if message is not None and message.settled is not None:
             earlier = self.state.grants.get(message.settled)
             if earlier is not None:
                 earlier.settled -= 1  # the receipt guessed another grant; move the unit
                 self.reopen(message.settled, earlier)
+            message.settled = None
         elif message is not None and message.consumed:
             self.consume(message.day, -1)  # the receipt had consumed a unit for it
             message.consumed = False
-        if grant.open > 0:
-            grant.settled += 1
-        else:
-            self.consume(day, 1)  # the grant was used up or returned: this send is extra
-            if message is not None:
-                message.consumed = True
-                message.settled = None
-                return
+        if grant.open <= 0:
+            return False
+        grant.settled += 1
         if message is not None:
             message.settled = admission_id
+        return True
 
     def send_failed(
         self,
@@ -846,7 +864,7 @@ class _Fold:
                 person.opted_out = True
             self.negative(None, template, at, f"send_error_{error}")
         elif error == -144:
-            state.exhausted_day = day
+            state.exhausted_day, state.exhausted_at = day, _ms(at)
         elif error == -1441:
             state.promo_exhausted_month = month_index(date.fromordinal(day))
         elif error == -146:
@@ -899,9 +917,7 @@ class _Fold:
                 template.tag = item.tag
             if item.status is not None and _ms(at) >= template.status_at:
                 before = template.status
-                template.status, template.status_at = item.status, _ms(at)
-                if item.status == "ENABLE":
-                    template.zalo_disabled = False
+                template.status, template.status_at = item.status, _ms(at)  # a -146 stays
                 if before != item.status:
                     self.change("template", "sync", before, item.status, at, item.template_id)
             if item.quality is not None:

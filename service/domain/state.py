@@ -196,7 +196,9 @@ class OAState:
     tier_changed_day: int | None = None
     penalty_day: int | None = None
     exhausted_day: int | None = None
-    """-144: today's remaining is 0."""
+    """-144: today's remaining is 0 (until a later value from Zalo for that day)."""
+    exhausted_at: int = 0
+    """Event time (ms) of that -144."""
     zalo_remaining: int | None = None
     zalo_remaining_day: int | None = None
     zalo_remaining_base: int = 0
