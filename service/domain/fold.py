@@ -452,6 +452,8 @@ class _Fold:
             state.delivered.add_at(at)
             if template is not None:
                 template.delivered.add_at(at)
+            elif message is not None:
+                message.delivered_at = _ms(at)
         state.negatives.add_at(at)
         self.counts_changed = True
         day = self.policy.day(at)
@@ -459,6 +461,8 @@ class _Fold:
         if template is not None:
             template.negatives.add_at(at)
             self.check_template(template, at)
+        elif message is not None:
+            message.negative_at = _ms(at)
         if day == state.today:
             self.check_penalty(at, cause)
 
@@ -639,6 +643,8 @@ class _Fold:
             self.counts_changed = True
             if template is not None:
                 template.delivered.add_at(at)
+            else:
+                message.delivered_at = _ms(at)
         if not message.sent_ok:
             message.sent_ok = True
             self.count_sent_ok(day, template, message.tag, message.recipient)
@@ -662,10 +668,15 @@ class _Fold:
     def count_sent_ok(
         self, day: int, template: Template | None, tag: int | None, recipient: str | None
     ) -> None:
-        state = self.state
-        state.sent_ok.add(day)
+        self.state.sent_ok.add(day)
         if template is not None:
             template.sent_ok.add(day)
+        self.count_tag12(day, tag, recipient)
+
+    def count_tag12(self, day: int, tag: int | None, recipient: str | None) -> None:
+        """A tag 1 or 2 message sent OK: the promotion quota's basis and the recipient's
+        eligibility."""
+        state = self.state
         if tag in (1, 2):
             state.tag12_ok_month.add(month_index(date.fromordinal(day)))
             if recipient is not None:
@@ -786,6 +797,7 @@ class _Fold:
     ) -> None:
         state = self.state
         self.first_send(day)
+        signals_first = message is not None and message.template_id is None
         if message is None and msg_id is not None:
             message = state.messages[msg_id] = Message(day)
         if message is not None:
@@ -793,6 +805,8 @@ class _Fold:
             message.template_id = template.template_id
             message.tag = tag
             message.recipient = message.recipient or recipient
+            if signals_first:
+                self.count_for_template(message, template, at)
         settled = (
             grant is not None
             and admission_id is not None
@@ -817,6 +831,22 @@ class _Fold:
                 "suspension", "successful_send", True, False, at, reason=state.suspended_reason
             )
             state.suspended_reason = None
+
+    def count_for_template(self, message: Message, template: Template, at: datetime) -> None:
+        """The send record names the template of a message whose receipt or rating came
+        first: what they counted goes to the template (and the tag) now, at their own event
+        times, and the template's pause check runs."""
+        if message.sent_ok:
+            template.sent_ok.add(message.day)
+            self.count_tag12(message.day, message.tag, message.recipient)
+        if message.delivered_at is None and message.negative_at is None:
+            return
+        if message.delivered_at is not None:
+            template.delivered.add_at(_at(message.delivered_at))
+        if message.negative_at is not None:
+            template.negatives.add_at(_at(message.negative_at))
+        message.delivered_at = message.negative_at = None
+        self.check_template(template, at)
 
     def settle_with_grant(
         self, message: Message | None, grant: Grant, admission_id: str, day: int

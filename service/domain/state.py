@@ -91,6 +91,10 @@ class Message:
     """The admission whose unit this message settled."""
     consumed: bool = False
     """The message took a unit of the daily quota itself (no grant covered it)."""
+    delivered_at: int | None = None
+    negative_at: int | None = None
+    """When it was counted delivered and negative (ms) while its template was not known:
+    the send record naming the template adds them to the template's counts."""
 
 
 @dataclass(slots=True)

@@ -3,12 +3,12 @@ by the sentence that settles it (quoted in the test's docstring)."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from service.domain.admission import AdmissionRequest, decide
 from service.domain.fold import advance, fold, read_item
 from service.domain.records import recipient_hash
-from service.domain.state import WINDOW_48H, WINDOW_7D
+from service.domain.state import WINDOW_7D, WINDOW_48H
 from service.log.base import Record
 from service.processor.folding import Output, PartitionFolder, PolicyBook
 from tests import feed
@@ -160,7 +160,8 @@ def test_minus_146_is_lifted_by_a_syncs_template_quality() -> None:
     (`change_template_quality`, `sync`)"."""
     oa = Oa()
     oa.apply(feed.send("t1", "s1", T0, error=-146))
-    oa.apply(feed.sync(T0 + timedelta(seconds=1), templates=[{"template_id": "t1", "quality": "MEDIUM"}]))
+    quality = [{"template_id": "t1", "quality": "MEDIUM"}]
+    oa.apply(feed.sync(T0 + timedelta(seconds=1), templates=quality))
     assert denial(oa, "t1", T0 + timedelta(seconds=2)) is None
 
 
