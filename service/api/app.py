@@ -374,7 +374,7 @@ def _recorded(state: OAState | None, item: SendOutcome) -> bool:
 
 async def post_sends(request: web.Request) -> web.Response:
     """Append each send outcome not recorded yet; answer how many were new and how many
-    were duplicates (DESIGN.md 5).
+    were duplicates.
 
     The OA's owner decides, from the OA's dedup index, the sends appended here but not yet
     folded and the earlier items of the request, one request of the OA at a time so that
