@@ -697,10 +697,17 @@ class _Fold:
 
     def quick_reply(self, event: UserClickResponseButton, at: datetime) -> None:
         message = self.message_for(event.msg_id, at)
+        label = event.message.data
         if message.template_id is None:
-            return  # the answer cannot be judged without its template
+            # Judged once the send record names the template; a label no template counts as
+            # negative never will be, and the label itself is not kept.
+            if message.reply is None and any(
+                label in labels for labels in self.policy.negative_replies.values()
+            ):
+                message.reply, message.reply_at = _label_hash(label), _ms(at)
+            return
         negative_labels = self.policy.negative_replies.get(message.template_id, frozenset())
-        if event.message.data in negative_labels:
+        if label in negative_labels:
             self.negative(message, self.template_of(message.template_id), at, "quick_reply")
 
     def message_for(self, msg_id: str, at: datetime) -> Message:
@@ -839,14 +846,20 @@ class _Fold:
         if message.sent_ok:
             template.sent_ok.add(message.day)
             self.count_tag12(message.day, message.tag, message.recipient)
-        if message.delivered_at is None and message.negative_at is None:
-            return
-        if message.delivered_at is not None:
-            template.delivered.add_at(_at(message.delivered_at))
-        if message.negative_at is not None:
-            template.negatives.add_at(_at(message.negative_at))
-        message.delivered_at = message.negative_at = None
-        self.check_template(template, at)
+        if message.delivered_at is not None or message.negative_at is not None:
+            if message.delivered_at is not None:
+                template.delivered.add_at(_at(message.delivered_at))
+            if message.negative_at is not None:
+                template.negatives.add_at(_at(message.negative_at))
+            message.delivered_at = message.negative_at = None
+            self.check_template(template, at)
+        if message.reply is not None and message.reply_at is not None:
+            labels = self.policy.negative_replies.get(template.template_id, frozenset())
+            negative = message.reply in {_label_hash(label) for label in labels}
+            replied = _at(message.reply_at)
+            message.reply = message.reply_at = None
+            if negative:
+                self.negative(message, template, replied, "quick_reply")
 
     def settle_with_grant(
         self, message: Message | None, grant: Grant, admission_id: str, day: int
@@ -976,6 +989,10 @@ def _hash(recipient: str) -> str | None:
         return recipient_hash(recipient)
     except ValueError:
         return None
+
+
+def _label_hash(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()
 
 
 def _ms(moment: datetime) -> int:

@@ -95,6 +95,10 @@ class Message:
     negative_at: int | None = None
     """When it was counted delivered and negative (ms) while its template was not known:
     the send record naming the template adds them to the template's counts."""
+    reply: str | None = None
+    reply_at: int | None = None
+    """A quick reply that came before the template was known and that may be negative (its
+    label is negative for some template): the sha256 of the label, and when (ms)."""
 
 
 @dataclass(slots=True)

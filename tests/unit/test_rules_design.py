@@ -322,3 +322,28 @@ def test_an_operators_resume_holds_while_the_proxy_stays_low() -> None:
         oa.apply(feed.rating(f"g{i}", 1, bad))
     assert template.proxy_7d == "LOW"
     assert [c.rule for c in oa.of("pause")][-1] == "template_paused"
+
+
+def test_a_reply_before_its_send_record_is_judged_by_the_template_it_names() -> None:
+    """DESIGN 4.1: "a receipt, rating or reply that arrives before the send record naming its
+    template (Zalo's receipts often come first) is added to that template's counts, at its
+    own event time, when the send record arrives"; a quick-reply answer is negative when
+    "its label is configured as negative for its template"."""
+    oa = Oa(negative_replies={"t1": frozenset({"Ngừng nhận"})})
+    delivered, replied = T0 + timedelta(seconds=5), T0 + timedelta(seconds=9)
+    for i, label in enumerate(["Ngừng nhận", "OK"]):
+        oa.apply(feed.receipt(f"m{i}", delivered))
+        oa.apply(feed.quick_reply(f"m{i}", label, replied))
+    assert oa.state.negatives.within(replied, WINDOW_7D) == 0  # not judged yet
+    for i in range(2):
+        oa.apply(feed.send("t1", f"s{i}", T0, msg_id=f"m{i}", tag=2))
+    template = oa.state.templates["t1"]
+    reported = T0 + timedelta(minutes=1)
+    assert template.negatives.within(reported, WINDOW_7D) == 1
+    assert template.negatives.get(ms(replied) // 3_600_000) == 1  # at the reply's hour
+    assert oa.state.negatives.within(reported, WINDOW_7D) == 1
+    assert oa.state.negatives_by_day.get(D.toordinal()) == 1
+    assert template.delivered.within(reported, WINDOW_7D) == 2
+    oa.apply(feed.quick_reply("m0", "Ngừng nhận", replied + timedelta(seconds=1)))
+    assert oa.state.negatives.within(reported, WINDOW_7D) == 1  # a message counts once
+    assert oa.state.negatives.within(reported, WINDOW_7D) == 1
