@@ -372,6 +372,9 @@ class _Fold:
         state = self.state
         grant.returned += units
         state.consumed.add(grant.day, -units)
+        if grant.day == state.zalo_remaining_day and grant.at_ms <= state.zalo_remaining_at:
+            # Zalo's figure never counted these unsent units: their going back raises nothing.
+            state.zalo_remaining_base -= units
         state.granted[str(grant.tag)].add(grant.day, -units)
         if grant.tag == 3:
             state.promo_used_month.add(month_index(date.fromordinal(grant.day)), -units)

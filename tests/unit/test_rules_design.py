@@ -347,3 +347,17 @@ def test_a_reply_before_its_send_record_is_judged_by_the_template_it_names() -> 
     oa.apply(feed.quick_reply("m0", "Ngừng nhận", replied + timedelta(seconds=1)))
     assert oa.state.negatives.within(reported, WINDOW_7D) == 1  # a message counts once
     assert oa.state.negatives.within(reported, WINDOW_7D) == 1
+
+
+def test_units_of_an_earlier_grant_going_back_do_not_raise_zalos_remaining() -> None:
+    """DESIGN 4.3: Zalo's `remainingQuota` less "all that was consumed today after it
+    (section 3: grants made after it less their units that went back, ...)": the units of
+    a grant made before it are not in Zalo's figure, so their going back adds nothing."""
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 10, T0))
+    oa.apply(feed.sync(T0 + timedelta(minutes=1), remaining_quota=500))
+    assert oa.remaining(T0 + timedelta(minutes=2)) == 500
+    assert oa.remaining(T0 + timedelta(hours=1, minutes=1)) == 500  # a1's 10 units went back
+    oa.apply(feed.admission("a2", "t1", 2, 10, T0 + timedelta(hours=2)))
+    assert oa.remaining(T0 + timedelta(hours=2)) == 490
+    assert oa.remaining(T0 + timedelta(hours=3, minutes=1)) == 500  # a2's went back
