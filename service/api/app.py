@@ -56,7 +56,7 @@ from service.domain.records import (
 from service.domain.state import OAState, Policy
 from service.domain.windows import next_day_start
 from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
-from service.log.base import Record
+from service.log.base import Position, Record
 from service.logsetup import get_logger
 from service.metrics import ADMISSION_UNITS
 from service.processor.folding import PartitionFolder
@@ -374,9 +374,9 @@ def _time_refused(request: web.Request, times: list[tuple[str, str]]) -> web.Res
     return None
 
 
-async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> None:
+async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> Position:
     log = request.app[LOG]
-    await log.append(
+    return await log.append(
         log.topics.events,
         oa_id.encode(),
         value,
@@ -385,7 +385,50 @@ async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> 
     )
 
 
+_UNFOLDED_SENDS = web.AppKey("unfolded_sends", dict)
+"""Per partition: the dedup keys of sends appended here that the processor has not folded
+yet -> their offset. A repeat that arrives before the fold is a duplicate too."""
+
+
+def _unfolded_sends(request: web.Request, folder: PartitionFolder) -> dict[str, int]:
+    """The partition's sends appended but not folded yet; the folded ones leave it (they
+    are in the OA's state by then). Keys go in in about offset order, so only the front
+    is looked at."""
+    by_partition: dict[int, dict[str, int]] = request.app[_UNFOLDED_SENDS]
+    unfolded = by_partition.setdefault(folder.partition, {})
+    while unfolded:
+        key, offset = next(iter(unfolded.items()))
+        if offset > folder.position:
+            break
+        del unfolded[key]
+    return unfolded
+
+
+def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:
+    """The keys of a send among the unfolded ones: its tracking id, and its message."""
+    message = None if item.msg_id is None else f"{oa_id}/msg:{item.msg_id}"
+    return f"{oa_id}/send:{item.tracking_id}", message
+
+
+def _recorded(state: OAState | None, item: SendOutcome) -> bool:
+    """The OA's dedup index already has the send, by its tracking id or its message."""
+    if state is None:
+        return False
+    if "send:" + item.tracking_id in state.dedup:
+        return True
+    message = state.messages.get(item.msg_id) if item.msg_id is not None else None
+    return message is not None and message.sent
+
+
 async def post_sends(request: web.Request) -> web.Response:
+    """Append each send outcome not recorded yet; answer how many were new and how many
+    were duplicates.
+
+    The OA's owner decides, from the OA's dedup index, the sends appended here but not yet
+    folded and the earlier items of the request, one request of the OA at a time so that
+    concurrent repeats find each other. Duplicates are not appended: the fold would drop
+    them anyway.
+    """
     oa_id = _oa_id(request)
     try:
         body = await _body(request, SendsBody)
@@ -394,19 +437,42 @@ async def post_sends(request: web.Request) -> web.Response:
     times = [(f"sends.{i}.sent_time", item.sent_time) for i, item in enumerate(body.sends)]
     if (refused := _time_refused(request, times)) is not None:
         return refused
-    seen: set[str] = set()
+    try:
+        where = _where(request, oa_id, admit=True)
+    except NotServed as exc:
+        return _not_served(exc)
+    if isinstance(where, Forward):
+        return await _forward(request, where, await request.read())
+    processor = request.app[PROCESSOR]
+    partition = request.app[LOG].partition_for(oa_id.encode())
     accepted = duplicates = 0
-    for item in body.sends:
-        if item.tracking_id in seen:
-            duplicates += 1
-            continue
-        seen.add(item.tracking_id)
-        # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
-        outcome = SendOutcome.model_validate(item.model_dump(exclude_unset=True))
-        record = SendRecord(oa_id=oa_id, send=outcome)
-        await _append(request, oa_id, "send", record.model_dump_json(exclude_unset=True).encode())
-        accepted += 1
-    # Repeats of earlier requests are recognised when folded (by tracking_id and msg_id).
+    # The admissions' guard: a revocation waits for these appends, so the next owner reads them.
+    async with _lock(request, "sends:" + oa_id), processor.admitting(partition):
+        try:
+            held = _where(request, oa_id, admit=True)  # again: the wait may have moved it
+        except NotServed as exc:
+            return _not_served(exc)
+        if isinstance(held, Forward):
+            return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
+        unfolded = _unfolded_sends(request, held.folder)
+        for item in body.sends:
+            # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
+            outcome = SendOutcome.model_validate(item.model_dump(exclude_unset=True))
+            tracking, message = _send_keys(oa_id, outcome)
+            if (
+                tracking in unfolded
+                or (message is not None and message in unfolded)
+                or _recorded(held.folder.states.get(oa_id), outcome)
+            ):
+                duplicates += 1
+                continue
+            record = SendRecord(oa_id=oa_id, send=outcome)
+            value = record.model_dump_json(exclude_unset=True).encode()
+            position = await _append(request, oa_id, "send", value)
+            unfolded[tracking] = position.offset
+            if message is not None and outcome.error == 0:  # a failed send sends no message
+                unfolded[message] = position.offset
+            accepted += 1
     return json_response({"accepted": accepted, "duplicates": duplicates})
 
 
@@ -571,6 +637,7 @@ async def get_openapi(_: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[_LOCKS] = weakref.WeakValueDictionary()
+    app[_UNFOLDED_SENDS] = {}
     app[FORWARDER] = Forwarder(advertised_url(settings), settings.api.forward_timeout_s)
 
     async def close_forwarder(app: web.Application) -> None:

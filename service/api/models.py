@@ -265,7 +265,7 @@ class WebhookAccepted(_Model):
 class SendsAnswer(_Model):
     accepted: int
     duplicates: int
-    """Repeats of a tracking_id within this request."""
+    """Items already recorded (by `tracking_id` or `msg_id`), in this request or an earlier one."""
 
 
 class Accepted(_Model):

@@ -84,8 +84,15 @@ class Item:
     oa_id: str
     body: Body
     at: datetime
-    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`."""
+    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`; for
+    a command, when the operator asked (see `has_event_time`)."""
     dedup_key: str | None = None
+
+    @property
+    def has_event_time(self) -> bool:
+        """False for an operator's command: it takes effect at the OA's "now" and moves no
+        clock, so that resuming an OA on a replayed or lagging stream does not jump its day."""
+        return self.kind != "command"
 
 
 _RECORD_MODELS: dict[str, type[SendRecord | AdmissionRecord | SyncRecord | CommandRecord]] = {
@@ -217,7 +224,7 @@ class _Fold:
     def apply(self, item: Item) -> list[Change]:
         self.advance()
         state = self.state
-        at = item.at if item.at <= self.now + FUTURE_SLACK else self.now
+        at = item.at if item.has_event_time and item.at <= self.now + FUTURE_SLACK else self.now
         if item.dedup_key is not None:
             if item.dedup_key in state.dedup:
                 return self.changes
@@ -366,6 +373,9 @@ class _Fold:
         state = self.state
         grant.returned += units
         state.consumed.add(grant.day, -units)
+        if grant.day == state.zalo_remaining_day and grant.at_ms <= state.zalo_remaining_at:
+            # Zalo's figure never counted these unsent units: their going back raises nothing.
+            state.zalo_remaining_base -= units
         state.granted[str(grant.tag)].add(grant.day, -units)
         if grant.tag == 3:
             state.promo_used_month.add(month_index(date.fromordinal(grant.day)), -units)
@@ -395,6 +405,7 @@ class _Fold:
 
     def set_quota(self, value: Quota, at: datetime, rule: str) -> None:
         """Zalo's own daily quota: the latest event time wins."""
+        self.zalo_counted(at)
         state = self.state
         at_ms = _ms(at)
         if at_ms < state.quota_at:
@@ -412,6 +423,7 @@ class _Fold:
         self.change("tier", rule, before, value, at)
 
     def set_remaining(self, value: int, at: datetime) -> None:
+        self.zalo_counted(at)
         state = self.state
         at_ms = _ms(at)
         if at_ms < state.zalo_remaining_at:
@@ -421,6 +433,13 @@ class _Fold:
         state.zalo_remaining = value
         state.zalo_remaining_day = day
         state.zalo_remaining_base = state.consumed.get(day)
+
+    def zalo_counted(self, at: datetime) -> None:
+        """A value of the quota from Zalo, later than today's -144 and for that day, ends the
+        -144's 0: Zalo's own count is newer than the refusal."""
+        state = self.state
+        if state.exhausted_day == self.policy.day(at) and _ms(at) > state.exhausted_at:
+            state.exhausted_day = None
 
     def negative(
         self, message: Message | None, template: Template | None, at: datetime, cause: str
@@ -437,6 +456,8 @@ class _Fold:
             state.delivered.add_at(at)
             if template is not None:
                 template.delivered.add_at(at)
+            elif message is not None:
+                message.delivered_at = _ms(at)
         state.negatives.add_at(at)
         self.counts_changed = True
         day = self.policy.day(at)
@@ -444,6 +465,8 @@ class _Fold:
         if template is not None:
             template.negatives.add_at(at)
             self.check_template(template, at)
+        elif message is not None:
+            message.negative_at = _ms(at)
         if day == state.today:
             self.check_penalty(at, cause)
 
@@ -571,9 +594,8 @@ class _Fold:
             template = self.state.template(event.template_id)
             if _ms(at) >= template.status_at:
                 before = template.status
+                # A -146 stays: it is Zalo's quality, which a status does not report.
                 template.status, template.status_at = event.status.new_status, _ms(at)
-                if event.status.new_status == "ENABLE":
-                    template.zalo_disabled = False
                 if before != template.status:
                     self.change(
                         "template",
@@ -625,6 +647,8 @@ class _Fold:
             self.counts_changed = True
             if template is not None:
                 template.delivered.add_at(at)
+            else:
+                message.delivered_at = _ms(at)
         if not message.sent_ok:
             message.sent_ok = True
             self.count_sent_ok(day, template, message.tag, message.recipient)
@@ -648,10 +672,15 @@ class _Fold:
     def count_sent_ok(
         self, day: int, template: Template | None, tag: int | None, recipient: str | None
     ) -> None:
-        state = self.state
-        state.sent_ok.add(day)
+        self.state.sent_ok.add(day)
         if template is not None:
             template.sent_ok.add(day)
+        self.count_tag12(day, tag, recipient)
+
+    def count_tag12(self, day: int, tag: int | None, recipient: str | None) -> None:
+        """A tag 1 or 2 message sent OK: the promotion quota's basis and the recipient's
+        eligibility."""
+        state = self.state
         if tag in (1, 2):
             state.tag12_ok_month.add(month_index(date.fromordinal(day)))
             if recipient is not None:
@@ -672,10 +701,17 @@ class _Fold:
 
     def quick_reply(self, event: UserClickResponseButton, at: datetime) -> None:
         message = self.message_for(event.msg_id, at)
+        label = event.message.data
         if message.template_id is None:
-            return  # the answer cannot be judged without its template
+            # Judged once the send record names the template; a label no template counts as
+            # negative never will be, and the label itself is not kept.
+            if message.reply is None and any(
+                label in labels for labels in self.policy.negative_replies.values()
+            ):
+                message.reply, message.reply_at = _label_hash(label), _ms(at)
+            return
         negative_labels = self.policy.negative_replies.get(message.template_id, frozenset())
-        if event.message.data in negative_labels:
+        if label in negative_labels:
             self.negative(message, self.template_of(message.template_id), at, "quick_reply")
 
     def message_for(self, msg_id: str, at: datetime) -> Message:
@@ -773,6 +809,7 @@ class _Fold:
     ) -> None:
         state = self.state
         self.first_send(day)
+        signals_first = message is not None and message.template_id is None
         if message is None and msg_id is not None:
             message = state.messages[msg_id] = Message(day)
         if message is not None:
@@ -780,14 +817,20 @@ class _Fold:
             message.template_id = template.template_id
             message.tag = tag
             message.recipient = message.recipient or recipient
-        if grant is not None and admission_id is not None:
-            self.settle_with_grant(message, grant, admission_id, day)
-        elif message is None or not (message.settled or message.consumed):
+            if signals_first:
+                self.count_for_template(message, template, at)
+        settled = (
+            grant is not None
+            and admission_id is not None
+            and self.settle_with_grant(message, grant, admission_id, day)
+        )
+        if not settled and (message is None or not (message.settled or message.consumed)):
             self.consume(day, 1)
             if message is not None:
                 message.consumed = True
             if tag == 3:
-                self.promotion_used(day, 1, [recipient] if recipient else [])
+                # A send naming its admission had its recipient's counts taken at grant time.
+                self.promotion_used(day, 1, [recipient] if recipient and grant is None else [])
         if message is None or not message.sent_ok:
             if message is not None:
                 message.sent_ok = True
@@ -801,30 +844,51 @@ class _Fold:
             )
             state.suspended_reason = None
 
+    def count_for_template(self, message: Message, template: Template, at: datetime) -> None:
+        """The send record names the template of a message whose receipt or rating came
+        first: what they counted goes to the template (and the tag) now, at their own event
+        times, and the template's pause check runs."""
+        if message.sent_ok:
+            template.sent_ok.add(message.day)
+            self.count_tag12(message.day, message.tag, message.recipient)
+        if message.delivered_at is not None or message.negative_at is not None:
+            if message.delivered_at is not None:
+                template.delivered.add_at(_at(message.delivered_at))
+            if message.negative_at is not None:
+                template.negatives.add_at(_at(message.negative_at))
+            message.delivered_at = message.negative_at = None
+            self.check_template(template, at)
+        if message.reply is not None and message.reply_at is not None:
+            labels = self.policy.negative_replies.get(template.template_id, frozenset())
+            negative = message.reply in {_label_hash(label) for label in labels}
+            replied = _at(message.reply_at)
+            message.reply = message.reply_at = None
+            if negative:
+                self.negative(message, template, replied, "quick_reply")
+
     def settle_with_grant(
         self, message: Message | None, grant: Grant, admission_id: str, day: int
-    ) -> None:
-        """A send that names its admission uses that grant and consumes nothing more."""
+    ) -> bool:
+        """A send that names its admission uses that grant and consumes nothing more; False
+        when the grant has no unit left (it went back, or others settled them all): the send
+        then counts as one without an admission, and what its receipt took is undone."""
         if message is not None and message.settled == admission_id:
-            return
+            return True
         if message is not None and message.settled is not None:
             earlier = self.state.grants.get(message.settled)
             if earlier is not None:
                 earlier.settled -= 1  # the receipt guessed another grant; move the unit
                 self.reopen(message.settled, earlier)
+            message.settled = None
         elif message is not None and message.consumed:
             self.consume(message.day, -1)  # the receipt had consumed a unit for it
             message.consumed = False
-        if grant.open > 0:
-            grant.settled += 1
-        else:
-            self.consume(day, 1)  # the grant was used up or returned: this send is extra
-            if message is not None:
-                message.consumed = True
-                message.settled = None
-                return
+        if grant.open <= 0:
+            return False
+        grant.settled += 1
         if message is not None:
             message.settled = admission_id
+        return True
 
     def send_failed(
         self,
@@ -848,7 +912,7 @@ class _Fold:
                 person.opted_out = True
             self.negative(None, template, at, f"send_error_{error}")
         elif error == -144:
-            state.exhausted_day = day
+            state.exhausted_day, state.exhausted_at = day, _ms(at)
         elif error == -1441:
             state.promo_exhausted_month = month_index(date.fromordinal(day))
         elif error == -146:
@@ -901,9 +965,7 @@ class _Fold:
                 template.tag = item.tag
             if item.status is not None and _ms(at) >= template.status_at:
                 before = template.status
-                template.status, template.status_at = item.status, _ms(at)
-                if item.status == "ENABLE":
-                    template.zalo_disabled = False
+                template.status, template.status_at = item.status, _ms(at)  # a -146 stays
                 if before != item.status:
                     self.change("template", "sync", before, item.status, at, item.template_id)
             if item.quality is not None:
@@ -932,6 +994,10 @@ def _hash(recipient: str) -> str | None:
         return recipient_hash(recipient)
     except ValueError:
         return None
+
+
+def _label_hash(label: str) -> str:
+    return hashlib.sha256(label.encode()).hexdigest()
 
 
 def _ms(moment: datetime) -> int:

@@ -91,6 +91,14 @@ class Message:
     """The admission whose unit this message settled."""
     consumed: bool = False
     """The message took a unit of the daily quota itself (no grant covered it)."""
+    delivered_at: int | None = None
+    negative_at: int | None = None
+    """When it was counted delivered and negative (ms) while its template was not known:
+    the send record naming the template adds them to the template's counts."""
+    reply: str | None = None
+    reply_at: int | None = None
+    """A quick reply that came before the template was known and that may be negative (its
+    label is negative for some template): the sha256 of the label, and when (ms)."""
 
 
 @dataclass(slots=True)
@@ -196,7 +204,9 @@ class OAState:
     tier_changed_day: int | None = None
     penalty_day: int | None = None
     exhausted_day: int | None = None
-    """-144: today's remaining is 0."""
+    """-144: today's remaining is 0 (until a later value from Zalo for that day)."""
+    exhausted_at: int = 0
+    """Event time (ms) of that -144."""
     zalo_remaining: int | None = None
     zalo_remaining_day: int | None = None
     zalo_remaining_base: int = 0

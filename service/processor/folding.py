@@ -129,10 +129,10 @@ class PartitionFolder:
             if record.offset > self.included:
                 out.dead_letters.append(self.dead_letter(record, headers, exc.reason, str(exc)))
             return
-        # Every record from where folding began moves the clock, also one a snapshot
-        # includes, so that a record folded again sees the clock it saw the first time.
+        # Every record with an event time from where folding began moves the clock, also one
+        # a snapshot includes, so that a record folded again sees the clock it saw the first time.
         at_ms = int(item.at.timestamp() * 1000)
-        if self.clock_ms is None or at_ms > self.clock_ms:
+        if item.has_event_time and (self.clock_ms is None or at_ms > self.clock_ms):
             self.clock_ms = at_ms
         state = self.states.get(item.oa_id)
         if state is None:

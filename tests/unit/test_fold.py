@@ -649,8 +649,10 @@ def test_a_sync_with_only_the_48h_level_leaves_the_evaluation_to_the_proxy() -> 
     assert (tier.rule, tier.after, tier.inputs["basis"]) == ("evaluation_up", 10_000, "proxy")
 
 
-def test_a_sync_that_enables_a_template_lifts_minus_146() -> None:
+def test_a_sync_lifts_minus_146_by_the_templates_quality_not_its_status() -> None:
     oa = Oa()
     oa.apply(feed.send("t1", "x", vn(D, 10), error=-146))
     oa.apply(feed.sync(vn(D, 11), templates=[{"template_id": "t1", "status": "ENABLE"}]))
+    assert oa.state.templates["t1"].zalo_disabled  # DESIGN 4.7: a status does not lift it
+    oa.apply(feed.sync(vn(D, 12), templates=[{"template_id": "t1", "quality": "HIGH"}]))
     assert not oa.state.templates["t1"].zalo_disabled

@@ -83,13 +83,21 @@ def test_a_record_delivered_again_later_changes_nothing(
 def test_delivered_and_negatives_are_a_recount_of_the_distinct_messages(raws: list[Raw]) -> None:
     state = run(raws)
     # The recount: each message is delivered once (by its receipt, or by a negative that
-    # came first) and negative once (its first rating, or its first quick reply).
+    # came first) and negative once (its first rating, or its first quick reply, judged by
+    # its template once a send record names it).
     delivered: set[str] = set()
     negative: set[str] = set()
     rated: set[str] = set()
     replied: set[str] = set()
+    waiting: dict[str, str] = {}  # replies that came before the template was known
     template_of: dict[str, str] = {}
     refusals: set[str] = set()
+
+    def judge(msg_id: str, label: str) -> None:
+        if label == "Ngừng nhận" and template_of.get(msg_id) == "t1":
+            negative.add(msg_id)
+            delivered.add(msg_id)
+
     for raw in raws:
         item = read_item(raw.kind, raw.key, raw.value, raw.headers)
         body = item.body.model_dump()
@@ -99,6 +107,8 @@ def test_delivered_and_negatives_are_a_recount_of_the_distinct_messages(raws: li
                 refusals.add(send["tracking_id"])
             elif send["error"] == 0 and send["msg_id"] not in template_of:
                 template_of[send["msg_id"]] = send["template_id"]
+                if send["msg_id"] in waiting:
+                    judge(send["msg_id"], waiting.pop(send["msg_id"]))
             continue
         event = raw.headers.get("event_name")
         if event == "user_received_message":
@@ -114,9 +124,10 @@ def test_delivered_and_negatives_are_a_recount_of_the_distinct_messages(raws: li
             msg_id = body["msg_id"]
             if msg_id not in replied:
                 replied.add(msg_id)
-                if body["message"]["data"] == "Ngừng nhận" and template_of.get(msg_id) == "t1":
-                    negative.add(msg_id)
-                    delivered.add(msg_id)
+                if msg_id in template_of:
+                    judge(msg_id, body["message"]["data"])
+                else:
+                    waiting[msg_id] = body["message"]["data"]
     end = START + timedelta(days=3)
     window = timedelta(days=7)
     assert state.delivered.within(end, window) == len(delivered) + len(refusals)
