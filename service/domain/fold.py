@@ -105,7 +105,10 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
         if model is None:
             raise Unprocessable("unknown_kind", f"no record kind {kind!r}")
         record = model.model_validate_json(value)
-    except (ValidationError, MalformedBody, ValueError) as exc:
+        # Inside the `try`: a time no datetime can hold is a malformed record, not an error
+        # that would stop the partition at this record after every restart.
+        at = as_datetime(_record_time(record))
+    except (ValidationError, MalformedBody, ValueError, OverflowError, OSError) as exc:
         if isinstance(exc, Unprocessable):
             raise
         raise Unprocessable("malformed_record", _short(exc)) from exc
@@ -116,7 +119,7 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
     repeat = None
     if isinstance(record, SyncRecord | CommandRecord):
         repeat = f"{kind}:{hashlib.sha256(value).hexdigest()}"
-    return Item(kind or "", record.oa_id, record, as_datetime(_record_time(record)), repeat)
+    return Item(kind or "", record.oa_id, record, at, repeat)
 
 
 def _record_time(record: SendRecord | AdmissionRecord | SyncRecord | CommandRecord) -> str:

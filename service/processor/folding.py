@@ -129,6 +129,12 @@ class PartitionFolder:
             if record.offset > self.included:
                 out.dead_letters.append(self.dead_letter(record, headers, exc.reason, str(exc)))
             return
+        except Exception as exc:  # a bug in reading must not stop the partition either
+            _log.exception("reading a record failed", offset=record.offset)
+            if record.offset > self.included:
+                letter = self.dead_letter(record, headers, "malformed_record", repr(exc)[:300])
+                out.dead_letters.append(letter)
+            return
         # Every record from where folding began moves the clock, also one a snapshot
         # includes, so that a record folded again sees the clock it saw the first time.
         at_ms = int(item.at.timestamp() * 1000)
