@@ -392,3 +392,22 @@ async def test_a_record_with_a_time_out_of_range_goes_to_the_dead_letters_and_th
     assert sum(count for _, count in state["sent_ok"]) == 2
     assert state["daily_quota"] != 5
     assert_same(await stored(log), await clean_pass(log))
+
+
+async def test_an_oa_whose_id_looks_like_a_partition_mark_is_restored(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    at = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+    oa_ids = ["__partition__", "__partition__1", "900002"]
+    await append_all(
+        log, [feed.admission(f"adm-{oa}", "t1", 2, 3, at, key="k-1", oa_id=oa) for oa in oa_ids]
+    )
+    first = await caught_up(log)
+    await first.close()
+    again = await caught_up(log)
+    restored = {oa: s for f in again.folders.values() for oa, s in f.states.items()}
+    await again.close()
+    assert sorted(restored) == sorted(oa_ids)
+    assert all("k-1" in restored[oa].idempotency for oa in oa_ids)
+    assert sum(f.folded for f in again.folders.values()) == 0, "nothing folded again"
