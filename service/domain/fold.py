@@ -61,6 +61,13 @@ from service.domain.windows import DailyCounts, day_start, hour_index, month_ind
 FUTURE_SLACK = timedelta(minutes=5)
 """An event time further ahead of `now` than this is taken as `now`."""
 
+QUIET_DAYS = 200
+"""Days after an OA's last record beyond which a day change only prunes. By then the
+windows a tier evaluation reads (7 days) are empty, Zalo's levels are stale, and each
+prune removes a superset of what the prunes before it removed, so the last day's prune
+alone leaves the state that walking every day would (longer than every window, the
+6-month recipient memory included)."""
+
 NEGATIVE_SEND_ERRORS = frozenset({-141, -139})
 """Send errors that mean the user refused or blocked the OA: negative signals."""
 
@@ -258,7 +265,14 @@ class _Fold:
         if state.today is None:
             state.today = day
             state.day_start_quota = state.daily_quota
+        # No record came since `state.today` (a record advances its state first), so the
+        # days of a long gap after the first QUIET_DAYS change nothing the last one does
+        # not: the walk over years (a far-future clock) stays a bounded number of days.
+        reach = max(QUIET_DAYS, self.thresholds.zalo_quality_ttl.days + WINDOW_7D.days + 1)
+        quiet_from = state.today + reach
         while state.today < day:
+            if state.today >= quiet_from:
+                state.today = day - 1
             state.today += 1
             self.day_change(state.today)
         self.expire_grants()

@@ -27,6 +27,9 @@ _log = get_logger("processor")
 
 Clock = Callable[[], datetime]
 
+CLOCK_AHEAD_MS = 5 * 60 * 1000
+"""How far past its log (append) time one record may move the stream clock."""
+
 
 def wall_clock() -> datetime:
     return datetime.now(UTC)
@@ -138,6 +141,11 @@ class PartitionFolder:
         # Every record from where folding began moves the clock, also one a snapshot
         # includes, so that a record folded again sees the clock it saw the first time.
         at_ms = int(item.at.timestamp() * 1000)
+        if record.timestamp_ms > 0:
+            # A record's own time says when it happened, but only the log's time is
+            # trusted not to run ahead: one far-future send must not move every OA of the
+            # partition to its day. The log time is in the log, so a replay gets the same.
+            at_ms = min(at_ms, record.timestamp_ms + CLOCK_AHEAD_MS)
         if self.clock_ms is None or at_ms > self.clock_ms:
             self.clock_ms = at_ms
         state = self.states.get(item.oa_id)

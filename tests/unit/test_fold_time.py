@@ -1,0 +1,74 @@
+"""The fold over time: long gaps, clock steps, and what the state keeps (DESIGN.md 4 and 7)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from service.domain import fold as fold_module
+from service.domain.fold import advance
+from service.domain.records import recipient_hash
+from tests import feed
+from tests.unit.test_fold import D, Oa, plus, vn
+
+
+def busy_oa() -> Oa:
+    """An OA whose first days after its records still change things: a LOW week that
+    moves the tier down at the first evaluation, a paused template, an open grant,
+    idempotency and dedup keys, recipients for six months."""
+    oa = Oa()
+    recipient = recipient_hash(feed.PHONE)
+    oa.apply(feed.send("t1", "tr-0", vn(D), msg_id="m0", tag=2, recipient=recipient))
+    oa.apply(feed.admission("a1", "t2", 2, 5, vn(plus(6), 9), key="k-1"))
+    for i in range(40):
+        moment = vn(plus(6), 10, i)
+        oa.apply(feed.send("t1", f"tr-{i + 1}", moment, msg_id=f"m{i + 1}", tag=2))
+        oa.apply(feed.receipt(f"m{i + 1}", moment))
+        if i % 2:
+            oa.apply(feed.rating(f"m{i + 1}", 1, moment + timedelta(seconds=30)))
+    return oa
+
+
+def walked_and_jumped(days: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Oa, Oa]:
+    walked, jumped = busy_oa(), busy_oa()
+    later = vn(plus(6 + days), 13)
+    with monkeypatch.context() as m:
+        m.setattr(fold_module, "QUIET_DAYS", 10**9)  # every day changed, one by one
+        walked.at(later)
+    jumped.at(later)
+    return walked, jumped
+
+
+@pytest.mark.parametrize("days", [3, 150, 199, 200, 201, 400])
+def test_a_long_gap_ends_as_walking_it_day_by_day_would(
+    days: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    walked, jumped = walked_and_jumped(days, monkeypatch)
+    assert walked.of("tier"), "the first evaluation in the gap moves the tier"
+    assert walked.of("pause"), "the template's pause ends in the gap"
+    assert jumped.state.to_document() == walked.state.to_document()
+    assert [(c.kind, c.rule, c.before, c.after, c.at) for c in jumped.changes] == [
+        (c.kind, c.rule, c.before, c.after, c.at) for c in walked.changes
+    ]
+
+
+def test_a_jump_of_five_hundred_years_changes_a_bounded_number_of_days(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    oa = busy_oa()
+    days: list[int] = []
+    original = fold_module._Fold.day_change
+
+    def counted(self: fold_module._Fold, day: int) -> None:
+        days.append(day)
+        original(self, day)
+
+    monkeypatch.setattr(fold_module._Fold, "day_change", counted)
+    far = vn(plus(6).replace(year=2526), 13)
+    advance(oa.state, far, oa.policy)
+    assert oa.state.today == oa.policy.day(far)
+    assert days[-1] == oa.policy.day(far)
+    assert len(days) <= fold_module.QUIET_DAYS + 1
+    assert oa.state.recipients == {}
+    assert oa.state.messages == {}

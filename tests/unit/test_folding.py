@@ -1,0 +1,63 @@
+"""`PartitionFolder`: the partition's clock and what it does to the OAs of the partition."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+from service.config import Settings
+from service.domain.fold import advance
+from service.log.base import Record
+from service.processor.folding import Output, PartitionFolder, PolicyBook
+from tests import feed
+
+T = datetime(2026, 6, 1, 3, 0, tzinfo=UTC)  # 10:00 in Vietnam
+
+
+def ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+class Partition:
+    """One partition's folder, fed records as the log would give them (offset, log time)."""
+
+    def __init__(self, *, stream_clock: bool, wall: Callable[[], datetime] | None = None) -> None:
+        settings = Settings(rules={"clock": "stream" if stream_clock else "wall"})
+        self.folder = PartitionFolder(
+            "zns.events",
+            0,
+            PolicyBook(settings),
+            stream_clock=stream_clock,
+            **({"wall": wall} if wall is not None else {}),
+        )
+        self.folder.begin(0)
+        self.out = Output()
+        self.offset = 0
+
+    def append(self, raw: feed.Raw, logged: datetime) -> None:
+        record = Record(
+            "zns.events", 0, self.offset, raw.key, raw.value, raw.log_headers(), ms(logged)
+        )
+        self.offset += 1
+        self.folder.handle(record, self.out)
+
+    def served(self, oa_id: str):  # type: ignore[no-untyped-def]
+        """The OA's state as the API answers from it: a copy brought to the folder's now."""
+        state = self.folder.states[oa_id].served_copy()
+        advance(state, self.folder.now(), self.folder.policies.for_oa(oa_id))
+        return state
+
+
+def test_a_far_future_time_moves_the_stream_clock_to_its_log_time_plus_five_minutes() -> None:
+    p = Partition(stream_clock=True)
+    p.append(feed.admission("a1", "t1", 1, 20_000, T, oa_id="900001"), T)
+    far = datetime(2100, 1, 1, tzinfo=UTC)
+    p.append(feed.send("t1", "tr-far", far, oa_id="900002"), T + timedelta(seconds=1))
+    assert p.folder.clock_ms == ms(T + timedelta(seconds=1, minutes=5))
+    used_up = p.served("900001")
+    assert used_up.remaining_today(p.folder.policies.for_oa("900001").day(p.folder.now())) == 0
+    # The clock goes on from the log times, not from the far send.
+    later = T + timedelta(minutes=30)
+    p.append(feed.receipt("m1", later, oa_id="900001"), later)
+    assert p.folder.clock_ms == ms(later)
+
