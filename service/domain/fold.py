@@ -227,6 +227,7 @@ class _Fold:
         self.advance()
         state = self.state
         at = item.at if item.at <= self.now + FUTURE_SLACK else self.now
+        state.event_ms = max(state.event_ms, _ms(at))
         if item.dedup_key is not None:
             if item.dedup_key in state.dedup:
                 return self.changes
@@ -344,7 +345,9 @@ class _Fold:
         state.recipients = {
             k: r for k, r in state.recipients.items() if r.last_seen_day > day - RECIPIENT_DAYS
         }
-        cutoff = _ms(stamp - self.policy.dedup_ttl)
+        # Older than the TTL by the clock and by the OA's own records: a wall clock
+        # stepped forward (and back) must not forget a key the sender may still repeat.
+        cutoff = min(_ms(stamp), state.event_ms) - int(self.policy.dedup_ttl.total_seconds() * 1000)
         state.dedup = {k: t for k, t in state.dedup.items() if t >= cutoff}
         state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
 

@@ -242,6 +242,9 @@ class OAState:
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
     idempotency: dict[str, list[Any]] = field(default_factory=dict)
     """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
+    event_ms: int = 0
+    """The newest event time (ms) of a record folded in; it never goes back. Keys are
+    kept until they are `dedup_ttl` older than it, whatever the clock says."""
 
     @classmethod
     def new(cls, oa_id: str, rules: RuleSet) -> OAState:

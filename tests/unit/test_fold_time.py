@@ -72,3 +72,13 @@ def test_a_jump_of_five_hundred_years_changes_a_bounded_number_of_days(
     assert len(days) <= fold_module.QUIET_DAYS + 1
     assert oa.state.recipients == {}
     assert oa.state.messages == {}
+
+
+def test_keys_go_once_older_than_their_ttl_by_the_clock_and_by_the_oas_records() -> None:
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 1, 1, vn(D, 9), key="k-1"))
+    oa.at(vn(plus(4)))
+    assert "k-1" in oa.state.idempotency, "no record of the OA came after it"
+    oa.apply(feed.receipt("m1", vn(plus(4), 13)))
+    oa.at(vn(plus(5)))
+    assert "k-1" not in oa.state.idempotency

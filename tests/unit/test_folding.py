@@ -61,3 +61,26 @@ def test_a_far_future_time_moves_the_stream_clock_to_its_log_time_plus_five_minu
     p.append(feed.receipt("m1", later, oa_id="900001"), later)
     assert p.folder.clock_ms == ms(later)
 
+
+def test_a_wall_clock_step_forward_and_back_keeps_idempotency_and_dedup_keys() -> None:
+    """The API answers a repeated idempotency key from `state.idempotency` of the served
+    copy; a step of the wall clock must not make it forget the key, during or after."""
+    wall = [T]
+    p = Partition(stream_clock=False, wall=lambda: wall[0])
+    oa_id = "900001"
+    p.append(feed.admission("a1", "t1", 1, 5, T, key="k-1", oa_id=oa_id), T)
+    first = p.folder.states[oa_id].idempotency["k-1"]
+    p.append(feed.send("t1", "tr-1", T, msg_id="m1", tag=1, oa_id=oa_id), T)
+
+    wall[0] = T + timedelta(days=3)
+    assert p.served(oa_id).idempotency.get("k-1") == first
+    # A webhook Zalo sent a minute after the admission is folded under the stepped clock.
+    p.append(feed.receipt("m1", T + timedelta(minutes=1), oa_id=oa_id), wall[0])
+    assert p.served(oa_id).idempotency.get("k-1") == first
+
+    wall[0] = T + timedelta(minutes=2)
+    assert p.served(oa_id).idempotency.get("k-1") == first
+    assert p.folder.states[oa_id].idempotency.get("k-1") == first
+    consumed = p.folder.states[oa_id].consumed.total(0, 10**7)
+    p.append(feed.send("t1", "tr-1", T, msg_id="m1", tag=1, oa_id=oa_id), wall[0])  # again
+    assert p.folder.states[oa_id].consumed.total(0, 10**7) == consumed
