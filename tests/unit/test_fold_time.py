@@ -9,8 +9,9 @@ import pytest
 from service.domain import fold as fold_module
 from service.domain.fold import advance
 from service.domain.records import recipient_hash
+from service.domain.state import OAState
 from tests import feed
-from tests.unit.test_fold import D, Oa, plus, vn
+from tests.unit.test_fold import D, Oa, bad_template, plus, vn
 
 
 def busy_oa() -> Oa:
@@ -82,3 +83,68 @@ def test_keys_go_once_older_than_their_ttl_by_the_clock_and_by_the_oas_records()
     oa.apply(feed.receipt("m1", vn(plus(4), 13)))
     oa.at(vn(plus(5)))
     assert "k-1" not in oa.state.idempotency
+
+
+# --- templates: bounded, and a copy that costs what it reads --------------------------------
+
+
+def test_templates_unseen_for_eight_days_holding_nothing_zalo_or_the_gate_set_are_forgotten() -> (
+    None
+):
+    oa = Oa()
+    oa.apply(feed.send("idle", "tr-idle", vn(D), tag=2, error=-124))  # a failed send: no counts
+    oa.apply(feed.send("counted", "tr-c", vn(D), msg_id="mc", tag=2))  # sent OK that day
+    oa.apply(feed.send("night", "tr-n", vn(D), tag=2, error=-133))
+    oa.apply(feed.template_status("zalo", "ENABLE", vn(D)))
+    oa.apply(feed.template_quality("rated", "MEDIUM", vn(D)))
+    bad_template(oa, vn(D, 9), "b")  # t1: paused by zns-gate
+    oa.apply(feed.send("recent", "tr-r", vn(plus(5)), tag=2, error=-124))
+    oa.at(vn(plus(7), 1))
+    assert "idle" in oa.state.templates, "seen 7 days ago: not yet"
+    oa.at(vn(plus(8), 1))
+    assert sorted(oa.state.templates) == ["counted", "night", "rated", "recent", "t1", "zalo"]
+    oa.at(vn(plus(9), 1))
+    assert "counted" not in oa.state.templates, "its day's count left the window"
+    assert oa.state.templates["t1"].gate_disabled, "its pauses ran up the ladder meanwhile"
+    oa.at(vn(plus(40), 1))
+    assert sorted(oa.state.templates) == ["night", "rated", "t1", "zalo"]
+    # A forgotten template is a new one again when a record names it.
+    oa.apply(feed.send("idle", "tr-idle-2", vn(plus(40), 2), tag=3, error=-124))
+    assert oa.state.templates["idle"].tag == 3
+
+
+def test_a_served_copy_shares_the_templates_it_cannot_change_and_copies_the_held_ones() -> None:
+    oa = Oa()
+    for i in range(50):
+        oa.apply(feed.send(f"x{i}", f"tr-{i}", vn(D), msg_id=f"mx{i}", tag=2))
+    bad_template(oa, vn(D, 9), "b")
+    assert oa.state.paused_templates == ["t1"]
+    live = oa.state
+    paused_until = live.templates["t1"].paused_until
+    served = live.served_copy()
+    assert all(served.templates[f"x{i}"] is live.templates[f"x{i}"] for i in range(50))
+    assert served.templates["t1"] is not live.templates["t1"]
+    advance(served, vn(plus(9)), oa.policy)  # pauses end, windows are pruned in the copy only
+    assert served.templates["t1"].paused_until is None
+    assert live.templates["t1"].paused_until == paused_until
+    assert live.templates["x1"].sent_ok.get(D.toordinal()) == 1
+    assert "x1" not in served.templates or served.templates["x1"] is not live.templates["x1"]
+
+
+def test_a_resumed_template_leaves_the_index_of_held_templates() -> None:
+    oa = Oa()
+    bad_template(oa, vn(D, 9), "b")
+    oa.apply(feed.command("resume_template", vn(D, 10), "t1"))
+    oa.at(vn(D, 11))
+    assert oa.state.paused_templates == []
+
+
+def test_a_state_document_without_the_index_of_held_templates_rebuilds_it() -> None:
+    oa = Oa()
+    bad_template(oa, vn(D, 9), "b")
+    document = oa.state.to_document()
+    del document["paused_templates"]
+    restored = OAState.from_document(document)
+    assert restored.paused_templates == ["t1"]
+    changes = advance(restored, vn(D, 13), oa.policy)
+    assert "pause_ended" in [c.rule for c in changes]
