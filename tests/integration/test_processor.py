@@ -411,3 +411,22 @@ async def test_an_oa_whose_id_looks_like_a_partition_mark_is_restored(
     assert sorted(restored) == sorted(oa_ids)
     assert all("k-1" in restored[oa].idempotency for oa in oa_ids)
     assert sum(f.folded for f in again.folders.values()) == 0, "nothing folded again"
+
+
+async def test_a_far_future_send_moves_the_stream_clock_to_its_log_time_at_most(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    oa_id = "900003"
+    appended_ms = int(time.time() * 1000)
+    far = datetime(2500, 1, 1, tzinfo=UTC)
+    await append_all(log, [feed.send("t1", "tr-far", far, msg_id="m-far", tag=2, oa_id=oa_id)])
+    processor = await caught_up(log)
+    folder = processor.folders[log.partition_for(oa_id.encode())]
+    clock_ms = folder.clock_ms
+    await processor.close()
+    assert clock_ms is not None
+    assert appended_ms <= clock_ms <= int(time.time() * 1000) + 5 * 60 * 1000
+    # A replay of the same log reaches the same clock.
+    result = await replay(log, SETTINGS, write=False)
+    assert result.states[oa_id].today == folder.states[oa_id].today
