@@ -160,16 +160,20 @@ class PartitionFolder:
         policy = self.policies.for_oa(item.oa_id)
         try:
             changes = fold(state, item, self.now(), policy)
+            decisions = [
+                self.decision(state.oa_id, change, record, index, policy)
+                for index, change in enumerate(changes)
+            ]
         except Exception as exc:  # a bug must not stop the partition; the record is kept
             _log.exception("fold failed", oa_id=item.oa_id, offset=record.offset)
             headers = {name: value.decode(errors="replace") for name, value in record.headers}
-            out.dead_letters.append(self.dead_letter(record, headers, "apply_failed", repr(exc)))
-            changes = []
+            letter = self.dead_letter(record, headers, "apply_failed", repr(exc)[:300])
+            out.dead_letters.append(letter)
+            decisions = []
         state.position = record.offset
         self.dirty.add(item.oa_id)
         self.folded += 1
-        for index, change in enumerate(changes):
-            out.decisions.append(self.decision(state.oa_id, change, record, index, policy))
+        out.decisions.extend(decisions)
 
     def apply_ahead(self, record: Record, out: Output) -> OAState:
         """Fold a record of this partition that is newer than what has been folded, at

@@ -5,9 +5,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+import orjson
+import pytest
+
 from service.config import Settings
-from service.domain.fold import advance
+from service.domain import fold as fold_module
+from service.domain.fold import Item, advance
+from service.domain.records import SendRecord
+from service.domain.state import Change, OAState, Policy
 from service.log.base import Record
+from service.processor import folding
 from service.processor.folding import Output, PartitionFolder, PolicyBook
 from tests import feed
 
@@ -84,3 +91,29 @@ def test_a_wall_clock_step_forward_and_back_keeps_idempotency_and_dedup_keys() -
     consumed = p.folder.states[oa_id].consumed.total(0, 10**7)
     p.append(feed.send("t1", "tr-1", T, msg_id="m1", tag=1, oa_id=oa_id), wall[0])  # again
     assert p.folder.states[oa_id].consumed.total(0, 10**7) == consumed
+
+
+def test_a_record_the_fold_or_its_decisions_fail_on_is_a_dead_letter_and_the_next_folds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Whatever fails on one record (a bug), the partition goes on with the next."""
+    p = Partition(stream_clock=True)
+    oa_id = "900001"
+    real_fold = fold_module.fold
+
+    def failing(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Change]:
+        if isinstance(item.body, SendRecord) and item.body.send.tracking_id == "tr-bad-fold":
+            raise RuntimeError("a bug in the fold")
+        changes = real_fold(state, item, now, policy)
+        if isinstance(item.body, SendRecord) and item.body.send.tracking_id == "tr-bad-change":
+            changes.append(Change("quality", "odd", None, object(), now))  # not JSON
+        return changes
+
+    monkeypatch.setattr(folding, "fold", failing)
+    p.append(feed.send("t1", "tr-bad-fold", T, msg_id="m1", tag=2, oa_id=oa_id), T)
+    p.append(feed.send("t1", "tr-bad-change", T, msg_id="m2", tag=2, oa_id=oa_id), T)
+    p.append(feed.send("t1", "tr-good", T, msg_id="m3", tag=2, oa_id=oa_id), T)
+    reasons = [orjson.loads(value)["reason"] for _, value in p.out.dead_letters]
+    assert reasons == ["apply_failed", "apply_failed"]
+    assert p.folder.states[oa_id].position == 2
+    assert p.folder.states[oa_id].sent_ok.total(0, 10**7) == 2
