@@ -12,6 +12,7 @@ would cost more than the rest of the work) and does no I/O.
 from __future__ import annotations
 
 import bisect
+import copy
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -61,6 +62,13 @@ from service.domain.windows import DailyCounts, day_start, hour_index, month_ind
 
 FUTURE_SLACK = timedelta(minutes=5)
 """An event time further ahead of `now` than this is taken as `now`."""
+
+QUIET_DAYS = 200
+"""Days after an OA's last record beyond which a day change only prunes. By then the
+windows a tier evaluation reads (7 days) are empty, Zalo's levels are stale, and each
+prune removes a superset of what the prunes before it removed, so the last day's prune
+alone leaves the state that walking every day would (longer than every window, the
+6-month recipient memory included)."""
 
 NEGATIVE_SEND_ERRORS = frozenset({-141, -139})
 """Send errors that mean the user refused or blocked the OA: negative signals."""
@@ -113,7 +121,10 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
         if model is None:
             raise Unprocessable("unknown_kind", f"no record kind {kind!r}")
         record = model.model_validate_json(value)
-    except (ValidationError, MalformedBody, ValueError) as exc:
+        # Inside the `try`: a time no datetime can hold is a malformed record, not an error
+        # that would stop the partition at this record after every restart.
+        at = as_datetime(_record_time(record))
+    except (ValidationError, MalformedBody, ValueError, OverflowError, OSError) as exc:
         if isinstance(exc, Unprocessable):
             raise
         raise Unprocessable("malformed_record", _short(exc)) from exc
@@ -124,7 +135,7 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
     repeat = None
     if isinstance(record, SyncRecord | CommandRecord):
         repeat = f"{kind}:{hashlib.sha256(value).hexdigest()}"
-    return Item(kind or "", record.oa_id, record, as_datetime(_record_time(record)), repeat)
+    return Item(kind or "", record.oa_id, record, at, repeat)
 
 
 def _record_time(record: SendRecord | AdmissionRecord | SyncRecord | CommandRecord) -> str:
@@ -225,6 +236,8 @@ class _Fold:
         self.advance()
         state = self.state
         at = item.at if item.has_event_time and item.at <= self.now + FUTURE_SLACK else self.now
+        if item.has_event_time:
+            state.event_ms = max(state.event_ms, _ms(at))
         if item.dedup_key is not None:
             if item.dedup_key in state.dedup:
                 return self.changes
@@ -263,7 +276,14 @@ class _Fold:
         if state.today is None:
             state.today = day
             state.day_start_quota = state.daily_quota
+        # No record came since `state.today` (a record advances its state first), so the
+        # days of a long gap after the first QUIET_DAYS change nothing the last one does
+        # not: the walk over years (a far-future clock) stays a bounded number of days.
+        reach = max(QUIET_DAYS, self.thresholds.zalo_quality_ttl.days + WINDOW_7D.days + 1)
+        quiet_from = state.today + reach
         while state.today < day:
+            if state.today >= quiet_from:
+                state.today = day - 1
             state.today += 1
             self.day_change(state.today)
         self.expire_grants()
@@ -325,19 +345,41 @@ class _Fold:
         month = month_index(date.fromordinal(day))
         state.tag12_ok_month.prune(month - 2)
         state.promo_used_month.prune(month - 1)
-        for template in state.templates.values():
-            template.delivered.forget_before(oldest_hour)
-            template.negatives.forget_before(oldest_hour)
-            template.sent_ok.forget_before(oldest_day)
+        self.prune_templates(day, stamp)
         state.messages = {k: m for k, m in state.messages.items() if m.day > day - MESSAGE_DAYS}
         state.grants = {k: g for k, g in state.grants.items() if g.day > day - MESSAGE_DAYS}
         state.open_grants = [k for k in state.open_grants if k in state.grants]
         state.recipients = {
             k: r for k, r in state.recipients.items() if r.last_seen_day > day - RECIPIENT_DAYS
         }
-        cutoff = _ms(stamp - self.policy.dedup_ttl)
+        # Older than the TTL by the clock and by the OA's own records: a wall clock
+        # stepped forward (and back) must not forget a key the sender may still repeat.
+        cutoff = min(_ms(stamp), state.event_ms) - int(self.policy.dedup_ttl.total_seconds() * 1000)
         state.dedup = {k: t for k, t in state.dedup.items() if t >= cutoff}
         state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
+
+    def prune_templates(self, day: int, stamp: datetime) -> None:
+        """Forget what the templates' windows no longer count, and the templates no record
+        named for `MESSAGE_DAYS` that hold nothing Zalo or zns-gate set: an OA whose
+        senders name ever new template ids stays bounded. A template is replaced, never
+        changed, because a copy of the state shares its templates with the live state."""
+        state = self.state
+        oldest_hour = hour_index(stamp - timedelta(days=MESSAGE_DAYS))
+        oldest_day = day - MESSAGE_DAYS
+        lookback = self.thresholds.pause_ladder.lookback
+        ladder_from = _ms(stamp) - int(lookback.total_seconds() * 1000)
+        forgotten: list[str] = []
+        for template_id, template in state.templates.items():
+            if (
+                template.delivered.oldest() < oldest_hour
+                or template.negatives.oldest() < oldest_hour
+                or template.sent_ok.oldest() < oldest_day
+            ):
+                template = state.templates[template_id] = _pruned(template, oldest_hour, oldest_day)
+            if template.seen_day <= oldest_day and _forgettable(template, day, ladder_from):
+                forgotten.append(template_id)
+        for template_id in forgotten:
+            del state.templates[template_id]
 
     def expire_grants(self) -> None:
         """Granted units no send has reported within `grant_ttl` go back.
@@ -382,9 +424,17 @@ class _Fold:
 
     def end_pauses(self) -> None:
         """Pauses that ended by now; one that ends while the proxy is still LOW starts the
-        next, which may itself have ended by now."""
+        next, which may itself have ended by now. Only the templates zns-gate holds are
+        visited, so that bringing an OA to now costs the same with any number of templates."""
+        state = self.state
+        if not state.paused_templates:
+            return
         now_ms = _ms(self.now)
-        for template in self.state.templates.values():
+        held: list[str] = []
+        for template_id in list(state.paused_templates):
+            template = state.templates.get(template_id)
+            if template is None or (template.paused_until is None and not template.gate_disabled):
+                continue  # resumed or forgotten since
             while template.paused_until is not None and template.paused_until <= now_ms:
                 ended = _at(template.paused_until)
                 template.paused_until = None
@@ -393,6 +443,9 @@ class _Fold:
                 )
                 if template.proxy_level(ended, self.thresholds) is Level.LOW:
                     self.pause(template, ended)
+            if template.gate_disabled or template.paused_until is not None:
+                held.append(template_id)
+        state.paused_templates = held
 
     # --- quota and tier -----------------------------------------------------------------
 
@@ -553,6 +606,8 @@ class _Fold:
         recent = [p for p in template.pauses if p > start - ladder.lookback.total_seconds() * 1000]
         length = ladder.next_pause(len(recent))
         template.pauses = [*recent, start]
+        if template.template_id not in self.state.paused_templates:
+            self.state.paused_templates.append(template.template_id)
         if length is None:
             template.gate_disabled = True
             self.change(
@@ -987,6 +1042,31 @@ class _Fold:
                 template.paused_until = None
                 template.gate_disabled = False
                 self.change("pause", "resume_template", before, "sendable", at, record.template_id)
+
+
+def _pruned(template: Template, oldest_hour: int, oldest_day: int) -> Template:
+    """A copy of `template` without the window buckets before those."""
+    delivered, negatives = copy.deepcopy(template.delivered), copy.deepcopy(template.negatives)
+    sent_ok = copy.deepcopy(template.sent_ok)
+    delivered.prune(oldest_hour)
+    negatives.prune(oldest_hour)
+    sent_ok.prune(oldest_day)
+    return dataclasses.replace(template, delivered=delivered, negatives=negatives, sent_ok=sent_ok)
+
+
+def _forgettable(template: Template, day: int, ladder_from_ms: int) -> bool:
+    """Nothing in `template` that Zalo or zns-gate set, nor counts: a new one is the same."""
+    return (
+        template.status is None
+        and template.zalo_quality is None
+        and not template.zalo_disabled
+        and not template.night_restricted
+        and not template.gate_disabled
+        and template.paused_until is None
+        and (template.exhausted_day is None or template.exhausted_day < day)
+        and all(paused <= ladder_from_ms for paused in template.pauses)
+        and not (template.delivered or template.negatives or template.sent_ok)
+    )
 
 
 def _hash(recipient: str) -> str | None:

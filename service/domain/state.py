@@ -171,6 +171,8 @@ class Template:
     """When zns-gate paused it (ms), for the ladder's 30-day look-back."""
     gate_disabled: bool = False
     """zns-gate disabled it (the third pause within 30 days) until an operator resumes it."""
+    seen_day: int = 0
+    """The last day a record named it (an idle template without Zalo's state is forgotten)."""
 
     def proxy_level(self, now: datetime, thresholds: Thresholds) -> Level:
         return quality_level(
@@ -243,6 +245,9 @@ class OAState:
     levels_hour: int = -1
     """The hour (`hour_index`) the proxy levels were last checked in."""
     templates: dict[str, Template] = field(default_factory=dict)
+    paused_templates: list[str] = field(default_factory=list)
+    """Ids of the templates zns-gate paused or disabled (and perhaps a few resumed since):
+    pause ends visit these, not every template."""
     messages: dict[str, Message] = field(default_factory=dict)
     recipients: dict[str, Recipient] = field(default_factory=dict)
     grants: dict[str, Grant] = field(default_factory=dict)
@@ -252,6 +257,9 @@ class OAState:
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
     idempotency: dict[str, list[Any]] = field(default_factory=dict)
     """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
+    event_ms: int = 0
+    """The newest event time (ms) of a record folded in; it never goes back. Keys are
+    kept until they are `dedup_ttl` older than it, whatever the clock says."""
 
     @classmethod
     def new(cls, oa_id: str, rules: RuleSet) -> OAState:
@@ -268,6 +276,7 @@ class OAState:
         found = self.templates.get(template_id)
         if found is None:
             found = self.templates[template_id] = Template(template_id)
+        found.seen_day = max(found.seen_day, self.today or 0)
         return found
 
     def recipient(self, key: str, day: int) -> Recipient:
@@ -390,17 +399,26 @@ class OAState:
     SHARED_INDEXES = ("dedup", "idempotency", "messages", "recipients")
     """Large indexes that `fold.advance` only ever replaces whole (when it prunes them)
     and that the admission decision only reads."""
-
     def served_copy(self) -> OAState:
         """A copy that `fold.advance` and `admission.decide` may change freely, at a fraction
         of a deep copy's cost: plain values and the shared indexes are not copied, nor are
-        the grants (the dict is; advancing replaces an expiring grant, never changes it)."""
+        the grants (the dict is; advancing replaces an expiring grant, never changes it),
+        nor the templates but those zns-gate holds (advancing ends their pauses; a day
+        change replaces a template whose windows it prunes). So a copy costs the same
+        with 10 or 10,000 templates."""
         clone = copy.copy(self)
         for name in _FIELDS:
             value = getattr(self, name)
             if name in self.SHARED_INDEXES or isinstance(value, _PLAIN):
                 continue
-            setattr(clone, name, dict(value) if name == "grants" else copy.deepcopy(value))
+            if name in ("grants", "templates"):
+                setattr(clone, name, dict(value))
+            else:
+                setattr(clone, name, copy.deepcopy(value))
+        for template_id in self.paused_templates:
+            held = self.templates.get(template_id)
+            if held is not None:
+                clone.templates[template_id] = copy.deepcopy(held)
         return clone
 
     # --- snapshots ----------------------------------------------------------------------
@@ -416,7 +434,14 @@ class OAState:
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> OAState:
-        return _decode(cls, document)
+        state = _decode(cls, document)
+        if "paused_templates" not in document:  # written before the index existed
+            state.paused_templates = [
+                t.template_id
+                for t in state.templates.values()
+                if t.paused_until is not None or t.gate_disabled
+            ]
+        return state
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -11,6 +11,7 @@ never reads the clock: every function takes the moment it is about.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from datetime import date, datetime, time, timedelta
 from typing import Any
@@ -82,6 +83,10 @@ class Buckets:
         """Forget the buckets with key < `before`."""
         for key in [k for k in self._counts if k < before]:
             del self._counts[key]
+
+    def oldest(self) -> float:
+        """The smallest key (infinity when empty)."""
+        return min(self._counts, default=math.inf)
 
     def items(self) -> Iterable[tuple[int, int]]:
         return sorted(self._counts.items())

@@ -27,6 +27,9 @@ _log = get_logger("processor")
 
 Clock = Callable[[], datetime]
 
+CLOCK_AHEAD_MS = 5 * 60 * 1000
+"""How far past its log (append) time one record may move the stream clock."""
+
 
 def wall_clock() -> datetime:
     return datetime.now(UTC)
@@ -129,9 +132,20 @@ class PartitionFolder:
             if record.offset > self.included:
                 out.dead_letters.append(self.dead_letter(record, headers, exc.reason, str(exc)))
             return
+        except Exception as exc:  # a bug in reading must not stop the partition either
+            _log.exception("reading a record failed", offset=record.offset)
+            if record.offset > self.included:
+                letter = self.dead_letter(record, headers, "malformed_record", repr(exc)[:300])
+                out.dead_letters.append(letter)
+            return
         # Every record with an event time from where folding began moves the clock, also one
         # a snapshot includes, so that a record folded again sees the clock it saw the first time.
         at_ms = int(item.at.timestamp() * 1000)
+        if record.timestamp_ms > 0:
+            # A record's own time says when it happened, but only the log's time is
+            # trusted not to run ahead: one far-future send must not move every OA of the
+            # partition to its day. The log time is in the log, so a replay gets the same.
+            at_ms = min(at_ms, record.timestamp_ms + CLOCK_AHEAD_MS)
         if item.has_event_time and (self.clock_ms is None or at_ms > self.clock_ms):
             self.clock_ms = at_ms
         state = self.states.get(item.oa_id)
@@ -146,16 +160,20 @@ class PartitionFolder:
         policy = self.policies.for_oa(item.oa_id)
         try:
             changes = fold(state, item, self.now(), policy)
+            decisions = [
+                self.decision(state.oa_id, change, record, index, policy)
+                for index, change in enumerate(changes)
+            ]
         except Exception as exc:  # a bug must not stop the partition; the record is kept
             _log.exception("fold failed", oa_id=item.oa_id, offset=record.offset)
             headers = {name: value.decode(errors="replace") for name, value in record.headers}
-            out.dead_letters.append(self.dead_letter(record, headers, "apply_failed", repr(exc)))
-            changes = []
+            letter = self.dead_letter(record, headers, "apply_failed", repr(exc)[:300])
+            out.dead_letters.append(letter)
+            decisions = []
         state.position = record.offset
         self.dirty.add(item.oa_id)
         self.folded += 1
-        for index, change in enumerate(changes):
-            out.decisions.append(self.decision(state.oa_id, change, record, index, policy))
+        out.decisions.extend(decisions)
 
     def apply_ahead(self, record: Record, out: Output) -> OAState:
         """Fold a record of this partition that is newer than what has been folded, at

@@ -15,12 +15,14 @@ chunk is present; an OA with no complete version left is rebuilt from the log
 
 Beside the OAs, each partition has a mark (key `__partition__/<n>`): the
 position of the checkpoint and the partition's stream clock, with the clocks
-of the checkpoints before it.
+of the checkpoints before it. A key is a mark only when it is exactly that:
+`__partition__` is also a valid OA id, whose chunks are `__partition__/state/<shard>`.
 """
 
 from __future__ import annotations
 
 import base64
+import re
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -36,6 +38,8 @@ CHUNK_BYTES = 384 * 1024
 """Compressed bytes per chunk; base64 and the envelope keep a record under 512 KiB."""
 
 MARK_PREFIX = "__partition__/"
+_MARK_KEY = re.compile(rb"__partition__/[0-9]+")
+_STATE_KEY_END = re.compile(rb"/state/[0-9]+\Z")
 
 
 class SnapshotChunk(BaseModel):
@@ -183,7 +187,7 @@ class Restorer:
         for record in records:
             if record.key is None:
                 continue
-            if record.key.startswith(MARK_PREFIX.encode()):
+            if _MARK_KEY.fullmatch(record.key):
                 try:
                     mark = PartitionMark.model_validate_json(record.value)
                 except ValueError:
@@ -194,7 +198,7 @@ class Restorer:
             try:
                 chunk = SnapshotChunk.model_validate_json(record.value)
             except ValueError:
-                self._unreadable.add(record.key.decode(errors="replace").split("/")[0])
+                self._unreadable.add(_oa_of_key(record.key))
                 continue
             if chunk.topic == self._topic and chunk.partition == self._partition:
                 self._add_chunk(chunk)
@@ -224,6 +228,12 @@ class Restorer:
                 restored.rebuild.add(oa_id)  # chunks, but never a whole version
         restored.rebuild -= restored.states.keys()
         return restored
+
+
+def _oa_of_key(key: bytes) -> str:
+    """The OA id of a chunk's key `oa_id/state/shard`."""
+    end = _STATE_KEY_END.search(key)
+    return (key[: end.start()] if end else key).decode(errors="replace")
 
 
 def _decode(chunks: list[SnapshotChunk]) -> OAState | None:

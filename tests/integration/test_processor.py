@@ -12,6 +12,7 @@ import random
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -343,3 +344,89 @@ async def test_a_partition_catching_up_is_read_with_its_staleness(log_factory: L
             await asyncio.sleep(0.05)
     assert all(processor.reader(p) == (processor.folders[p], None) for p in range(PARTITIONS))
     await processor.close()
+
+
+def _raw(kind: str, oa_id: str, value: dict[str, Any]) -> feed.Raw:
+    return feed.Raw(kind, oa_id.encode(), orjson.dumps({"oa_id": oa_id, **value}), {"kind": kind})
+
+
+async def test_a_record_with_a_time_out_of_range_goes_to_the_dead_letters_and_the_rest_folds(
+    log_factory: LogOpener,
+) -> None:
+    """Times no datetime holds, written straight into the log as an older API let them."""
+    log = await log_factory(partitions=PARTITIONS)
+    oa_id = "900001"
+    at = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+
+    def send(sent_time: str, tracking_id: str) -> feed.Raw:
+        outcome = {"template_id": "t1", "tracking_id": tracking_id, "sent_time": sent_time}
+        return _raw("send", oa_id, {"send": {**outcome, "error": 0}})
+
+    poison = [
+        send("9999999999999999", "tr-far"),
+        send("-62135596800001", "tr-before-year-1"),
+        _raw("sync", oa_id, {"as_of": "9999999999999999", "daily_quota": 5}),
+    ]
+    before = feed.send("t1", "tr-1", at, msg_id="m1", tag=2, oa_id=oa_id)
+    after = [
+        feed.send("t1", "tr-2", at + timedelta(minutes=1), msg_id="m2", tag=2, oa_id=oa_id),
+        feed.receipt("m2", at + timedelta(minutes=2), oa_id=oa_id),
+    ]
+    await append_all(log, [before, *poison, *after])
+    processor = await caught_up(log)
+    await processor.close()
+
+    partition = log.partition_for(oa_id.encode())
+    letters = [
+        DeadLetter.model_validate_json(r.value)
+        for r in await read_topic(log, log.topics.dlq, partition)
+    ]
+    assert [(d.source.offset, d.reason) for d in letters] == [
+        (1, "malformed_record"),
+        (2, "malformed_record"),
+        (3, "malformed_record"),
+    ]
+    states, _, _ = await stored(log)
+    state = states[oa_id]
+    assert state["position"] == 5, "the records after the poison are folded"
+    assert sum(count for _, count in state["sent_ok"]) == 2
+    assert state["daily_quota"] != 5
+    assert_same(await stored(log), await clean_pass(log))
+
+
+async def test_an_oa_whose_id_looks_like_a_partition_mark_is_restored(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    at = datetime(2026, 6, 1, 16, 0, tzinfo=UTC)
+    oa_ids = ["__partition__", "__partition__1", "900002"]
+    await append_all(
+        log, [feed.admission(f"adm-{oa}", "t1", 2, 3, at, key="k-1", oa_id=oa) for oa in oa_ids]
+    )
+    first = await caught_up(log)
+    await first.close()
+    again = await caught_up(log)
+    restored = {oa: s for f in again.folders.values() for oa, s in f.states.items()}
+    await again.close()
+    assert sorted(restored) == sorted(oa_ids)
+    assert all("k-1" in restored[oa].idempotency for oa in oa_ids)
+    assert sum(f.folded for f in again.folders.values()) == 0, "nothing folded again"
+
+
+async def test_a_far_future_send_moves_the_stream_clock_to_its_log_time_at_most(
+    log_factory: LogOpener,
+) -> None:
+    log = await log_factory(partitions=PARTITIONS)
+    oa_id = "900003"
+    appended_ms = int(time.time() * 1000)
+    far = datetime(2500, 1, 1, tzinfo=UTC)
+    await append_all(log, [feed.send("t1", "tr-far", far, msg_id="m-far", tag=2, oa_id=oa_id)])
+    processor = await caught_up(log)
+    folder = processor.folders[log.partition_for(oa_id.encode())]
+    clock_ms = folder.clock_ms
+    await processor.close()
+    assert clock_ms is not None
+    assert appended_ms <= clock_ms <= int(time.time() * 1000) + 5 * 60 * 1000
+    # A replay of the same log reaches the same clock.
+    result = await replay(log, SETTINGS, write=False)
+    assert result.states[oa_id].today == folder.states[oa_id].today

@@ -656,3 +656,16 @@ def test_a_sync_lifts_minus_146_by_the_templates_quality_not_its_status() -> Non
     assert oa.state.templates["t1"].zalo_disabled  # DESIGN 4.7: a status does not lift it
     oa.apply(feed.sync(vn(D, 12), templates=[{"template_id": "t1", "quality": "HIGH"}]))
     assert not oa.state.templates["t1"].zalo_disabled
+
+
+@pytest.mark.parametrize("time", ["9999999999999999", "-62135596800001", "1" + "0" * 30])
+def test_a_record_whose_time_no_datetime_holds_is_malformed(time: str) -> None:
+    outcome = {"template_id": "t1", "tracking_id": "tr", "sent_time": time, "error": 0}
+    records = [
+        ("send", orjson.dumps({"oa_id": OA_ID, "send": outcome})),
+        ("sync", orjson.dumps({"oa_id": OA_ID, "as_of": time})),
+    ]
+    for kind, value in records:
+        with pytest.raises(Unprocessable) as raised:
+            read_item(kind, OA_ID.encode(), value, {"kind": kind})
+        assert raised.value.reason == "malformed_record"
