@@ -22,7 +22,8 @@ def ms(moment: datetime) -> str:
 
 
 NOW = datetime.now(UTC)
-FAR_FUTURE, TOO_OLD = ms(NOW + timedelta(minutes=10)), ms(NOW - timedelta(days=201))
+# A day ahead, not minutes: NOW is taken at import, and a test may run long after it.
+FAR_FUTURE, TOO_OLD = ms(NOW + timedelta(days=1)), ms(NOW - timedelta(days=201))
 BAD_TIMES = ["0", "9999999999999999", "-62135596800001", FAR_FUTURE, TOO_OLD]
 
 
@@ -59,7 +60,7 @@ async def test_times_outside_retention_and_the_near_future_are_refused(
 
 async def test_times_within_the_bounds_are_taken(service: RunningService) -> None:
     await ready(service)
-    near = ms(NOW + timedelta(minutes=4))
+    near = ms(datetime.now(UTC) + timedelta(minutes=4))
     old = ms(NOW - timedelta(days=199))
     body = {"sends": [send("a", sent_time=near), send("b", sent_time=old)]}
     assert (await post(service, f"/v1/oas/{OA}/sends", body))[0] == 200
