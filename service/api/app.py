@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from service.api import views
-from service.api.models import AdmissionBody, SendsBody
+from service.api.models import AdmissionBody, SendsBody, SyncBody
 from service.api.openapi import document
 from service.api.routing import (
     SERVED_BY,
@@ -51,7 +51,6 @@ from service.domain.records import (
     CommandRecord,
     SendOutcome,
     SendRecord,
-    SyncRecord,
 )
 from service.domain.state import OAState, Policy
 from service.domain.windows import next_day_start
@@ -508,7 +507,7 @@ async def post_sync(request: web.Request) -> web.Response:
     if not isinstance(raw, dict) or "oa_id" in raw:
         return error_response(422, "invalid_request", "body: an object, the OA from the path")
     try:
-        record = SyncRecord.model_validate({**raw, "oa_id": oa_id})
+        record = SyncBody.model_validate({**raw, "oa_id": oa_id})  # written as a SyncRecord
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"]) or "body"

@@ -8,16 +8,27 @@ contract tests). `service/api/openapi.py` builds `schemas/openapi.json` from the
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
+from service.domain.events import id_as_string
 from service.domain.records import (
     MAX_ADMISSION_UNITS,
     AdmissionAnswer,
-    GateId,
     SendOutcome,
+    SyncRecord,
+    SyncTemplate,
     Tag,
+    ZaloQuota,
     recipient_hash,
 )
 
@@ -28,11 +39,61 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, populate_by_name=True)
 
 
+# --- the bounds of what the API takes -------------------------------------------------------
+#
+# Every value that reaches the fold through the API is bounded here, at the door, so that no
+# request can write a record that stops the processor or grants without end. The records'
+# own models (service/domain/records.py) stay as lenient as they always were: records
+# already in the log must fold the same way on a replay.
+
+GateId = Annotated[
+    str,
+    BeforeValidator(id_as_string),
+    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
+]
+"""An OA or template id: at most 64 of `A-Z a-z 0-9 _ . -`, so that it is safe in a path,
+a key and a log line."""
+
+TrackingId = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$")]
+"""A sender's id of one send, as Zalo restricts it: at most 48 of `A-Z a-z 0-9 _ . : -`."""
+
+MAX_QUOTA = 10_000_000
+QuotaValue = Annotated[int, Field(ge=0, le=MAX_QUOTA)]
+"""A quota or what remains of one, in messages: far above any tier Zalo gives, so a wrong
+value cannot grant without end."""
+
+SyncText = Annotated[str, Field(max_length=64)]
+"""A value read from Zalo in a sync (a status, a level): Zalo's are short words."""
+
+
+def _remaining_within(daily: int | None, remaining: int | None, field: str) -> None:
+    if daily is not None and remaining is not None and remaining > daily:
+        raise ValueError(f"{field}: what remains is above the daily quota")
+
+
 # --- request bodies -------------------------------------------------------------------------
+
+
+class SendQuota(ZaloQuota):
+    """The `quota` Zalo answered a send with, as the sender reports it."""
+
+    dailyQuota: QuotaValue | None = None
+    """null: unlimited."""
+    remainingQuota: QuotaValue | None = None
+
+    @model_validator(mode="after")
+    def _within(self) -> SendQuota:
+        _remaining_within(self.dailyQuota, self.remainingQuota, "remainingQuota")
+        return self
 
 
 class SendItem(SendOutcome):
     """A send as a sender reports it: the recipient may be a phone; it is hashed here."""
+
+    template_id: GateId
+    tracking_id: TrackingId
+    """The sender's own id of the send (Zalo requires one); duplicates are dropped by it."""
+    quota: SendQuota | None = None
 
     recipient: str | None = None
     """The phone number (any common Vietnamese form) or the sha256 of its `84…` form."""
@@ -47,6 +108,28 @@ class SendsBody(_Model):
     """`POST /v1/oas/{oa_id}/sends`."""
 
     sends: list[SendItem] = Field(min_length=1, max_length=1000)
+
+
+class SyncTemplateBody(SyncTemplate):
+    template_id: GateId
+    status: SyncText | None = None
+    quality: SyncText | None = None
+
+
+class SyncBody(SyncRecord):
+    """`POST /v1/oas/{oa_id}/sync` (the OA is the path's)."""
+
+    oa_id: GateId
+    daily_quota: QuotaValue | None = None
+    remaining_quota: QuotaValue | None = None
+    monthly_promotion_quota: QuotaValue | None = None
+    remaining_monthly_promotion_quota: QuotaValue | None = None
+    templates: list[SyncTemplateBody] = Field(default_factory=list, max_length=1000)  # type: ignore[assignment]
+
+    @model_validator(mode="after")
+    def _within(self) -> SyncBody:
+        _remaining_within(self.daily_quota, self.remaining_quota, "remaining_quota")
+        return self
 
 
 class AdmissionBody(_Model):

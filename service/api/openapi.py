@@ -14,7 +14,6 @@ from pydantic.json_schema import models_json_schema
 
 from service import __version__
 from service.api import models
-from service.domain.records import SyncRecord
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -99,7 +98,7 @@ OPERATIONS = (
         f"{_OA}/sync",
         "Record authoritative values read from Zalo",
         models.Accepted,
-        body=SyncRecord,
+        body=models.SyncBody,
         scope="admin",
         errors=(400, 401, 403, 408, 413, 415, 422, 503),
         headers=(),
@@ -201,7 +200,7 @@ _ERRORS = {
 
 
 def _body_schema(model: type[BaseModel], schema: dict[str, Any]) -> dict[str, Any]:
-    if model is SyncRecord:  # the path names the OA
+    if model is models.SyncBody:  # the path names the OA
         schema = {
             **schema,
             "properties": {k: v for k, v in schema["properties"].items() if k != "oa_id"},
@@ -214,22 +213,22 @@ def document() -> dict[str, Any]:
     """The OpenAPI 3.1 document."""
     wanted: list[tuple[type[BaseModel], Literal["validation", "serialization"]]] = []
     for op in OPERATIONS:
-        if op.body is not None and op.body is not SyncRecord:
+        if op.body is not None and op.body is not models.SyncBody:
             wanted.append((op.body, "validation"))
         if op.answer is not None:
             wanted.append((op.answer, "validation"))
     wanted.append((models.ErrorBody, "validation"))
     refs, definitions = models_json_schema(wanted, ref_template=REF)
     components: dict[str, Any] = dict(definitions.get("$defs", {}))
-    sync_refs, sync_defs = models_json_schema([(SyncRecord, "validation")], ref_template=REF)
+    sync_refs, sync_defs = models_json_schema([(models.SyncBody, "validation")], ref_template=REF)
     sync_defs_all = dict(sync_defs.get("$defs", {}))
-    sync_name = sync_refs[(SyncRecord, "validation")]["$ref"].rsplit("/", 1)[-1]
-    components["SyncBody"] = _body_schema(SyncRecord, sync_defs_all.pop(sync_name))
+    sync_name = sync_refs[(models.SyncBody, "validation")]["$ref"].rsplit("/", 1)[-1]
+    components["SyncBody"] = _body_schema(models.SyncBody, sync_defs_all.pop(sync_name))
     components["SyncBody"]["title"] = "SyncBody"
     components.update(sync_defs_all)
 
     def ref(model: type[BaseModel]) -> dict[str, Any]:
-        if model is SyncRecord:
+        if model is models.SyncBody:
             return {"$ref": REF.format(model="SyncBody")}
         return refs[(model, "validation")]
 

@@ -14,9 +14,9 @@ import hashlib
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from service.domain.events import ZaloId, ZaloTime, id_as_string
+from service.domain.events import ZaloId, ZaloTime
 
 Tag = Literal[1, 2, 3]
 
@@ -42,33 +42,9 @@ def recipient_hash(recipient: str) -> str:
 
 RecipientHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 
-GateId = Annotated[
-    str,
-    BeforeValidator(id_as_string),
-    Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$"),
-]
-"""An OA or template id: at most 64 of `A-Z a-z 0-9 _ . -`, so that it is safe in a path,
-a key and a log line."""
-
-TrackingId = Annotated[str, Field(min_length=1, max_length=48, pattern=r"^[A-Za-z0-9_.:-]+$")]
-"""A sender's id of one send, as Zalo restricts it: at most 48 of `A-Z a-z 0-9 _ . : -`."""
-
-MAX_QUOTA = 10_000_000
-QuotaValue = Annotated[int, Field(ge=0, le=MAX_QUOTA)]
-"""A quota or what remains of one, in messages: far above any tier Zalo gives, so a wrong
-value cannot grant without end."""
-
-SyncText = Annotated[str, Field(max_length=64)]
-"""A value read from Zalo in a sync (a status, a level): Zalo's are short words."""
-
 MAX_ADMISSION_UNITS = 10_000
 """The most units one admission may ask for: with each a named recipient, its record (one
 64-hex hash a unit) stays well under the broker's default limit of about 1 MB."""
-
-
-def _remaining_within(daily: int | None, remaining: int | None, field: str) -> None:
-    if daily is not None and remaining is not None and remaining > daily:
-        raise ValueError(f"{field}: what remains is above the daily quota")
 
 
 class _Record(BaseModel):
@@ -80,25 +56,20 @@ class ZaloQuota(BaseModel):
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    dailyQuota: QuotaValue | None = None
+    dailyQuota: int | None = None
     """null: unlimited."""
-    remainingQuota: QuotaValue | None = None
-
-    @model_validator(mode="after")
-    def _within(self) -> ZaloQuota:
-        _remaining_within(self.dailyQuota, self.remainingQuota, "remainingQuota")
-        return self
+    remainingQuota: int | None = None
 
 
 class SendOutcome(_Record):
     """One send a sender made through Zalo, and what Zalo answered (kind `send`)."""
 
-    template_id: GateId
+    template_id: ZaloId
     tag: Tag | None = None
     """The template's tag, if the sender knows it."""
     recipient: RecipientHash | None = None
     """The recipient's hash (the API hashes a phone before it writes the record)."""
-    tracking_id: TrackingId
+    tracking_id: str = Field(min_length=1, max_length=200)
     """The sender's own id of the send (Zalo requires one); duplicates are dropped by it."""
     msg_id: ZaloId | None = None
     """Zalo's message id, when the send succeeded."""
@@ -114,7 +85,7 @@ class SendOutcome(_Record):
 class SendRecord(_Record):
     """The value of a `send` record."""
 
-    oa_id: GateId
+    oa_id: ZaloId
     send: SendOutcome
 
 
@@ -138,12 +109,12 @@ class AdmissionAnswer(_Record):
 class AdmissionRecord(_Record):
     """The value of an `admission` record: one decision, written before it is answered."""
 
-    oa_id: GateId
+    oa_id: ZaloId
     admission_id: str
     idempotency_key: str
     request_hash: str
     """sha256 of the request body, to tell a repeat from a conflicting reuse of the key."""
-    template_id: GateId
+    template_id: ZaloId
     tag: Tag
     granted_recipients: list[RecipientHash] = Field(default_factory=list)
     """The granted recipients in order; empty when the request named none."""
@@ -153,9 +124,9 @@ class AdmissionRecord(_Record):
 
 
 class SyncTemplate(_Record):
-    template_id: GateId
-    status: SyncText | None = None
-    quality: SyncText | None = None
+    template_id: ZaloId
+    status: str | None = None
+    quality: str | None = None
     tag: Tag | None = None
 
 
@@ -165,21 +136,16 @@ class SyncRecord(_Record):
     A field left out is not known; `daily_quota` given as null means unlimited.
     """
 
-    oa_id: GateId
+    oa_id: ZaloId
     as_of: ZaloTime
-    daily_quota: QuotaValue | None = None
-    remaining_quota: QuotaValue | None = None
+    daily_quota: int | None = None
+    remaining_quota: int | None = Field(default=None, ge=0)
     quality_48h: str | None = None
     quality_7d: str | None = None
     allowed_tags: list[Tag] | None = None
-    monthly_promotion_quota: QuotaValue | None = None
-    remaining_monthly_promotion_quota: QuotaValue | None = None
+    monthly_promotion_quota: int | None = Field(default=None, ge=0)
+    remaining_monthly_promotion_quota: int | None = Field(default=None, ge=0)
     templates: list[SyncTemplate] = Field(default_factory=list, max_length=1000)
-
-    @model_validator(mode="after")
-    def _within(self) -> SyncRecord:
-        _remaining_within(self.daily_quota, self.remaining_quota, "remaining_quota")
-        return self
 
     @field_validator("quality_48h", "quality_7d")
     @classmethod
@@ -192,9 +158,9 @@ class SyncRecord(_Record):
 class CommandRecord(_Record):
     """The value of a `command` record: an operator's action."""
 
-    oa_id: GateId
+    oa_id: ZaloId
     action: Literal["resume_oa", "resume_template"]
-    template_id: GateId | None = None
+    template_id: ZaloId | None = None
     at: ZaloTime
 
 

@@ -669,3 +669,28 @@ def test_a_record_whose_time_no_datetime_holds_is_malformed(time: str) -> None:
         with pytest.raises(Unprocessable) as raised:
             read_item(kind, OA_ID.encode(), value, {"kind": kind})
         assert raised.value.reason == "malformed_record"
+
+
+def test_records_the_api_would_refuse_now_still_fold() -> None:
+    """The API bounds what it takes; records already in the log (written before the bounds,
+    or by an older instance during a rolling upgrade) must fold as they always did, or a
+    replay would no longer equal the live state."""
+    outcome = {
+        "template_id": "tpl:1",
+        "tracking_id": "order/77 with a space and more than forty-eight characters",
+        "sent_time": str(int(vn(D, 10).timestamp() * 1000)),
+        "error": 0,
+        "quota": {"dailyQuota": 50_000_000, "remainingQuota": 60_000_000},
+    }
+    sync = {"oa_id": OA_ID, "as_of": "1774321200000", "daily_quota": 100, "remaining_quota": 500}
+    for kind, value in [
+        ("send", orjson.dumps({"oa_id": OA_ID, "send": outcome})),
+        ("sync", orjson.dumps(sync)),
+    ]:
+        item = read_item(kind, OA_ID.encode(), value, {"kind": kind})
+        assert item.oa_id == OA_ID
+    oa = Oa()
+    value = orjson.dumps({"oa_id": OA_ID, "send": outcome})
+    oa.apply(Raw("send", OA_ID.encode(), value, {"kind": "send"}))
+    assert oa.state.templates["tpl:1"].sent_ok.get(oa.policy.day(vn(D, 10))) == 1
+    assert oa.state.daily_quota == 50_000_000
