@@ -97,13 +97,23 @@ def find_oa_id(body: dict[str, Any]) -> str | None:
     event uses `oaId`; a delivery receipt names the OA as its `sender`. Only a
     receipt: in the chat events a user sends, the sender is the user.
     """
-    for candidate in (body.get("oa_id"), body.get("oaId")):
-        found = text_of(candidate)
-        if found is not None:
-            return found
+    named = oa_ids_named(body)
+    return named[0] if named else None
+
+
+def oa_ids_named(body: dict[str, Any]) -> list[str]:
+    """Every OA id the event names, in the order `find_oa_id` looks (distinct). More than
+    one is a body no Zalo event has: the receiver refuses it, since the record's key and
+    the OA the fold applies it to could differ."""
+    candidates = [body.get("oa_id"), body.get("oaId")]
     if body.get("event_name") == "user_received_message":
-        return text_of(_nested(body, "sender", "id"))
-    return None
+        candidates.append(_nested(body, "sender", "id"))
+    named: list[str] = []
+    for candidate in candidates:
+        found = text_of(candidate)
+        if found is not None and found not in named:
+            named.append(found)
+    return named
 
 
 def find_msg_id(body: dict[str, Any]) -> str | None:

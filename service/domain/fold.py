@@ -116,7 +116,12 @@ def read_item(kind: str | None, key: bytes | None, value: bytes, headers: dict[s
     `malformed_record`)."""
     try:
         if kind == "webhook":
-            return _read_webhook(value, headers)
+            item = _read_webhook(value, headers)
+            # The record lands in its key's partition: an event applied to another OA
+            # would change a state that partition may not hold (a forged body naming two).
+            if key is not None and key.decode(errors="replace") != item.oa_id:
+                raise Unprocessable("malformed_record", "the record's key is not its OA")
+            return item
         model = _RECORD_MODELS.get(kind or "")
         if model is None:
             raise Unprocessable("unknown_kind", f"no record kind {kind!r}")

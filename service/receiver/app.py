@@ -18,7 +18,7 @@ import time
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from service.domain.events import MalformedBody, dedup_key, find_oa_id, parse_body, text_of
+from service.domain.events import MalformedBody, dedup_key, oa_ids_named, parse_body, text_of
 from service.http import LOG, SETTINGS, error_response, json_response
 from service.log.base import Headers, LogError
 from service.logsetup import get_logger
@@ -112,7 +112,12 @@ async def receive_webhook(request: web.Request) -> web.Response:
         )
     if limits.max_age_s is not None and not _fresh(timestamp, limits.max_age_s):
         return _refuse(request, 401, "stale_timestamp", "the timestamp is too old", app_id=app_id)
-    oa_id = find_oa_id(body)
+    named = oa_ids_named(body)
+    if len(named) > 1:
+        return _refuse(
+            request, 400, "conflicting_oa_id", "the event names more than one OA", app_id=app_id
+        )
+    oa_id = named[0] if named else None
     # A genuine signature of one app says nothing about OAs of another app.
     if oa_id is not None and not settings.app_signs_for(app_id, oa_id):
         return _refuse(

@@ -58,3 +58,28 @@ async def test_an_app_without_oa_ids_signs_any_oa_not_listed_elsewhere(
     )
     assert (await service.post(orphan))[0] == 200
     assert len(await service.events()) == 2
+
+
+async def test_an_event_naming_two_oas_is_refused(service_factory: ServiceFactory) -> None:
+    """The OA a webhook is authorised and keyed for must be the OA the fold applies it to:
+    a body whose `oa_id` and `oaId` differ (no Zalo event has both) could otherwise pass
+    the app's check for one OA and change another's quota."""
+    service = await service_factory(
+        apps=[
+            {"app_id": zalo.APP_ID, "secrets": [zalo.SECRET], "oa_ids": [zalo.OA_ID]},
+            {"app_id": OTHER_APP, "secrets": [OTHER_SECRET], "oa_ids": [THEIR_OA]},
+        ]
+    )
+    forged = zalo.Webhooks().from_payload(
+        {
+            "event_name": "change_oa_daily_quota",
+            "oa_id": zalo.OA_ID,
+            "oaId": THEIR_OA,
+            "app_id": zalo.APP_ID,
+            "quota": {"old_value": "2000", "new_value": "1000000"},
+            "timestamp": "1700000000001",
+        }
+    )
+    status, body = await service.post(forged)
+    assert (status, body["error"]["code"]) == (400, "conflicting_oa_id"), body
+    assert await service.events() == []

@@ -694,3 +694,13 @@ def test_records_the_api_would_refuse_now_still_fold() -> None:
     oa.apply(Raw("send", OA_ID.encode(), value, {"kind": "send"}))
     assert oa.state.templates["tpl:1"].sent_ok.get(oa.policy.day(vn(D, 10))) == 1
     assert oa.state.daily_quota == 50_000_000
+
+
+def test_a_webhook_keyed_for_another_oa_than_it_names_is_malformed() -> None:
+    """A record's key decides its partition and its OA's state; a webhook that the fold
+    would apply to another OA than its key (a forged body naming two) changes nothing."""
+    raw = feed.daily_quota(2000, vn(D, 10))
+    with pytest.raises(Unprocessable) as raised:
+        read_item(raw.kind, b"488613280878808646", raw.value, raw.headers)
+    assert raised.value.reason == "malformed_record"
+    assert read_item(raw.kind, raw.key, raw.value, raw.headers).oa_id == OA_ID
