@@ -431,6 +431,12 @@ class OAState:
 
     # --- snapshots ----------------------------------------------------------------------
 
+    def clear_touched(self) -> None:
+        """A whole snapshot was taken: no index entry is left to write."""
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            index.clear_touched()
+
     def to_json(self) -> bytes:
         """The state as a JSON document (the one inside `zns.oa-state` snapshots)."""
         return orjson.dumps(self, default=_counts_as_pairs)

@@ -68,3 +68,15 @@ def test_a_state_document_written_before_the_indexes_restores_to_an_equal_state(
     assert restored.recipients.peek(refused) == oa.state.recipients.peek(refused)
     assert sorted(restored.dedup) == sorted(oa.state.dedup)
     assert restored.idempotency.peek("k-1") == oa.state.idempotency.peek("k-1")
+
+
+def test_a_whole_snapshot_leaves_no_index_entry_to_write() -> None:
+    """Keys touched since the last checkpoint are what a checkpoint writes; a snapshot of
+    the whole state includes them all, so they do not pile up between snapshots."""
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
+    oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2, recipient=OTHER))
+    indexes = [getattr(oa.state, name) for name in OAState.SHARED_INDEXES]
+    assert all(index.touched for index in indexes)
+    encode_state(oa.state, TOPIC, 0)
+    assert [index.touched for index in indexes] == [set()] * 4
