@@ -438,7 +438,7 @@ def _recorded(state: OAState | None, item: SendOutcome) -> bool:
         return False
     if "send:" + item.tracking_id in state.dedup:
         return True
-    message = state.messages.get(item.msg_id) if item.msg_id is not None else None
+    message = state.messages.peek(item.msg_id) if item.msg_id is not None else None
     return message is not None and message.sent
 
 
@@ -584,7 +584,7 @@ async def post_admissions(request: web.Request) -> web.Response:
         if isinstance(served, Forward):
             return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
         state, now, policy = served.state, served.now, served.policy
-        earlier = state.idempotency.get(body.idempotency_key)
+        earlier = state.idempotency.peek(body.idempotency_key)
         if earlier is not None:
             if earlier[1] != request_hash:
                 return error_response(

@@ -48,8 +48,8 @@ from service.domain.records import (
 from service.domain.rules import Quota
 from service.domain.scoring import Level
 from service.domain.state import (
+    HOUR_MS,
     MESSAGE_DAYS,
-    RECIPIENT_DAYS,
     WINDOW_7D,
     Change,
     Grant,
@@ -351,17 +351,18 @@ class _Fold:
         state.tag12_ok_month.prune(month - 2)
         state.promo_used_month.prune(month - 1)
         self.prune_templates(day, stamp)
-        state.messages = {k: m for k, m in state.messages.items() if m.day > day - MESSAGE_DAYS}
+        state.messages.expire_before(day)  # kept MESSAGE_DAYS days
         state.grants = {k: g for k, g in state.grants.items() if g.day > day - MESSAGE_DAYS}
         state.open_grants = [k for k in state.open_grants if k in state.grants]
-        state.recipients = {
-            k: r for k, r in state.recipients.items() if r.last_seen_day > day - RECIPIENT_DAYS
-        }
+        state.recipients.expire_before(day)  # kept RECIPIENT_DAYS after they were last seen
         # Older than the TTL by the clock and by the OA's own records: a wall clock
         # stepped forward (and back) must not forget a key the sender may still repeat.
+        # The keys are bucketed by the hour of their time, so the hours before the cutoff's
+        # go whole and only the cutoff's own hour is looked at key by key.
         cutoff = min(_ms(stamp), state.event_ms) - int(self.policy.dedup_ttl.total_seconds() * 1000)
-        state.dedup = {k: t for k, t in state.dedup.items() if t >= cutoff}
-        state.idempotency = {k: v for k, v in state.idempotency.items() if v[0] >= cutoff}
+        first_kept_hour = -(-cutoff // HOUR_MS)
+        state.dedup.expire_before(first_kept_hour, keep=lambda t: t >= cutoff)
+        state.idempotency.expire_before(first_kept_hour, keep=lambda v: v[0] >= cutoff)
 
     def prune_templates(self, day: int, stamp: datetime) -> None:
         """Forget what the templates' windows no longer count, and the templates no record

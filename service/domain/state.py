@@ -15,7 +15,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any, TypeVar
@@ -23,6 +23,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from service.domain.index import Index
 from service.domain.promotion import PromotionQuota, promotion_quota
 from service.domain.rules import RULE_SETS, Quota, RuleSet, Thresholds
 from service.domain.scoring import Level, quality_level, worse
@@ -37,6 +38,7 @@ MESSAGE_DAYS = 8
 """Messages are remembered this many days (ratings and quick replies find their template)."""
 RECIPIENT_DAYS = 186
 """Recipients are remembered about 6 months (promotion eligibility)."""
+HOUR_MS = 3_600_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,14 +250,14 @@ class OAState:
     paused_templates: list[str] = field(default_factory=list)
     """Ids of the templates zns-gate paused or disabled (and perhaps a few resumed since):
     pause ends visit these, not every template."""
-    messages: dict[str, Message] = field(default_factory=dict)
-    recipients: dict[str, Recipient] = field(default_factory=dict)
+    messages: Index[Message] = field(default_factory=lambda: Index(_message_expiry))
+    recipients: Index[Recipient] = field(default_factory=lambda: Index(_recipient_expiry))
     grants: dict[str, Grant] = field(default_factory=dict)
     open_grants: list[str] = field(default_factory=list)
     """Admission ids of grants that may still have open units, oldest first."""
-    dedup: dict[str, int] = field(default_factory=dict)
+    dedup: Index[int] = field(default_factory=lambda: Index(_dedup_expiry))
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
-    idempotency: dict[str, list[Any]] = field(default_factory=dict)
+    idempotency: Index[list[Any]] = field(default_factory=lambda: Index(_idempotency_expiry))
     """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
     event_ms: int = 0
     """The newest event time (ms) of a record folded in; it never goes back. Keys are
@@ -397,11 +399,14 @@ class OAState:
     # --- copies -------------------------------------------------------------------------
 
     SHARED_INDEXES = ("dedup", "idempotency", "messages", "recipients")
-    """Large indexes that `fold.advance` only ever replaces whole (when it prunes them)
-    and that the admission decision only reads."""
+    """Large indexes that `fold.advance` only expires and that the admission decision only
+    reads: a copy holds read-only views of them."""
+
     def served_copy(self) -> OAState:
         """A copy that `fold.advance` and `admission.decide` may change freely, at a fraction
-        of a deep copy's cost: plain values and the shared indexes are not copied, nor are
+        of a deep copy's cost: plain values are not copied, the indexes are shared read-only
+        (what a day change expires in the copy reads as absent there and stays in the live
+        state, so a copy costs the same whatever their size), nor are
         the grants (the dict is; advancing replaces an expiring grant, never changes it),
         nor the templates but those zns-gate holds (advancing ends their pauses; a day
         change replaces a template whose windows it prunes). So a copy costs the same
@@ -409,7 +414,10 @@ class OAState:
         clone = copy.copy(self)
         for name in _FIELDS:
             value = getattr(self, name)
-            if name in self.SHARED_INDEXES or isinstance(value, _PLAIN):
+            if name in self.SHARED_INDEXES:
+                setattr(clone, name, value.shared())
+                continue
+            if isinstance(value, _PLAIN):
                 continue
             if name in ("grants", "templates"):
                 setattr(clone, name, dict(value))
@@ -422,6 +430,12 @@ class OAState:
         return clone
 
     # --- snapshots ----------------------------------------------------------------------
+
+    def clear_touched(self) -> None:
+        """A whole snapshot was taken: no index entry is left to write."""
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            index.clear_touched()
 
     def to_json(self) -> bytes:
         """The state as a JSON document (the one inside `zns.oa-state` snapshots)."""
@@ -453,6 +467,35 @@ def _day_of_minute(minute: int, zone: ZoneInfo) -> int:
 _FIELDS = tuple(f.name for f in dataclasses.fields(OAState))
 
 
+# The expiry of each index (see `fold.prune`): the last day a message or a recipient is kept,
+# and the hour of a key's time (how long a key is kept depends on the policy and on the OA's
+# newest event, so the prune decides it).
+
+
+def _message_expiry(message: Message) -> int:
+    return message.day + MESSAGE_DAYS - 1
+
+
+def _recipient_expiry(recipient: Recipient) -> int:
+    return recipient.last_seen_day + RECIPIENT_DAYS - 1
+
+
+def _dedup_expiry(at_ms: int) -> int:
+    return at_ms // HOUR_MS
+
+
+def _idempotency_expiry(entry: list[Any]) -> int:
+    return int(entry[0]) // HOUR_MS
+
+
+_INDEXES: dict[str, Callable[[Any], int]] = {
+    "messages": _message_expiry,
+    "recipients": _recipient_expiry,
+    "dedup": _dedup_expiry,
+    "idempotency": _idempotency_expiry,
+}
+
+
 def _level(value: str | None) -> Level:
     try:
         return Level(value) if value is not None else Level.UNDEFINED
@@ -480,9 +523,11 @@ _NESTED: dict[str, type] = {
 _T = TypeVar("_T")
 
 
-def _counts_as_pairs(value: object) -> list[list[int]]:
+def _counts_as_pairs(value: object) -> list[list[int]] | dict[str, Any]:
     if isinstance(value, Buckets):
         return [list(item) for item in value.items()]
+    if isinstance(value, Index):
+        return value.entries()  # an object of its entries, as when the indexes were dicts
     raise TypeError(f"{type(value).__name__} is not part of a state document")
 
 
@@ -511,4 +556,6 @@ def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
             values[f.name] = {k: _decode(nested, v) for k, v in raw.items()}
         else:
             values[f.name] = raw
+        if cls is OAState and f.name in _INDEXES:
+            values[f.name] = Index(_INDEXES[f.name], values[f.name])
     return cls(**values)

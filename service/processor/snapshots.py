@@ -103,6 +103,7 @@ def mark_key(partition: int) -> bytes:
 def encode_state(state: OAState, topic: str, partition: int) -> list[tuple[bytes, bytes]]:
     """The (key, value) records of one snapshot of `state`."""
     packed = zlib.compress(state.to_json(), 1)
+    state.clear_touched()
     pieces = [packed[i : i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)] or [b""]
     return [
         (

@@ -157,3 +157,14 @@ def test_a_served_copy_is_a_deep_copy_for_advance_and_decide(
     assert live.to_document() == before
     assert served.to_document() == deep.to_document()
     assert answers[0] == answers[1]
+    # Another day change on the copies: what expires there reads as absent, key by key,
+    # and the live state keeps it.
+    for state in (served, deep):
+        advance(state, now + timedelta(days=9), POLICY)
+    assert live.to_document() == before
+    assert served.to_document() == deep.to_document()
+    for name in OAState.SHARED_INDEXES:
+        kept = getattr(deep, name)
+        for key in getattr(live, name):
+            assert getattr(served, name).peek(key) == kept.peek(key)
+            assert (key in getattr(served, name)) == (key in kept)

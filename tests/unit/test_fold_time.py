@@ -148,3 +148,18 @@ def test_a_state_document_without_the_index_of_held_templates_rebuilds_it() -> N
     assert restored.paused_templates == ["t1"]
     changes = advance(restored, vn(D, 13), oa.policy)
     assert "pause_ended" in [c.rule for c in changes]
+
+
+def test_a_day_change_expires_the_indexes_in_place_and_leaves_nothing_to_write() -> None:
+    """Expiry is not a change a checkpoint writes (a store drops the same key ranges), and
+    it removes entries from the index the state holds instead of building a new one."""
+    oa = busy_oa()
+    indexes = (oa.state.messages, oa.state.recipients, oa.state.dedup, oa.state.idempotency)
+    for index in indexes:
+        index.clear_touched()
+    oa.at(vn(plus(15)))
+    now = (oa.state.messages, oa.state.recipients, oa.state.dedup, oa.state.idempotency)
+    assert all(a is b for a, b in zip(now, indexes, strict=True))
+    assert len(oa.state.messages) == 0
+    assert len(oa.state.recipients) == 1, "remembered six months"
+    assert all(index.touched == set() for index in indexes)

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import orjson
 import pytest
 
+from service.domain.index import Index
+from service.domain.records import recipient_hash
 from service.domain.rules import ZBS_2026
 from service.domain.state import OAState
 from service.log.base import Record
 from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
+from tests import feed
+from tests.unit.test_fold import D, Oa, plus, vn
 
 TOPIC = "zns.events"
+OTHER = recipient_hash("0912345678")
 
 
 def records(pairs: list[tuple[bytes, bytes]]) -> list[Record]:
@@ -36,3 +44,39 @@ def test_an_unreadable_chunk_of_an_oa_named_like_a_mark_rebuilds_that_oa() -> No
     restorer = Restorer(TOPIC, 0)
     restorer.add(records([(b"__partition__/state/0", b"{not json")]))
     assert restorer.result().rebuild == {"__partition__"}
+
+
+def test_a_state_document_written_before_the_indexes_restores_to_an_equal_state() -> None:
+    """`state_document_v1.json` is what `to_json` wrote when the indexes were plain dicts,
+    for the records below: it restores, without a schema change, to the state those
+    records fold to now, and is written back byte for byte."""
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
+    oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2))
+    oa.apply(feed.receipt("m1", vn(D, 9, 6)))
+    oa.apply(feed.receipt("m2", vn(D, 10)))
+    refused = recipient_hash(feed.PHONE)
+    oa.apply(feed.send("t1", "tr-2", vn(D, 11), msg_id="m3", tag=1, error=-141, recipient=refused))
+    oa.apply(feed.send("t1", "tr-3", vn(D, 12), msg_id="m4", tag=1, recipient=OTHER))
+    oa.at(vn(plus(1), 8))
+    written = (Path(__file__).parent / "state_document_v1.json").read_bytes()
+    restored = OAState.from_document(orjson.loads(written))
+    assert restored == oa.state
+    assert restored.to_json() == written
+    assert oa.state.to_json() == written
+    assert isinstance(restored.messages, Index)
+    assert restored.recipients.peek(refused) == oa.state.recipients.peek(refused)
+    assert sorted(restored.dedup) == sorted(oa.state.dedup)
+    assert restored.idempotency.peek("k-1") == oa.state.idempotency.peek("k-1")
+
+
+def test_a_whole_snapshot_leaves_no_index_entry_to_write() -> None:
+    """Keys touched since the last checkpoint are what a checkpoint writes; a snapshot of
+    the whole state includes them all, so they do not pile up between snapshots."""
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
+    oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2, recipient=OTHER))
+    indexes = [getattr(oa.state, name) for name in OAState.SHARED_INDEXES]
+    assert all(index.touched for index in indexes)
+    encode_state(oa.state, TOPIC, 0)
+    assert [index.touched for index in indexes] == [set()] * 4
