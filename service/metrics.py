@@ -37,6 +37,13 @@ DECISIONS = Counter(
     registry=REGISTRY,
 )
 
+PROCESSOR_ERRORS = Counter(
+    "zns_gate_processor_errors",
+    "Failures of the processor's loop other than the log's (a restore, fetch or checkpoint "
+    "that raised); the loop tries again with a growing pause.",
+    registry=REGISTRY,
+)
+
 DEAD_LETTERS = Counter(
     "zns_gate_dead_letters",
     "Records of zns.events sent to zns.dlq.",

@@ -63,12 +63,13 @@ from service.domain.windows import DailyCounts, day_start, hour_index, month_ind
 FUTURE_SLACK = timedelta(minutes=5)
 """An event time further ahead of `now` than this is taken as `now`."""
 
-QUIET_DAYS = 200
+QUIET_DAYS = 10
 """Days after an OA's last record beyond which a day change only prunes. By then the
-windows a tier evaluation reads (7 days) are empty, Zalo's levels are stale, and each
-prune removes a superset of what the prunes before it removed, so the last day's prune
-alone leaves the state that walking every day would (longer than every window, the
-6-month recipient memory included)."""
+windows a tier evaluation reads (the 7 days before midnight) are empty, so it moves
+nothing, Zalo's levels are stale, and each prune removes a superset of what the prunes
+before it removed: the last day's prune alone leaves the state that walking every day
+would. (The reach grows with `zalo_quality_ttl` when that is set to days.) A read of an
+idle OA advances a copy over the same gap every time, so the walk must stay short."""
 
 NEGATIVE_SEND_ERRORS = frozenset({-141, -139})
 """Send errors that mean the user refused or blocked the OA: negative signals."""

@@ -135,7 +135,7 @@ class PartitionFolder:
         except Exception as exc:  # a bug in reading must not stop the partition either
             _log.exception("reading a record failed", offset=record.offset)
             if record.offset > self.included:
-                letter = self.dead_letter(record, headers, "malformed_record", repr(exc)[:300])
+                letter = self.dead_letter(record, headers, "apply_failed", repr(exc)[:300])
                 out.dead_letters.append(letter)
             return
         # Every record with an event time from where folding began moves the clock, also one

@@ -31,6 +31,7 @@ from service.metrics import (
     FOLD_DELAY_SECONDS,
     FOLDED,
     LAST_CHECKPOINT,
+    PROCESSOR_ERRORS,
     RESTORE_SECONDS,
 )
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
@@ -330,6 +331,7 @@ class Processor:
 
     async def _run(self) -> None:
         assert self._consumer is not None
+        failures = 0
         while not self._stopping.is_set():
             try:
                 for tp in sorted(self._unrestored & self._consumer.assignment()):
@@ -351,6 +353,16 @@ class Processor:
             except LogError as exc:
                 _log.warning("processor waits for the log", error=repr(exc))
                 await asyncio.sleep(1.0)
+            except Exception:
+                # A bug in a restore, a checkpoint or a fetch: nothing folded is committed
+                # before its checkpoint succeeds, so going on loses nothing, and stopping
+                # would stop every partition of this instance until a restart.
+                failures += 1
+                PROCESSOR_ERRORS.inc()
+                _log.exception("processor loop failed; trying again", failures=failures)
+                await asyncio.sleep(min(30.0, 2.0**failures))
+            else:
+                failures = 0
 
     async def _check_caught_up(self) -> None:
         """A partition whose records up to its end were deleted (retention) is caught up too."""

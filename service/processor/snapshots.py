@@ -240,10 +240,10 @@ def _oa_of_key(key: bytes) -> str:
 def _decode(chunks: list[SnapshotChunk]) -> OAState | None:
     if any(c.schema_version != SCHEMA_VERSION for c in chunks):
         return None  # another layout of the state: rebuilt from the log
-    packed = b"".join(base64.b64decode(c.data) for c in chunks)
     try:
+        packed = b"".join(base64.b64decode(c.data) for c in chunks)
         state = OAState.from_document(orjson.loads(zlib.decompress(packed)))
-    except (zlib.error, orjson.JSONDecodeError, TypeError, KeyError):
+    except Exception:  # any snapshot that does not read back is rebuilt from the log
         return None
     state.position = chunks[0].position
     return state

@@ -41,7 +41,7 @@ def walked_and_jumped(days: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Oa, O
     return walked, jumped
 
 
-@pytest.mark.parametrize("days", [3, 150, 199, 200, 201, 400])
+@pytest.mark.parametrize("days", [3, 9, 10, 11, 12, 40, 150, 199, 200, 201, 400])
 def test_a_long_gap_ends_as_walking_it_day_by_day_would(
     days: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:

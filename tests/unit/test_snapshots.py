@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import zlib
 from pathlib import Path
 
 import orjson
@@ -10,7 +12,7 @@ import pytest
 from service.domain.index import Index
 from service.domain.records import recipient_hash
 from service.domain.rules import ZBS_2026
-from service.domain.state import OAState
+from service.domain.state import SCHEMA_VERSION, OAState
 from service.log.base import Record
 from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
 from tests import feed
@@ -80,3 +82,28 @@ def test_a_whole_snapshot_leaves_no_index_entry_to_write() -> None:
     assert all(index.touched for index in indexes)
     encode_state(oa.state, TOPIC, 0)
     assert [index.touched for index in indexes] == [set()] * 4
+
+
+@pytest.mark.parametrize(
+    "document",
+    [{"oa_id": "388613", "rules": "zbs-2026", "templates": [1, 2]}, {"oa_id": "388613"}, [1]],
+)
+def test_a_snapshot_whose_document_does_not_read_back_rebuilds_its_oa(document: object) -> None:
+    """Whatever is wrong with a snapshot's document, the restore goes on and the OA is
+    folded again from the log; it never stops the partition's restore."""
+    chunk = {
+        "schema_version": SCHEMA_VERSION,
+        "oa_id": "388613",
+        "topic": TOPIC,
+        "partition": 0,
+        "position": 3,
+        "shard": 0,
+        "shards": 1,
+        "encoding": "zlib+base64",
+        "data": base64.b64encode(zlib.compress(orjson.dumps(document))).decode(),
+    }
+    restorer = Restorer(TOPIC, 0)
+    restorer.add(records([(b"388613/state/0", orjson.dumps(chunk))]))
+    restored = restorer.result()
+    assert restored.rebuild == {"388613"}
+    assert restored.states == {}
