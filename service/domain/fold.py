@@ -1024,7 +1024,7 @@ class _Fold:
         for item in record.templates:
             template = state.template(item.template_id)
             if item.tag is not None:
-                template.tag = item.tag
+                template.tag, template.zalo_tag = item.tag, True
             if item.status is not None and _ms(at) >= template.status_at:
                 before = template.status
                 template.status, template.status_at = item.status, _ms(at)  # a -146 stays
@@ -1066,6 +1066,7 @@ def _forgettable(template: Template, day: int, ladder_from_ms: int) -> bool:
     return (
         template.status is None
         and template.zalo_quality is None
+        and not template.zalo_tag
         and not template.zalo_disabled
         and not template.night_restricted
         and not template.gate_disabled

@@ -173,6 +173,8 @@ class Template:
     """When zns-gate paused it (ms), for the ladder's 30-day look-back."""
     gate_disabled: bool = False
     """zns-gate disabled it (the third pause within 30 days) until an operator resumes it."""
+    zalo_tag: bool = False
+    """`tag` was read from Zalo (a sync), not learned from a sender's admission or send."""
     seen_day: int = 0
     """The last day a record named it (an idle template without Zalo's state is forgotten)."""
 

@@ -97,17 +97,27 @@ def test_templates_unseen_for_eight_days_holding_nothing_zalo_or_the_gate_set_ar
     oa.apply(feed.send("night", "tr-n", vn(D), tag=2, error=-133))
     oa.apply(feed.template_status("zalo", "ENABLE", vn(D)))
     oa.apply(feed.template_quality("rated", "MEDIUM", vn(D)))
+    oa.apply(feed.sync(vn(D), templates=[{"template_id": "tagged", "tag": 1}]))  # Zalo's tag
     bad_template(oa, vn(D, 9), "b")  # t1: paused by zns-gate
     oa.apply(feed.send("recent", "tr-r", vn(plus(5)), tag=2, error=-124))
     oa.at(vn(plus(7), 1))
     assert "idle" in oa.state.templates, "seen 7 days ago: not yet"
     oa.at(vn(plus(8), 1))
-    assert sorted(oa.state.templates) == ["counted", "night", "rated", "recent", "t1", "zalo"]
+    assert sorted(oa.state.templates) == [
+        "counted",
+        "night",
+        "rated",
+        "recent",
+        "t1",
+        "tagged",
+        "zalo",
+    ]
     oa.at(vn(plus(9), 1))
     assert "counted" not in oa.state.templates, "its day's count left the window"
     assert oa.state.templates["t1"].gate_disabled, "its pauses ran up the ladder meanwhile"
     oa.at(vn(plus(40), 1))
-    assert sorted(oa.state.templates) == ["night", "rated", "t1", "zalo"]
+    assert sorted(oa.state.templates) == ["night", "rated", "t1", "tagged", "zalo"]
+    assert oa.state.templates["tagged"].tag == 1, "a tag Zalo gave is kept: admissions need it"
     # A forgotten template is a new one again when a record names it.
     oa.apply(feed.send("idle", "tr-idle-2", vn(plus(40), 2), tag=3, error=-124))
     assert oa.state.templates["idle"].tag == 3

@@ -51,7 +51,8 @@ def test_an_unreadable_chunk_of_an_oa_named_like_a_mark_rebuilds_that_oa() -> No
 def test_a_state_document_written_before_the_indexes_restores_to_an_equal_state() -> None:
     """`state_document_v1.json` is what `to_json` wrote when the indexes were plain dicts,
     for the records below: it restores, without a schema change, to the state those
-    records fold to now, and is written back byte for byte."""
+    records fold to now, and is written back as it was, with only the fields added since
+    (at their defaults)."""
     oa = Oa()
     oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
     oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2))
@@ -64,8 +65,11 @@ def test_a_state_document_written_before_the_indexes_restores_to_an_equal_state(
     written = (Path(__file__).parent / "state_document_v1.json").read_bytes()
     restored = OAState.from_document(orjson.loads(written))
     assert restored == oa.state
-    assert restored.to_json() == written
-    assert oa.state.to_json() == written
+    expected = orjson.loads(written)
+    for template in expected["templates"].values():
+        template.setdefault("zalo_tag", False)  # added since the file was written
+    assert restored.to_document() == expected
+    assert oa.state.to_document() == expected
     assert isinstance(restored.messages, Index)
     assert restored.recipients.peek(refused) == oa.state.recipients.peek(refused)
     assert sorted(restored.dedup) == sorted(oa.state.dedup)
