@@ -17,7 +17,7 @@
 # Defaults: --name dev, --port 9092, --controller-port 9093.
 # Environment (flags win over it):
 #   KAFKA_NAME, KAFKA_PORT, KAFKA_CONTROLLER_PORT  same as the flags
-#   KAFKA_HEAP_OPTS       JVM heap flags        (default "-Xms256m -Xmx512m")
+#   KAFKA_HEAP_OPTS       JVM heap flags        (default "-Xms256m -Xmx1g")
 #   KAFKA_JVM_OPTS        extra JVM flags       (default none)
 #   KAFKA_START_TIMEOUT   seconds to wait for readiness (default 90)
 #   KAFKA_STOP_GRACE      seconds between SIGTERM and SIGKILL (default 30)
@@ -36,7 +36,7 @@ LIB_LOCK="$KAFKA_DIR/.lib.lock"
 LOG4J_CONFIG="$KAFKA_DIR/log4j2.properties"
 PROBE="$KAFKA_DIR/probe.py"
 
-HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx512m}"
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms256m -Xmx1g}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-90}"
 STOP_GRACE="${KAFKA_STOP_GRACE:-30}"
 PROBE_INTERVAL=0.5

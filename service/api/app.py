@@ -477,24 +477,42 @@ async def post_sends(request: web.Request) -> web.Response:
         if isinstance(held, Forward):
             return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
         unfolded = _unfolded_sends(request, held.folder)
+        state = held.folder.states.get(oa_id)
+        seen: set[str] = set()  # this request's own keys
+        new: list[tuple[str, str | None, bytes]] = []
         for item in body.sends:
             # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
             outcome = SendOutcome.model_validate(item.model_dump(exclude_unset=True))
             tracking, message = _send_keys(oa_id, outcome)
             if (
                 tracking in unfolded
-                or (message is not None and message in unfolded)
-                or _recorded(held.folder.states.get(oa_id), outcome)
+                or tracking in seen
+                or (message is not None and (message in unfolded or message in seen))
+                or _recorded(state, outcome)
             ):
                 duplicates += 1
                 continue
+            sent = message if outcome.error == 0 else None  # a failed send sends no message
+            seen.update(key for key in (tracking, sent) if key is not None)
             record = SendRecord(oa_id=oa_id, send=outcome)
-            value = record.model_dump_json(exclude_unset=True).encode()
-            position = await _append(request, oa_id, "send", value)
-            unfolded[tracking] = position.offset
-            if message is not None and outcome.error == 0:  # a failed send sends no message
-                unfolded[message] = position.offset
+            new.append((tracking, sent, record.model_dump_json(exclude_unset=True).encode()))
+        # Appended together: each append takes its place in the log before it waits, so the
+        # records keep their order and a report of many sends costs about one durable write.
+        results = await asyncio.gather(
+            *(_append(request, oa_id, "send", value) for _, _, value in new),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (tracking, sent, _), result in zip(new, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or result
+                continue
+            unfolded[tracking] = result.offset
+            if sent is not None:
+                unfolded[sent] = result.offset
             accepted += 1
+        if failed is not None:
+            raise failed  # what did land is known now: a retry finds it a duplicate
     return json_response({"accepted": accepted, "duplicates": duplicates})
 
 
