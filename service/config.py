@@ -183,7 +183,9 @@ class ApiToken(_Section):
 
 class ApiSettings(_Section):
     tokens: list[ApiToken] = Field(default_factory=list)
-    advertised_url: str | None = Field(default=None, pattern=r"^https?://[^/\s]+$")
+    advertised_url: str | None = Field(
+        default=None, pattern=r"^https?://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+):[0-9]{1,5}$"
+    )
     """Where other instances reach this one (`http://host:port`), published to the
     processor group so that they forward requests for this instance's OAs here.
     Default: `http://<server.host>:<server.port>`, the machine's name for 0.0.0.0."""

@@ -407,7 +407,7 @@ async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> 
     )
 
 
-_UNFOLDED_SENDS = web.AppKey("unfolded_sends", dict)
+_UNFOLDED_SENDS = web.AppKey("unfolded_sends", weakref.WeakKeyDictionary)
 """Per partition: the dedup keys of sends appended here that the processor has not folded
 yet -> their offset. A repeat that arrives before the fold is a duplicate too."""
 
@@ -416,8 +416,9 @@ def _unfolded_sends(request: web.Request, folder: PartitionFolder) -> dict[str, 
     """The partition's sends appended but not folded yet; the folded ones leave it (they
     are in the OA's state by then). Keys go in in about offset order, so only the front
     is looked at."""
-    by_partition: dict[int, dict[str, int]] = request.app[_UNFOLDED_SENDS]
-    unfolded = by_partition.setdefault(folder.partition, {})
+    by_folder: weakref.WeakKeyDictionary[PartitionFolder, dict[str, int]]
+    by_folder = request.app[_UNFOLDED_SENDS]
+    unfolded = by_folder.setdefault(folder, {})  # a partition restored again starts afresh
     while unfolded:
         key, offset = next(iter(unfolded.items()))
         if offset > folder.position:
@@ -677,7 +678,7 @@ async def get_openapi(_: web.Request) -> web.Response:
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
     app[_LOCKS] = weakref.WeakValueDictionary()
-    app[_UNFOLDED_SENDS] = {}
+    app[_UNFOLDED_SENDS] = weakref.WeakKeyDictionary()
     app[FORWARDER] = Forwarder(advertised_url(settings), settings.api.forward_timeout_s)
 
     async def close_forwarder(app: web.Application) -> None:

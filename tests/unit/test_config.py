@@ -137,6 +137,9 @@ def test_ids_given_as_numbers_stay_their_digits(tmp_path: Path) -> None:
         ("[receiver]\nread_timeout_s = 1.0\n", "receiver"),
         ("[api]\nmax_admission_units = 10001\n", "api.max_admission_units"),
         ("[api]\nmax_future_s = -1\n", "api.max_future_s"),
+        # Without a port the address could not be published to the group: never forwarded to.
+        ('[api]\nadvertised_url = "http://10.0.0.7"\n', "api.advertised_url"),
+        ('[api]\nadvertised_url = "http://10.0.0.7:8080/path"\n', "api.advertised_url"),
         ("[log\n", "config"),
     ],
 )
