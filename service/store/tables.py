@@ -49,6 +49,7 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     conn.execute("PRAGMA busy_timeout = 5000")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute(f"PRAGMA synchronous = {synchronous}")
+    conn.executescript(SCHEMA)
     return conn
 
 
@@ -66,7 +67,6 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
 
 def find_store(conn: sqlite3.Connection, topic: str, partition: int) -> tuple[int, str, int] | None:
     """(store id, source, next id) of a store, if the file has one."""
-    conn.executescript(SCHEMA)
     row = conn.execute(
         "SELECT store_id, source, next_id FROM index_stores WHERE topic = ? AND partition = ?",
         (topic, partition),

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from service.config import ProcessorSettings
 from service.log.base import Topics
+from service.store import tables
 from service.store.cache import ValueCache
 from service.store.changelog import decode_change, encode_change
 from service.store.versions import add_void, resolve
@@ -91,3 +94,51 @@ def test_a_change_round_trips_through_its_changelog_value(
     value = encode_change(before, after, day)
     assert value  # never empty: an empty value is how the log hands back a tombstone
     assert decode_change(value) == (before, after, day)
+
+
+def test_a_compacted_changelog_still_restores_the_values_of_the_last_completed_checkpoint(
+    tmp_path: Path,
+) -> None:
+    conn = tables.connect(tmp_path / "index.db", "NORMAL")
+    store = tables.reset_store(conn, "zns.oa-index", 0, "test")
+    a, b, c = b"oa\x00msg\x00a", b"oa\x00msg\x00b", b"oa\x00msg\x00c"
+    changelog = [
+        (0, a, encode_change(None, b"a1", 5)),
+        (1, b, encode_change(None, b"b1", 5)),
+        (2, c, encode_change(None, b"c1", 5)),  # the mark says upto = 2
+        (3, a, encode_change(b"a1", b"a2", 5)),
+        (4, b, encode_change(b"b1", None, 5)),
+        (5, c, b""),  # a tombstone: expired
+    ]
+    # Compaction keeps only the newest record of each key.
+    compacted = [record for record in changelog if record[0] >= 3]
+    tables.apply_changelog(conn, store, compacted, next_id=6)
+    assert tables.read_resolved(
+        conn, store, [a, b, c], upto=2, void=add_void([], upto=2, written=5)
+    ) == {
+        a: b"a1",
+        b: b"b1",
+        c: None,
+    }
+    assert tables.read_resolved(conn, store, [a, b, c], upto=5, void=[]) == {
+        a: b"a2",
+        b: None,
+        c: None,
+    }
+    assert tables.find_store(conn, "zns.oa-index", 0) == (store, "test", 6)
+
+
+def test_within_one_piece_of_the_changelog_the_last_record_of_a_key_wins(tmp_path: Path) -> None:
+    conn = tables.connect(tmp_path / "index.db", "NORMAL")
+    store = tables.reset_store(conn, "zns.oa-index", 0, "test")
+    a, b = b"a", b"b"
+    piece = [
+        (0, a, encode_change(None, b"a1", 5)),
+        (1, a, b""),
+        (2, a, encode_change(None, b"a2", 5)),
+        (3, b, encode_change(None, b"b1", 5)),
+        (4, b, b""),
+    ]
+    tables.apply_changelog(conn, store, piece, next_id=5)
+    assert tables.read_row(conn, store, a) == (2, None, b"a2")
+    assert tables.read_row(conn, store, b) is None
