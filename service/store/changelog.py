@@ -88,31 +88,39 @@ class ChangelogWriter:
         producer = self._producer
         if producer is None:
             raise LogUnavailable("the index changelog is not open")
-        pending: list[tuple[int, asyncio.Future[Any]]] = []
-        index = 0
+        # Filling batches costs microseconds a record: ten thousand would hold the loop.
+        batches = await asyncio.to_thread(_fill_batches, producer, records)
         try:
-            while index < len(records):
-                batch = producer.create_batch()
-                first = index
-                while index < len(records):
-                    key, value = records[index]
-                    if batch.append(key=key, value=value, timestamp=None) is None:
-                        break
-                    index += 1
-                if index == first:
-                    raise LogUnavailable(
-                        f"an index record of {len(records[index][1] or b'')} "
-                        "bytes is too large for the changelog"
-                    )
-                pending.append(
-                    (first, await producer.send_batch(batch, topic, partition=partition))
-                )
-            offsets = [0] * len(records)
-            for position, (first, delivered) in enumerate(pending):
-                metadata = await delivered
-                last = pending[position + 1][0] if position + 1 < len(pending) else len(records)
-                for i in range(first, last):
-                    offsets[i] = metadata.offset + (i - first)
+            sent = [
+                (count, await producer.send_batch(batch, topic, partition=partition))
+                for batch, count in batches
+            ]
+            offsets: list[int] = []
+            for count, delivered in sent:
+                base = (await delivered).offset
+                offsets.extend(range(base, base + count))
         except KafkaError as exc:
             raise LogUnavailable(f"the index changelog did not accept the records: {exc}") from exc
         return offsets
+
+
+def _fill_batches(
+    producer: AIOKafkaProducer[bytes, bytes], records: Sequence[tuple[bytes, bytes | None]]
+) -> list[tuple[Any, int]]:
+    """The records in as few batches as fit, with the number of records in each."""
+    batches: list[tuple[Any, int]] = []
+    index = 0
+    while index < len(records):
+        batch = producer.create_batch()
+        first = index
+        while index < len(records):
+            key, value = records[index]
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                break
+            index += 1
+        if index == first:
+            raise LogUnavailable(
+                f"an index record of {len(records[index][1] or b'')} bytes does not fit a batch"
+            )
+        batches.append((batch, index - first))
+    return batches

@@ -8,10 +8,10 @@ ranges, and a read of such an entry resolves to the value from before it
 (`service.store.versions`). A failed write leaves the store unusable until it
 is opened again (from the last mark), because what it holds is then unknown.
 
-SQLite work runs on the store's own thread, except `get`: a point read by
-primary key on a second connection (WAL), a few microseconds, done on the loop
-so a fold's cache miss does not wait for a thread hop. Nothing here may hold the
-loop for long: bulk work goes to the thread in pieces.
+Work on the local entries runs on the store's own thread, except `get`: a point
+read by key, a few microseconds, done on the loop so a fold's cache miss does
+not wait for a thread hop. Bulk work goes to the thread in pieces, with the
+loop let through between them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import itertools
-import sqlite3
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -30,9 +29,9 @@ from service.log.base import EventLog, LogError, LogUnavailable, TopicPartition
 from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
 from service.logsetup import get_logger
-from service.store import tables
 from service.store.cache import ValueCache
 from service.store.changelog import ChangelogWriter, encode_change
+from service.store.local import LocalEntries, RocksEntries, Row, SqliteEntries, read_resolved
 from service.store.versions import VoidRanges, add_void, resolve
 
 T = TypeVar("T")
@@ -41,7 +40,9 @@ Changes = Mapping[bytes, tuple[bytes | None, bytes | None, int]]
 """key -> (before, after, expiry day) of a write batch."""
 
 PIECE = 5_000
-"""Entries per piece of bulk work (rebuild, expiry, cache updates) between yields to the loop."""
+"""Entries per piece of bulk work on the store's thread (rebuild, expiry)."""
+LOOP_PIECE = 1_000
+"""Entries handled on the loop (cache updates) between yields to it."""
 
 _log = get_logger("store")
 _scopes = itertools.count(1)
@@ -56,12 +57,9 @@ class IndexStoreError(LogError):
 class IndexStore(abc.ABC):
     """The entries of one partition: opaque keys, values and expiry days (day ordinals)."""
 
-    def __init__(
-        self, path: Path, topic: str, partition: int, cache: ValueCache, synchronous: str
-    ) -> None:
-        self.path = path
+    def __init__(self, topic: str, partition: int, cache: ValueCache) -> None:
         self.topic = topic
-        """The changelog topic (on the embedded backend, only a name for the tables)."""
+        """The changelog topic (on the embedded backend, only the name of the store)."""
         self.partition = partition
         self.cache = cache
         self.upto = -1
@@ -69,11 +67,8 @@ class IndexStore(abc.ABC):
         self.void: VoidRanges = []
         self.records_read = 0
         """Changelog records read by the last `open`."""
-        self._synchronous = synchronous
         self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"index-store-{partition}")
-        self._writer: sqlite3.Connection | None = None
-        self._reader: sqlite3.Connection | None = None
-        self._store_id = 0
+        self._entries: LocalEntries | None = None
         self._scope = 0
         self._state = "new"
         self._lock = asyncio.Lock()
@@ -87,10 +82,9 @@ class IndexStore(abc.ABC):
         """
         if self._state != "new":
             raise IndexStoreError(f"an index store opens once; it is {self._state}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = await self._on_thread(lambda: tables.connect(self.path, self._synchronous))
-        self._reader = await self._on_thread(lambda: tables.connect(self.path, self._synchronous))
-        written = await self._restore()
+        self._state = "opening"
+        self._entries = await self._on_thread(self._local)
+        written = await self._restore(self._entries)
         if upto > written:
             raise IndexStoreError(
                 f"the mark of partition {self.partition} includes index writes up to {upto}, "
@@ -106,15 +100,18 @@ class IndexStore(abc.ABC):
         if self._state == "closed":
             return
         self._state = "closed"
-        for conn in (self._writer, self._reader):
-            if conn is not None:
-                await self._on_thread(conn.close)
-        self._writer = self._reader = None
+        if self._entries is not None:
+            await self._on_thread(self._entries.close)
+            self._entries = None
         self._thread.shutdown(wait=True)
 
     @abc.abstractmethod
-    async def _restore(self) -> int:
-        """Make the local tables current; the highest write id the store or its changelog holds."""
+    def _local(self) -> LocalEntries:
+        """Open the local entries (on the store's thread)."""
+
+    @abc.abstractmethod
+    async def _restore(self, entries: LocalEntries) -> int:
+        """Make the local entries current; the highest write id they or the changelog hold."""
 
     @abc.abstractmethod
     async def _put(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
@@ -131,14 +128,14 @@ class IndexStore(abc.ABC):
         hit, value = self.cache.get(self._scope, key)
         if hit:
             return value
-        row = tables.read_row(self._live(self._reader), self._store_id, key)
+        row = self._live().read_row(key)
         value = None if row is None else resolve(row[0], row[1], row[2], self.upto, self.void)
         self.cache.put(self._scope, key, value)
         return value
 
     async def get_many(self, keys: Iterable[bytes]) -> dict[bytes, bytes | None]:
         """The resolved values of `keys`; those not cached are read on the store's thread."""
-        self._live(self._writer)
+        entries = self._live()
         out: dict[bytes, bytes | None] = {}
         missing: list[bytes] = []
         for key in keys:
@@ -148,10 +145,8 @@ class IndexStore(abc.ABC):
             else:
                 missing.append(key)
         if missing:
-            store, upto, void = self._store_id, self.upto, list(self.void)
-            conn = self._live(self._writer)
             read = await self._on_thread(
-                lambda: tables.read_resolved(conn, store, missing, upto, void)
+                partial(read_resolved, entries, missing, self.upto, list(self.void))
             )
             await self._cache_all(read.items())
             out.update(read)
@@ -161,7 +156,7 @@ class IndexStore(abc.ABC):
 
     async def write(self, changes: Changes) -> int:
         """Store a batch of changes durably; `upto` for the caller's mark."""
-        self._live(self._writer)
+        self._live()
         if not changes:
             return self.upto
         rows = [(key, before, after, day) for key, (before, after, day) in changes.items()]
@@ -179,19 +174,14 @@ class IndexStore(abc.ABC):
 
     async def expire(self, before_day: int) -> int:
         """Delete every entry whose expiry day is before `before_day`; how many."""
-        conn = self._live(self._writer)
-        store = self._store_id
-        return await self._delete_chosen(
-            lambda: tables.keys_expiring(conn, store, before_day, PIECE)
-        )
+        entries = self._live()
+        return await self._delete_chosen(partial(entries.keys_expiring, before_day, PIECE))
 
     async def drop_oa(self, oa_id: str) -> int:
         """Delete every entry of an OA (keys `<oa_id>\\x00...`); how many."""
-        conn = self._live(self._writer)
-        store, prefix = self._store_id, oa_id.encode() + b"\x00"
-        return await self._delete_chosen(
-            lambda: tables.keys_with_prefix(conn, store, prefix, PIECE)
-        )
+        entries = self._live()
+        prefix = oa_id.encode() + b"\x00"
+        return await self._delete_chosen(partial(entries.keys_with_prefix, prefix, PIECE))
 
     async def _delete_chosen(self, choose: Callable[[], list[bytes]]) -> int:
         deleted = 0
@@ -215,40 +205,42 @@ class IndexStore(abc.ABC):
     async def _cache_all(self, values: Iterable[tuple[bytes, bytes | None]]) -> None:
         for index, (key, value) in enumerate(values, 1):
             self.cache.put(self._scope, key, value)
-            if index % PIECE == 0:
+            if index % LOOP_PIECE == 0:
                 await asyncio.sleep(0)
 
-    def _live(self, conn: sqlite3.Connection | None) -> sqlite3.Connection:
-        if self._state != "open" or conn is None:
+    def _live(self) -> LocalEntries:
+        if self._state != "open" or self._entries is None:
             raise LogUnavailable(f"index store {self.partition} is {self._state}; open it again")
-        return conn
+        return self._entries
+
+    def _opened(self) -> LocalEntries:
+        """The local entries, also while opening."""
+        if self._entries is None:
+            raise LogUnavailable(f"index store {self.partition} is not open")
+        return self._entries
 
     async def _on_thread(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
-
-    def _writing(self) -> sqlite3.Connection:
-        if self._writer is None:
-            raise LogUnavailable(f"index store {self.partition} is not open")
-        return self._writer
 
 
 class EmbeddedIndexStore(IndexStore):
     """Tables in the embedded log's SQLite file; write ids are a counter kept in the file."""
 
     def __init__(self, log: EmbeddedLog, partition: int, cache: ValueCache) -> None:
-        # FULL: these tables have no changelog; an acknowledged write must survive power loss.
-        super().__init__(log.path, log.topics.oa_index, partition, cache, "FULL")
+        super().__init__(log.topics.oa_index, partition, cache)
+        self.path = log.path
         self._next_id = 0
 
-    async def _restore(self) -> int:
-        conn = self._writing()
-        found = await self._on_thread(lambda: tables.find_store(conn, self.topic, self.partition))
+    def _local(self) -> LocalEntries:
+        # FULL: these tables have no changelog; an acknowledged write must survive power loss.
+        return SqliteEntries(self.path, self.topic, self.partition, "FULL")
+
+    async def _restore(self, entries: LocalEntries) -> int:
+        found = await self._on_thread(entries.find)
         if found is None:
-            self._store_id = await self._on_thread(
-                lambda: tables.reset_store(conn, self.topic, self.partition, "embedded")
-            )
+            await self._on_thread(partial(entries.reset, "embedded"))
         else:
-            self._store_id, _, self._next_id = found
+            self._next_id = found[1]
         return self._next_id - 1
 
     async def _put(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
@@ -257,22 +249,20 @@ class EmbeddedIndexStore(IndexStore):
             (key, first + i, before, after, day) for i, (key, before, after, day) in enumerate(rows)
         ]
         nxt = first + len(rows)
-        conn, store = self._writing(), self._store_id
-        await self._on_thread(lambda: tables.put_rows(conn, store, stored, nxt))
+        await self._on_thread(partial(self._opened().put_rows, stored, nxt))
         self._next_id = nxt
         return nxt - 1
 
     async def _delete(self, keys: list[bytes]) -> None:
-        conn, store = self._writing(), self._store_id
-        await self._on_thread(lambda: tables.delete_keys(conn, store, keys, None))
+        await self._on_thread(partial(self._opened().delete_keys, keys, None))
 
 
 class KafkaIndexStore(IndexStore):
-    """A local SQLite file, disposable, made from the compacted changelog `zns.oa-index`.
+    """A local RocksDB database, disposable, made from the compacted changelog `zns.oa-index`.
 
-    Every batch goes to the changelog first, then to the local file with the
+    Every batch goes to the changelog first, then to the local database with the
     offset after it (`next_id`); write ids are changelog offsets. On open the
-    file reads only the changelog's tail; a file missing, made from another
+    database reads only the changelog's tail; one missing, made from another
     cluster or topic, or ahead of the changelog's end is rebuilt from the
     changelog, never trusted.
     """
@@ -285,9 +275,8 @@ class KafkaIndexStore(IndexStore):
         changelog: ChangelogWriter,
         state_dir: Path,
     ) -> None:
-        path = state_dir / log.topics.prefix / str(partition) / "index.db"
-        # NORMAL: a commit lost to a power cut is read again from the changelog.
-        super().__init__(path, log.topics.oa_index, partition, cache, "NORMAL")
+        super().__init__(log.topics.oa_index, partition, cache)
+        self.path = state_dir / log.topics.prefix / str(partition)
         self._log = log
         self._changelog = changelog
         self._next_offset = 0
@@ -296,37 +285,35 @@ class KafkaIndexStore(IndexStore):
     def _source(self) -> str:
         return f"kafka:{self._changelog.cluster_id}:{self.topic}"
 
-    async def _restore(self) -> int:
-        conn = self._writing()
+    def _local(self) -> LocalEntries:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        return RocksEntries(self.path)
+
+    async def _restore(self, entries: LocalEntries) -> int:
         tp = TopicPartition(self.topic, self.partition)
         end = (await self._log.end_offsets([tp]))[tp]
-        found = await self._on_thread(lambda: tables.find_store(conn, self.topic, self.partition))
-        if found is not None and found[1] == self._source and found[2] <= end:
-            self._store_id, _, self._next_offset = found
+        found = await self._on_thread(entries.find)
+        if found is not None and found[0] == self._source and found[1] <= end:
+            self._next_offset = found[1]
         else:
-            reason = (
-                "none"
-                if found is None
-                else "another source"
-                if found[1] != self._source
-                else f"ahead of the changelog ({found[2]} > {end})"
-            )
+            if found is None:
+                reason = "none"
+            elif found[0] != self._source:
+                reason = "another source"
+            else:
+                reason = f"ahead of the changelog ({found[1]} > {end})"
             _log.info(
                 "index store rebuilt from its changelog",
                 partition=self.partition,
                 local=reason,
                 records=end,
             )
-            source = self._source
-            self._store_id = await self._on_thread(
-                lambda: tables.reset_store(conn, self.topic, self.partition, source)
-            )
+            await self._on_thread(partial(entries.reset, self._source))
             self._next_offset = 0
-        await self._read_changelog(tp, end)
+        await self._read_changelog(entries, tp, end)
         return end - 1
 
-    async def _read_changelog(self, tp: TopicPartition, end: int) -> None:
-        conn, store = self._writing(), self._store_id
+    async def _read_changelog(self, entries: LocalEntries, tp: TopicPartition, end: int) -> None:
         self.records_read = 0
         while self._next_offset < end:
             records = await self._log.read(tp, self._next_offset, PIECE)
@@ -334,7 +321,7 @@ class KafkaIndexStore(IndexStore):
                 break
             piece = [(r.offset, r.key or b"", r.value) for r in records]
             nxt = records[-1].offset + 1
-            await self._on_thread(partial(tables.apply_changelog, conn, store, piece, nxt))
+            await self._on_thread(partial(entries.apply_changelog, piece, nxt))
             self._next_offset = nxt
             self.records_read += len(records)
             await asyncio.sleep(0)  # the loop runs heartbeats between pieces
@@ -344,22 +331,19 @@ class KafkaIndexStore(IndexStore):
             lambda: [(key, encode_change(before, after, day)) for key, before, after, day in rows]
         )
         offsets = await self._changelog.send(self.topic, self.partition, records)
-        stored = [
+        stored: list[Row] = [
             (key, offset, before, after, day)
             for offset, (key, before, after, day) in zip(offsets, rows, strict=True)
         ]
-        return await self._record(stored, max(offsets))
-
-    async def _record(self, stored: Sequence[tables.Row], last: int) -> int:
-        conn, store, nxt = self._writing(), self._store_id, last + 1
-        await self._on_thread(lambda: tables.put_rows(conn, store, stored, nxt))
+        nxt = max(offsets) + 1
+        await self._on_thread(partial(self._opened().put_rows, stored, nxt))
         self._next_offset = nxt
-        return last
+        return nxt - 1
 
     async def _delete(self, keys: list[bytes]) -> None:
         offsets = await self._changelog.send(self.topic, self.partition, [(k, None) for k in keys])
-        conn, store, nxt = self._writing(), self._store_id, max(offsets) + 1
-        await self._on_thread(lambda: tables.delete_keys(conn, store, keys, nxt))
+        nxt = max(offsets) + 1
+        await self._on_thread(partial(self._opened().delete_keys, keys, nxt))
         self._next_offset = nxt
         self.upto = max(self.upto, nxt - 1)
 

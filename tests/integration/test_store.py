@@ -17,6 +17,7 @@ import pytest
 
 from service.log.base import EventLog, TopicPartition
 from service.store import IndexStore, IndexStoreError, IndexStores, KafkaIndexStore
+from service.store.local import RocksEntries
 from tests.conftest import LogOpener
 
 DAY = 740_000
@@ -261,15 +262,19 @@ async def test_kafka_a_local_store_that_does_not_match_its_changelog_is_rebuilt(
     store, _ = await reopen()
     upto = await store.write({k: (None, b"v1", DAY) for k in KEYS[:50]})
     await reopen.close()
-    with sqlite3.connect(local_dir(stores, log) / "index.db") as conn:
+    local = RocksEntries(local_dir(stores, log))
+    try:
+        found = local.find()
+        assert found is not None
+        source, next_id = found
         if tamper == "another cluster":
-            conn.execute("UPDATE index_stores SET source = 'kafka:elsewhere:zns.oa-index'")
+            local.reset(source.replace("kafka:", "kafka:elsewhere-", 1))
         else:
-            conn.execute("UPDATE index_stores SET next_id = next_id + 1000")
-        # Rows the changelog never had: a rebuilt store no longer holds them.
-        conn.execute(
-            "INSERT INTO index_entries VALUES (1, ?, 0, NULL, ?, ?)", (b"stray", b"x", DAY)
-        )
+            next_id += 1000
+        # An entry the changelog never had: a rebuilt store no longer holds it.
+        local.put_rows([(b"stray", 0, None, b"x", DAY)], next_id)
+    finally:
+        local.close()
     store, _ = await reopen(upto=upto)
     assert store.records_read == 50
     assert store.get(b"stray") is None

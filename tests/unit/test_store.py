@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from service.config import ProcessorSettings
 from service.log.base import Topics
-from service.store import tables
 from service.store.cache import ValueCache
 from service.store.changelog import decode_change, encode_change
+from service.store.local import LocalEntries, RocksEntries, SqliteEntries, read_resolved
 from service.store.versions import add_void, resolve
 
 
@@ -96,11 +97,22 @@ def test_a_change_round_trips_through_its_changelog_value(
     assert decode_change(value) == (before, after, day)
 
 
+@pytest.fixture(params=["sqlite", "rocksdb"])
+def entries(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[LocalEntries]:
+    """An empty store's local entries, in a real file of each kind."""
+    made: SqliteEntries | RocksEntries
+    if request.param == "sqlite":
+        made = SqliteEntries(tmp_path / "index.db", "zns.oa-index", 0, "NORMAL")
+    else:
+        made = RocksEntries(tmp_path / "rocks")
+    made.reset("test")
+    yield made
+    made.close()
+
+
 def test_a_compacted_changelog_still_restores_the_values_of_the_last_completed_checkpoint(
-    tmp_path: Path,
+    entries: LocalEntries,
 ) -> None:
-    conn = tables.connect(tmp_path / "index.db", "NORMAL")
-    store = tables.reset_store(conn, "zns.oa-index", 0, "test")
     a, b, c = b"oa\x00msg\x00a", b"oa\x00msg\x00b", b"oa\x00msg\x00c"
     changelog = [
         (0, a, encode_change(None, b"a1", 5)),
@@ -112,25 +124,16 @@ def test_a_compacted_changelog_still_restores_the_values_of_the_last_completed_c
     ]
     # Compaction keeps only the newest record of each key.
     compacted = [record for record in changelog if record[0] >= 3]
-    tables.apply_changelog(conn, store, compacted, next_id=6)
-    assert tables.read_resolved(
-        conn, store, [a, b, c], upto=2, void=add_void([], upto=2, written=5)
-    ) == {
-        a: b"a1",
-        b: b"b1",
-        c: None,
-    }
-    assert tables.read_resolved(conn, store, [a, b, c], upto=5, void=[]) == {
-        a: b"a2",
-        b: None,
-        c: None,
-    }
-    assert tables.find_store(conn, "zns.oa-index", 0) == (store, "test", 6)
+    entries.apply_changelog(compacted, next_id=6)
+    void = add_void([], upto=2, written=5)
+    assert read_resolved(entries, [a, b, c], upto=2, void=void) == {a: b"a1", b: b"b1", c: None}
+    assert read_resolved(entries, [a, b, c], upto=5, void=[]) == {a: b"a2", b: None, c: None}
+    assert entries.find() == ("test", 6)
 
 
-def test_within_one_piece_of_the_changelog_the_last_record_of_a_key_wins(tmp_path: Path) -> None:
-    conn = tables.connect(tmp_path / "index.db", "NORMAL")
-    store = tables.reset_store(conn, "zns.oa-index", 0, "test")
+def test_within_one_piece_of_the_changelog_the_last_record_of_a_key_wins(
+    entries: LocalEntries,
+) -> None:
     a, b = b"a", b"b"
     piece = [
         (0, a, encode_change(None, b"a1", 5)),
@@ -139,6 +142,27 @@ def test_within_one_piece_of_the_changelog_the_last_record_of_a_key_wins(tmp_pat
         (3, b, encode_change(None, b"b1", 5)),
         (4, b, b""),
     ]
-    tables.apply_changelog(conn, store, piece, next_id=5)
-    assert tables.read_row(conn, store, a) == (2, None, b"a2")
-    assert tables.read_row(conn, store, b) is None
+    entries.apply_changelog(piece, next_id=5)
+    assert entries.read_row(a) == (2, None, b"a2")
+    assert entries.read_row(b) is None
+
+
+def test_expiry_follows_an_entry_to_its_newest_day(entries: LocalEntries) -> None:
+    a, b, c = b"oa\x00m\x00a", b"oa\x00m\x00b", b"ob\x00m\x00c"
+    entries.put_rows([(a, 0, None, b"1", 5), (b, 1, None, b"1", 5), (c, 2, None, b"1", 7)], 3)
+    entries.put_rows([(a, 3, b"1", b"2", 9)], 4)  # written again: it lives longer now
+    assert sorted(entries.keys_expiring(8, limit=100)) == [b, c]
+    assert entries.keys_expiring(8, limit=1) in ([b], [c])
+    assert entries.keys_expiring(5, limit=100) == []
+    assert sorted(entries.keys_with_prefix(b"oa\x00", limit=100)) == [a, b]
+    entries.delete_keys([b, c], next_id=None)
+    assert entries.keys_expiring(10, limit=100) == [a]
+    assert entries.find() == ("test", 4)
+
+
+def test_a_reset_leaves_an_empty_store_of_the_new_source(entries: LocalEntries) -> None:
+    entries.put_rows([(b"k", 0, None, b"v", 5)], 1)
+    entries.reset("other")
+    assert entries.read_row(b"k") is None
+    assert entries.keys_expiring(10, limit=10) == []
+    assert entries.find() == ("other", 0)
