@@ -52,7 +52,8 @@ class LocalEntries(Protocol):
     def read_row(self, key: bytes) -> Stored | None: ...
 
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
-        """Up to `limit` keys whose expiry day is before `before_day`."""
+        """Up to `limit` keys whose expiry day is before `before_day`; the caller deletes
+        them before it asks for more."""
 
     def keys_with_prefix(self, prefix: bytes, limit: int) -> list[bytes]: ...
 
@@ -259,6 +260,8 @@ class RocksEntries:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db = self._open()
+        self._expiring: tuple[int, bytes] = (-1, b"")
+        """(before_day, day key to go on from) of the expiry running."""
 
     def _open(self) -> rocksdict.Rdict:
         options = rocksdict.Options(raw_mode=True)
@@ -280,9 +283,11 @@ class RocksEntries:
         self._db.put(_META, orjson.dumps({"source": source, "next_id": 0}))
 
     def put_rows(self, rows: Sequence[Row], next_id: int) -> None:
+        self._expiring = (-1, b"")  # a new entry may expire before where an expiry went on from
         self._write_pieces([(row[0], row) for row in rows], next_id)
 
     def apply_changelog(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
+        self._expiring = (-1, b"")
         self._write_pieces(list(last_per_key(records).items()), next_id)
 
     def read_row(self, key: bytes) -> Stored | None:
@@ -294,8 +299,15 @@ class RocksEntries:
 
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
         end = _BY_DAY + _DAY.pack(max(0, before_day))
+        # An expiry deletes what one call returns before it asks for more, and an
+        # iterator started at the beginning would step over every key deleted so
+        # far (RocksDB's deletes are tombstones until compaction): go on from the
+        # last key returned while the same expiry runs.
+        start = self._expiring[1] if self._expiring[0] == before_day else _BY_DAY
+        found = self._keys_between(start, end, limit)
+        self._expiring = (before_day, found[-1] + b"\x00") if len(found) == limit else (-1, b"")
         skip = len(_BY_DAY) + _DAY.size
-        return [day_key[skip:] for day_key in self._keys_between(_BY_DAY, end, limit)]
+        return [day_key[skip:] for day_key in found]
 
     def keys_with_prefix(self, prefix: bytes, limit: int) -> list[bytes]:
         found = self._keys_between(_ENTRY + prefix, _ENTRY + prefix_end(prefix), limit)

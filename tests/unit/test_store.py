@@ -166,3 +166,15 @@ def test_a_reset_leaves_an_empty_store_of_the_new_source(entries: LocalEntries) 
     assert entries.read_row(b"k") is None
     assert entries.keys_expiring(10, limit=10) == []
     assert entries.find() == ("other", 0)
+
+
+def test_an_expiry_in_pieces_finds_every_expired_key_once(entries: LocalEntries) -> None:
+    entries.put_rows([(b"k%02d" % i, i, None, b"v", 5 + i % 3) for i in range(20)], 20)
+    found: list[bytes] = []
+    while keys := entries.keys_expiring(8, limit=10):
+        found.extend(keys)
+        entries.delete_keys(keys, next_id=None)
+        if len(found) == 10:  # a write between two pieces, of a key that expires at once
+            entries.put_rows([(b"late", 20, None, b"v", 1)], 21)
+    assert sorted(found) == sorted([b"k%02d" % i for i in range(20)] + [b"late"])
+    assert entries.keys_expiring(100, limit=10) == []
