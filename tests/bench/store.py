@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import random
+import shutil
 import tempfile
 import time
 import uuid
@@ -30,7 +31,7 @@ from service.log.base import EventLog, Topics
 from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
 from service.logsetup import configure_logging
-from service.store import IndexStore, IndexStores
+from service.store import IndexStore, IndexStores, KafkaIndexStore
 from service.store.cache import ValueCache
 from service.store.changelog import encode_change
 from service.store.local import LocalEntries, RocksEntries, Row, SqliteEntries
@@ -181,6 +182,18 @@ async def on_the_loop(store: IndexStore, name: str, n: int) -> dict[str, str]:
     return out
 
 
+async def reopen(stores: IndexStores, store: IndexStore, wipe: bool) -> tuple[IndexStore, float]:
+    """The store closed and opened again from its mark (`wipe`: without its local copy)."""
+    upto = store.upto
+    await store.close()
+    if wipe and isinstance(store, KafkaIndexStore):
+        shutil.rmtree(store.path)
+    began = time.perf_counter()
+    store = stores.store(0)
+    await store.open(upto=upto, void=[])
+    return store, time.perf_counter() - began
+
+
 async def stores_on_the_loop(directory: Path, n: int, kafka: str | None) -> dict[str, str]:
     out: dict[str, str] = {}
     log: EventLog
@@ -194,6 +207,13 @@ async def stores_on_the_loop(directory: Path, n: int, kafka: str | None) -> dict
         await store.open(upto=-1, void=[])
         try:
             out.update(await on_the_loop(store, log.backend, n))
+            store, took = await reopen(stores, store, wipe=False)
+            out[f"{log.backend}: restart, store intact"] = f"{took:.2f} s"
+            if log.backend == "kafka":
+                store, took = await reopen(stores, store, wipe=True)
+                out["kafka: rebuild from the changelog"] = (
+                    f"{took:.1f} s for {store.records_read:,} records"
+                )
         finally:
             await store.close()
             await stores.close()
@@ -204,6 +224,7 @@ async def stores_on_the_loop(directory: Path, n: int, kafka: str | None) -> dict
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--entries", type=int, default=1_000_000)
+    parser.add_argument("--loop-entries", type=int, default=200_000)
     parser.add_argument("--kafka", default=None, help="bootstrap servers of a running broker")
     args = parser.parse_args()
     configure_logging("WARNING", json=True)
@@ -224,7 +245,7 @@ def main() -> None:
                 f"rocksdb {results['rocksdb'][measure]:>22}"
             )
         for measure, value in asyncio.run(
-            stores_on_the_loop(directory, min(args.entries, 100_000), args.kafka)
+            stores_on_the_loop(directory, args.loop_entries, args.kafka)
         ).items():
             print(f"{measure}: {value}")
 
