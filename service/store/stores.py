@@ -125,10 +125,11 @@ class IndexStore(abc.ABC):
 
     def get(self, key: bytes) -> bytes | None:
         """The resolved value of `key`, or None; from the cache, else one point read."""
+        entries = self._live()  # a broken store's cached values may be ahead of it too
         hit, value = self.cache.get(self._scope, key)
         if hit:
             return value
-        row = self._live().read_row(key)
+        row = entries.read_row(key)
         value = None if row is None else resolve(row[0], row[1], row[2], self.upto, self.void)
         self.cache.put(self._scope, key, value)
         return value

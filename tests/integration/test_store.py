@@ -8,14 +8,16 @@ values from before it.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 
-from service.log.base import EventLog, TopicPartition
+from service.log.base import EventLog, LogUnavailable, TopicPartition
 from service.store import IndexStore, IndexStoreError, IndexStores, KafkaIndexStore
 from service.store.local import RocksEntries
 from tests.conftest import LogOpener
@@ -189,7 +191,16 @@ async def test_embedded_stores_are_tables_of_the_log_file(
 
 # --- Kafka: the local store and its changelog ---------------------------------------------
 
-kafka_only = pytest.mark.parametrize("backend", ["kafka"], indirect=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def kafka_only(test: F) -> F:
+    """Run on the Kafka backend alone (and carry the `kafka` marker, which the dynamic
+    `kafka_bootstrap` of `log_factory` would not give it)."""
+    marked: F = pytest.mark.kafka(
+        pytest.mark.parametrize("backend", ["kafka"], indirect=True)(test)
+    )
+    return marked
 
 
 def local_dir(stores: IndexStores, log: EventLog, partition: int = 1) -> Path:
@@ -312,3 +323,34 @@ async def test_kafka_the_index_changelog_is_compacted_and_partitioned_as_the_eve
     configs = {entry[0]: entry[1] for entry in response.resources[0][4]}
     assert configs["cleanup.policy"] == "compact"
     assert len(described["partitions"]) == log.partitions
+
+
+@pytest.mark.parametrize("backend", ["embedded"], indirect=True)
+async def test_embedded_appends_and_index_writes_share_the_file(
+    reopen: Opener, log: EventLog
+) -> None:
+    store, _ = await reopen()
+    positions, upto = await asyncio.gather(
+        asyncio.gather(*(log.append(log.topics.events, b"oa1", b"%d" % i) for i in range(200))),
+        store.write({key("oa1", "rcp", str(i)): (None, b"v", DAY) for i in range(2000)}),
+    )
+    assert [p.offset for p in positions] == list(range(200))
+    assert upto == 1999
+    assert len(await log.read(TopicPartition(log.topics.events, 1), 0, 500)) == 200
+
+
+@kafka_only
+async def test_kafka_a_store_whose_write_failed_serves_nothing_until_opened_again(
+    reopen: Opener, stores: IndexStores
+) -> None:
+    store, _ = await reopen()
+    upto = await store.write({A: (None, b"a1", DAY)})
+    await stores.close()  # the changelog's producer is gone: the next write fails
+    with pytest.raises(LogUnavailable):
+        await store.write({A: (b"a1", b"a2", DAY)})
+    with pytest.raises(LogUnavailable, match="open it again"):
+        store.get(A)
+    await stores.start()
+    store, void = await reopen(upto=upto)
+    assert void == []
+    assert store.get(A) == b"a1"
