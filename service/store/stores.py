@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import itertools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -72,6 +73,9 @@ class IndexStore(abc.ABC):
         self._scope = 0
         self._state = "new"
         self._lock = asyncio.Lock()
+        self._changes = 0
+        """Twice the writes and deletions done, plus one while one is under way: a value read
+        while one was under way, or before one that began since, is not cached."""
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -146,10 +150,12 @@ class IndexStore(abc.ABC):
             else:
                 missing.append(key)
         if missing:
+            changes = self._changes if self._changes % 2 == 0 else None
             read = await self._on_thread(
                 partial(read_resolved, entries, missing, self.upto, list(self.void))
             )
-            await self._cache_all(read.items())
+            if changes is not None:
+                await self._cache_all(read.items(), unless_changed_since=changes)
             out.update(read)
         return out
 
@@ -162,16 +168,19 @@ class IndexStore(abc.ABC):
             return self.upto
         rows = [(key, before, after, day) for key, (before, after, day) in changes.items()]
         async with self._lock:
-            try:
-                upto = await self._put(rows)
-            except Exception as exc:
-                self._state = "broken"
-                raise LogUnavailable(
-                    f"index store {self.partition} could not write: {exc!r}"
-                ) from exc
-            self.upto = max(self.upto, upto)
-        await self._cache_all((key, after) for key, (_, after, _) in changes.items())
+            with self._changing():
+                upto = await self._put_or_break(rows)
+                self.upto = max(self.upto, upto)
+                # Under the lock: a later write's values must not be cached over by this one's.
+                await self._cache_all((key, after) for key, (_, after, _) in changes.items())
         return self.upto
+
+    async def _put_or_break(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
+        try:
+            return await self._put(rows)
+        except Exception as exc:
+            self._state = "broken"
+            raise LogUnavailable(f"index store {self.partition} could not write: {exc!r}") from exc
 
     async def expire(self, before_day: int) -> int:
         """Delete every entry whose expiry day is before `before_day`; how many."""
@@ -187,27 +196,43 @@ class IndexStore(abc.ABC):
     async def _delete_chosen(self, choose: Callable[[], list[bytes]]) -> int:
         deleted = 0
         async with self._lock:
-            while keys := await self._on_thread(choose):
-                try:
-                    await self._delete(keys)
-                except Exception as exc:
-                    self._state = "broken"
-                    raise LogUnavailable(
-                        f"index store {self.partition} could not delete: {exc!r}"
-                    ) from exc
-                for key in keys:
-                    self.cache.pop(self._scope, key)
-                deleted += len(keys)
-                await asyncio.sleep(0)
+            with self._changing():
+                while keys := await self._on_thread(choose):
+                    try:
+                        await self._delete(keys)
+                    except Exception as exc:
+                        self._state = "broken"
+                        raise LogUnavailable(
+                            f"index store {self.partition} could not delete: {exc!r}"
+                        ) from exc
+                    for key in keys:
+                        self.cache.pop(self._scope, key)
+                    deleted += len(keys)
+                    await asyncio.sleep(0)
         return deleted
 
     # -- helpers ----------------------------------------------------------------------
 
-    async def _cache_all(self, values: Iterable[tuple[bytes, bytes | None]]) -> None:
-        for index, (key, value) in enumerate(values, 1):
-            self.cache.put(self._scope, key, value)
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        self._changes += 1
+        try:
+            yield
+        finally:
+            self._changes += 1
+
+    async def _cache_all(
+        self, values: Iterable[tuple[bytes, bytes | None]], unless_changed_since: int | None = None
+    ) -> None:
+        """Cache `values`, in pieces; values read before a change began stop being cached
+        once it has, because the change may have cached newer ones meanwhile."""
+        for index, (key, value) in enumerate(values):
             if index % LOOP_PIECE == 0:
-                await asyncio.sleep(0)
+                if index:
+                    await asyncio.sleep(0)
+                if unless_changed_since is not None and self._changes != unless_changed_since:
+                    return
+            self.cache.put(self._scope, key, value)
 
     def _live(self) -> LocalEntries:
         if self._state != "open" or self._entries is None:

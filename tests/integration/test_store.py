@@ -354,3 +354,27 @@ async def test_kafka_a_store_whose_write_failed_serves_nothing_until_opened_agai
     store, void = await reopen(upto=upto)
     assert void == []
     assert store.get(A) == b"a1"
+
+
+async def test_values_read_during_a_write_are_not_cached_over_the_values_it_wrote(
+    reopen: Opener,
+) -> None:
+    store, _ = await reopen()
+    upto = await store.write({A: (None, b"v1", DAY), B: (None, b"b1", DAY)})
+    store, _ = await reopen(upto=upto)  # nothing cached
+    # The read starts while the write is under way: it resolves A as of before the write.
+    reading = asyncio.create_task(store.get_many([A, B]))
+    await store.write({A: (b"v1", b"v2", DAY)})
+    assert await reading == {A: b"v1", B: b"b1"}
+    assert store.get(A) == b"v2"
+
+
+async def test_a_write_waiting_for_another_keeps_its_values_cached(reopen: Opener) -> None:
+    keys = [key("oa1", "rcp", str(i)) for i in range(300_000)]
+    store, _ = await reopen()
+    last = keys[-1]
+    first = asyncio.create_task(store.write({k: (None, b"v1", DAY) for k in keys}))
+    await asyncio.sleep(0)
+    second = asyncio.create_task(store.write({last: (b"v1", b"v2", DAY)}))
+    await asyncio.gather(first, second)
+    assert store.get(last) == b"v2"
