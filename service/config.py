@@ -123,6 +123,11 @@ class ProcessorSettings(_Section):
     """Snapshots are written and offsets committed at least this often while records come."""
     checkpoint_records: int = Field(default=20_000, ge=1)
     """... and after this many records, whichever comes first."""
+    state_dir: Path = Path("var/state")
+    """Kafka backend: the local index stores, one directory per topic prefix and partition.
+    Disposable: a store missing or not matching its changelog is rebuilt from it."""
+    cache_mb: int = Field(default=256, ge=1)
+    """Memory for the index values read last, shared by every partition of the process."""
 
 
 class AppSettings(_Section):

@@ -72,6 +72,8 @@ class Topics:
     prefix: str = "zns"
     events: str = field(init=False)
     oa_state: str = field(init=False)
+    oa_index: str = field(init=False)
+    """The changelog of the OAs' index stores: compacted, partitioned as `events`."""
     decisions: str = field(init=False)
     dlq: str = field(init=False)
 
@@ -79,16 +81,17 @@ class Topics:
         for name, suffix in (
             ("events", "events"),
             ("oa_state", "oa-state"),
+            ("oa_index", "oa-index"),
             ("decisions", "decisions"),
             ("dlq", "dlq"),
         ):
             object.__setattr__(self, name, f"{self.prefix}.{suffix}")
 
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.oa_state, self.decisions, self.dlq)
+        return (self.events, self.oa_state, self.oa_index, self.decisions, self.dlq)
 
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.oa_state})
+        return frozenset({self.oa_state, self.oa_index})
 
 
 @functools.lru_cache(maxsize=65_536)
