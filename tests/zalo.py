@@ -139,6 +139,14 @@ class Webhooks:
                     holder[name] = f"{holder[name]}-{n}"
         payload["app_id"] = self.app_id
         payload["timestamp"] = str(int(time.time() * 1000) + n)
+        oa_id = fields.pop("oa_id", None)
+        if oa_id is not None:  # where this event names its OA (one place: see find_oa_id)
+            if event_name == "user_received_message":
+                payload["sender"]["id"] = oa_id
+            elif "oaId" in payload:
+                payload["oaId"] = oa_id
+            else:
+                payload["oa_id"] = oa_id
         payload.update(fields)
         return payload
 
