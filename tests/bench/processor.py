@@ -5,18 +5,24 @@ The measurements run in a child pinned to CPU 0 (`taskset -c 0`); the Kafka
 broker runs on CPU 1. In each round the same records are read twice from the
 same topic: by a plain aiokafka consumer that parses every value with orjson
 (the baseline), and by zns-gate's processor, which also folds them into state,
-writes snapshots and decisions and commits. The result is the ratio of the two
-rates, so the machine's speed cancels out.
+writes snapshots and decisions and commits, and then by the same fold written
+with Quix Streams' State API (`tests/bench/quix_peer.py`, when Quix Streams is
+installed: `pip install -e '.[bench]'`). The results are the ratios of the
+rates, so the machine's speed cancels out. Each round also times the fold alone
+in process (read_item and fold of the same records, no Kafka).
 
     python -m tests.bench.processor [--records 100000] [--rounds 3] [--oas 10000,100000]
+        [--bootstrap HOST:PORT]
 
-Needs Java and Maven (the broker is started from deploy/kafka).
+Needs Java and Maven (the broker is started from deploy/kafka), unless
+`--bootstrap` names a broker that is already running.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import statistics
@@ -34,12 +40,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from service.config import Settings
 from service.domain.fold import advance, fold, read_item
 from service.domain.state import OAState
-from service.log.base import Topics
+from service.log.base import Record, Topics
 from service.log.kafka import KafkaLog
-from service.processor.folding import PolicyBook
+from service.processor.folding import Output, PartitionFolder, PolicyBook
 from service.processor.runner import Processor, ProcessorOptions
 from service.processor.snapshots import encode_mark, encode_state, mark_key
 from tests import feed
+from tests.bench.quix_peer import measure_quix
 from tests.bench.receiver import KAFKA_SH, free_port
 
 PARTITIONS = 12
@@ -159,6 +166,28 @@ async def measure_processor(bootstrap: str, prefix: str, count: int) -> float:
     return count / elapsed
 
 
+def measure_in_process(count: int) -> float:
+    """Records per second of the fold alone: the processor's folder, without Kafka."""
+    logged_ms = 1_900_000_000_000  # after every event time: the events set the stream clock
+    batch = [
+        Record("bench.events", 0, n, r.key, r.value, r.log_headers(), logged_ms)
+        for n, r in enumerate(records(count))
+    ]
+    folder = PartitionFolder("bench.events", 0, PolicyBook(SETTINGS), stream_clock=True)
+    out = Output()
+    started = time.perf_counter()
+    for record in batch:
+        folder.handle(record, out)
+    return count / (time.perf_counter() - started)
+
+
+def measure_quix_peer(bootstrap: str, prefix: str, count: int) -> float | None:
+    """Records per second of the Quix Streams peer; None when Quix Streams is not installed."""
+    if importlib.util.find_spec("quixstreams") is None:
+        return None
+    return measure_quix(bootstrap, f"{prefix}.events", count, SETTINGS)
+
+
 async def measure_restore(bootstrap: str, prefix: str) -> tuple[float, int]:
     """Seconds to restore every partition's snapshots, and the OAs restored."""
     log = KafkaLog(bootstrap, Topics(prefix), PARTITIONS)
@@ -205,6 +234,13 @@ def child(args: argparse.Namespace) -> None:
     if args.measure == "memory":
         print(json.dumps(measure_memory(args.oas_count)))
         return
+    if args.measure == "quix":  # its own child: Quix Streams runs its own (blocking) loop
+        rate = measure_quix_peer(args.bootstrap, args.prefix, args.records)
+        print(json.dumps({"quix_rps": rate}))
+        return
+    if args.measure == "in-process":
+        print(json.dumps({"in_process_rps": measure_in_process(args.records)}))
+        return
     import uvloop
 
     if args.profile:  # where the processor's time goes (cProfile output in FILE)
@@ -229,8 +265,14 @@ def main() -> int:
     parser.add_argument("--records", type=int, default=100_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--oas", default="10000,100000")
-    parser.add_argument("--measure", choices=["fold", "restore", "memory"], help=argparse.SUPPRESS)
-    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--measure",
+        choices=["fold", "quix", "in-process", "restore", "memory"],
+        help=argparse.SUPPRESS,
+    )
+    parser.add_argument(
+        "--bootstrap", metavar="HOST:PORT", help="use this running broker instead of starting one"
+    )
     parser.add_argument("--prefix", help=argparse.SUPPRESS)
     parser.add_argument("--oas-count", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--profile", metavar="FILE", help=argparse.SUPPRESS)
@@ -238,18 +280,22 @@ def main() -> int:
     if args.measure:
         child(args)
         return 0
-    port, controller = free_port(), free_port()
-    broker = [
-        "--name",
-        "bench-processor",
-        "--port",
-        str(port),
-        "--controller-port",
-        str(controller),
-    ]
-    subprocess.run(["bash", str(KAFKA_SH), "clean", *broker], check=True)
-    subprocess.run(["taskset", "-c", "1", "bash", str(KAFKA_SH), "start", *broker], check=True)
-    bootstrap = f"127.0.0.1:{port}"
+    broker: list[str] = []
+    if args.bootstrap:
+        bootstrap = args.bootstrap
+    else:
+        port, controller = free_port(), free_port()
+        broker = [
+            "--name",
+            "bench-processor",
+            "--port",
+            str(port),
+            "--controller-port",
+            str(controller),
+        ]
+        subprocess.run(["bash", str(KAFKA_SH), "clean", *broker], check=True)
+        subprocess.run(["taskset", "-c", "1", "bash", str(KAFKA_SH), "start", *broker], check=True)
+        bootstrap = f"127.0.0.1:{port}"
     report: dict[str, Any] = {"cpu": os.uname().machine, "records": args.records}
     try:
         rounds = []
@@ -257,28 +303,33 @@ def main() -> int:
             # Fresh topics each round: the processor must not find the last round's snapshots.
             prefix = f"bench{uuid.uuid4().hex[:6]}"
             asyncio.run(load_events(bootstrap, prefix, args.records))
-            result = pinned(
-                "--measure",
-                "fold",
-                "--bootstrap",
-                bootstrap,
-                "--prefix",
-                prefix,
-                "--records",
-                str(args.records),
-            )
+            same = ["--bootstrap", bootstrap, "--prefix", prefix, "--records", str(args.records)]
+            result = pinned("--measure", "fold", *same)
+            result |= pinned("--measure", "quix", *same)
+            result |= pinned("--measure", "in-process", "--records", str(args.records))
             result["ratio"] = result["processor_rps"] / result["baseline_rps"]
+            quix = result["quix_rps"]
+            result["vs_quix"] = None if quix is None else result["processor_rps"] / quix
             rounds.append(result)
             print(
                 f"round {n + 1}: baseline {result['baseline_rps']:8.0f} rec/s  processor "
-                f"{result['processor_rps']:8.0f} rec/s  ratio {result['ratio']:.0%}",
+                f"{result['processor_rps']:8.0f} rec/s  ratio {result['ratio']:.0%}  "
+                + (
+                    "Quix Streams peer: not installed (pip install -e '.[bench]')"
+                    if quix is None
+                    else f"Quix Streams peer {quix:8.0f} rec/s  processor / peer "
+                    f"{result['vs_quix']:.2f}"
+                )
+                + f"  in process {result['in_process_rps']:8.0f} rec/s",
                 flush=True,
             )
         report["fold"] = {
-            "baseline_rps": statistics.median(r["baseline_rps"] for r in rounds),
-            "processor_rps": statistics.median(r["processor_rps"] for r in rounds),
-            "ratio": statistics.median(r["ratio"] for r in rounds),
+            name: statistics.median(r[name] for r in rounds)
+            for name in ("baseline_rps", "processor_rps", "ratio", "in_process_rps")
         }
+        if all(r["quix_rps"] is not None for r in rounds):
+            report["fold"]["quix_rps"] = statistics.median(r["quix_rps"] for r in rounds)
+            report["fold"]["vs_quix"] = statistics.median(r["vs_quix"] for r in rounds)
         for oas in (int(n) for n in args.oas.split(",")):
             prefix = f"bench{uuid.uuid4().hex[:6]}"
             asyncio.run(load_snapshots(bootstrap, prefix, oas))
@@ -288,7 +339,8 @@ def main() -> int:
         report["memory"] = pinned("--measure", "memory", "--oas-count", "20000")
         print(json.dumps(report, indent=2))
     finally:
-        subprocess.run(["bash", str(KAFKA_SH), "clean", *broker], check=False)
+        if broker:
+            subprocess.run(["bash", str(KAFKA_SH), "clean", *broker], check=False)
     return 0
 
 
