@@ -443,6 +443,18 @@ def _recorded(state: OAState | None, item: SendOutcome) -> bool:
     return message is not None and message.sent
 
 
+async def _unless_owner(request: web.Request, oa_id: str) -> web.Response | None:
+    """None when this instance owns the OA and may decide for it now; otherwise the answer:
+    the owner's (the request forwarded there) or a 503."""
+    try:
+        where = _where(request, oa_id, admit=True)
+    except NotServed as exc:
+        return _not_served(exc)
+    if isinstance(where, Forward):
+        return await _forward(request, where, await request.read())
+    return None
+
+
 async def post_sends(request: web.Request) -> web.Response:
     """Append each send outcome not recorded yet; answer how many were new and how many
     were duplicates.
@@ -460,12 +472,8 @@ async def post_sends(request: web.Request) -> web.Response:
     times = [(f"sends.{i}.sent_time", item.sent_time) for i, item in enumerate(body.sends)]
     if (refused := _time_refused(request, times)) is not None:
         return refused
-    try:
-        where = _where(request, oa_id, admit=True)
-    except NotServed as exc:
-        return _not_served(exc)
-    if isinstance(where, Forward):
-        return await _forward(request, where, await request.read())
+    if (elsewhere := await _unless_owner(request, oa_id)) is not None:
+        return elsewhere
     processor = request.app[PROCESSOR]
     partition = request.app[LOG].partition_for(oa_id.encode())
     accepted = duplicates = 0
@@ -587,12 +595,8 @@ async def post_admissions(request: web.Request) -> web.Response:
     request_hash = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
-    try:
-        where = _where(request, oa_id, admit=True)
-    except NotServed as exc:
-        return _not_served(exc)
-    if isinstance(where, Forward):
-        return await _forward(request, where, await request.read())
+    if (elsewhere := await _unless_owner(request, oa_id)) is not None:
+        return elsewhere
     processor = request.app[PROCESSOR]
     partition = request.app[LOG].partition_for(oa_id.encode())
     async with _lock(request, oa_id), processor.admitting(partition):

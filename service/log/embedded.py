@@ -97,7 +97,7 @@ def _decode_headers(blob: bytes) -> Headers:
 
 
 @contextlib.contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+def transaction(conn: sqlite3.Connection) -> Iterator[None]:
     """One write transaction: committed if the block succeeds, rolled back otherwise."""
     conn.execute("BEGIN IMMEDIATE")
     try:
@@ -282,7 +282,7 @@ class EmbeddedLog(EventLog):
     def _prepare(self) -> None:
         conn = self._conn(self._writer)
         conn.executescript(_SCHEMA)
-        with _transaction(conn):
+        with transaction(conn):
             stored = dict(conn.execute("SELECT name, value FROM meta").fetchall())
             if "partitions" in stored and int(stored["partitions"]) != self.partitions:
                 raise LogConfigError(
@@ -309,7 +309,7 @@ class EmbeddedLog(EventLog):
     ) -> None:
         conn = self._conn(self._writer)
         self._check_file()  # a stat per commit group: committing to a deleted file loses it
-        with _transaction(conn):
+        with transaction(conn):
             conn.executemany(
                 "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp_ms)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -487,7 +487,7 @@ class EmbeddedLog(EventLog):
 
     def _commit_sync(self, group_id: str, offsets: list[tuple[TopicPartition, int]]) -> None:
         conn = self._conn(self._writer)
-        with _transaction(conn):
+        with transaction(conn):
             conn.executemany(
                 "INSERT INTO group_offsets (group_id, topic, partition, next_offset)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (group_id, topic, partition)"
@@ -539,7 +539,7 @@ class EmbeddedLog(EventLog):
                 (tp.topic, tp.partition, cutoff),
             ).fetchone()
             keep_from = row[0] if row is not None else head
-            with _transaction(conn):
+            with transaction(conn):
                 cursor = conn.execute(
                     "DELETE FROM records WHERE topic = ? AND partition = ? AND offset < ?",
                     (tp.topic, tp.partition, keep_from),
@@ -554,7 +554,7 @@ class EmbeddedLog(EventLog):
 
     def _compact_sync(self, tp: TopicPartition, below: int) -> int:
         conn = self._conn(self._writer)
-        with _transaction(conn):
+        with transaction(conn):
             cursor = conn.execute(
                 "DELETE FROM records WHERE topic = ?1 AND partition = ?2 AND offset < ?3"
                 " AND offset NOT IN (SELECT MAX(offset) FROM records WHERE topic = ?1"

@@ -17,14 +17,14 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import struct
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
 import orjson
 import rocksdict
 
+from service.log.embedded import transaction
 from service.store.changelog import decode_change, encode_change
 from service.store.versions import VoidRanges, resolve
 
@@ -127,18 +127,6 @@ def connect(path: Path, synchronous: str) -> sqlite3.Connection:
     return conn
 
 
-@contextmanager
-def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        yield
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-
-
 class SqliteEntries:
     """Tables in a SQLite file (the embedded log's own, or a local file), one store's rows
     keyed by (store id, key). `read_row` uses a second connection."""
@@ -163,7 +151,7 @@ class SqliteEntries:
 
     def reset(self, source: str) -> None:
         conn, where = self._writer, (self.topic, self.partition)
-        with _transaction(conn):
+        with transaction(conn):
             conn.execute(
                 "DELETE FROM index_entries WHERE store_id IN"
                 " (SELECT store_id FROM index_stores WHERE topic = ? AND partition = ?)",
@@ -178,13 +166,13 @@ class SqliteEntries:
         self._store = cursor.lastrowid
 
     def put_rows(self, rows: Sequence[Row], next_id: int) -> None:
-        with _transaction(self._writer):
+        with transaction(self._writer):
             self._upsert(rows)
             self._set_next(next_id)
 
     def apply_changelog(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
         final = last_per_key(records)
-        with _transaction(self._writer):
+        with transaction(self._writer):
             self._delete([key for key, row in final.items() if row is None])
             self._upsert([row for row in final.values() if row is not None])
             self._set_next(next_id)
@@ -212,7 +200,7 @@ class SqliteEntries:
         return [key for (key,) in rows]
 
     def delete_keys(self, keys: Sequence[bytes], next_id: int | None) -> None:
-        with _transaction(self._writer):
+        with transaction(self._writer):
             self._delete(keys)
             if next_id is not None:
                 self._set_next(next_id)
