@@ -24,6 +24,7 @@ so that a size too large for the machine fails alone instead of starving it.
 
     python -m tests.bench.scale [--sizes 100000,1000000] [--backends embedded,kafka]
         [--kafka 127.0.0.1:19092] [--seconds 20] [--memory-limit-gb 16]
+        [--session-timeout-ms 10000]
 
 The Kafka backend uses the broker given (topics under a fresh prefix, deleted afterwards).
 """
@@ -52,7 +53,7 @@ import aiohttp
 from aiohttp import web
 
 from service.app import build_app
-from service.config import Settings
+from service.config import LogSettings, Settings
 from service.domain.state import MESSAGE_DAYS, Message, OAState, Recipient
 from service.http import LOG, PROCESSOR
 from service.log import create_log
@@ -101,7 +102,11 @@ def settings_for(args: argparse.Namespace) -> Settings:
     if args.backend == "embedded":
         log["path"] = args.path
     else:
-        log |= {"bootstrap_servers": args.kafka, "topic_prefix": args.prefix}
+        log |= {
+            "bootstrap_servers": args.kafka,
+            "topic_prefix": args.prefix,
+            "session_timeout_ms": args.session_timeout_ms,
+        }
     return Settings.model_validate(
         {
             "server": {"host": "127.0.0.1", "port": args.port},
@@ -262,9 +267,9 @@ async def post_sends_until_taken(session: aiohttp.ClientSession, url: str, first
     """Report 100 sends, again while the service answers 503 (a stalled loop can cost a
     Kafka member its contact with the group for a while)."""
     deadline = time.monotonic() + 120
-    while await post_sends(session, url, first, 100) != 200:
+    while (status := await post_sends(session, url, first, 100)) != 200:
         if time.monotonic() > deadline:
-            raise RuntimeError("the service did not take the sends for 2 minutes")
+            raise RuntimeError(f"the service answered the sends {status} for 2 minutes")
         await asyncio.sleep(0.5)
 
 
@@ -413,6 +418,7 @@ def child(role: str, args: argparse.Namespace, path: str, prefix: str) -> dict[s
     command += ["--backend", args.backend, "--size", str(args.size), "--path", path]
     command += ["--prefix", prefix, "--kafka", args.kafka, "--port", str(free_port())]
     command += ["--seconds", str(args.seconds), "--memory-limit-gb", str(args.memory_limit_gb)]
+    command += ["--session-timeout-ms", str(args.session_timeout_ms)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
@@ -519,6 +525,12 @@ def main() -> int:
     parser.add_argument("--kafka", default="127.0.0.1:19092")
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--memory-limit-gb", type=float, default=16.0)
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=LogSettings().session_timeout_ms,
+        help="Kafka: a member whose loop stalls longer than this loses its partitions",
+    )
     parser.add_argument("--role", choices=["build", "serve", "restart", "load"])
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
