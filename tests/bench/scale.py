@@ -1,0 +1,568 @@
+"""Benchmark of one OA with a large state: memory, checkpoint, event-loop stalls, admission
+latency and restart, at 10^5, 10^6 (and 8 x 10^6) messages in state, on the embedded log
+and on Kafka. Not a test; it asserts nothing about speed.
+
+Folding millions of records through the log would take hours, so each OA's state is built
+directly in the domain (its messages, as many recipients, and the dedup keys of the last
+48 hours, as the fold of N sends and their receipts spread over 8 days leaves them) and
+written into the log as a snapshot, as a checkpoint writes it. Then, in a fresh process, a
+zns-gate application (the `zns-gate serve` app, in-process on a real socket, so that a
+probe shares its event loop) restores it and is measured:
+
+- RSS after the restore, and bytes per message above the fresh OA's RSS;
+- the restore itself (time to ready) and the longest stall of the loop during it;
+- while a load process reports 2,000 sends a second for the OA (20 reports of 100) and asks
+  for 100 admissions a second (open loop, latency from when each was due): the longest
+  stall of the loop, and admission p50/p99;
+- a checkpoint after 1,000 changed messages (1,000 sends folded): its time and stall;
+- a restart in another fresh process: time to ready with the state intact.
+
+The probe asks to wake every millisecond and records how late it woke (as in
+`loop_lag.py`). A fresh OA (no messages) is measured the same way in the same run, so the
+figures are ratios too. Each size runs in its own processes, under an address-space limit
+so that a size too large for the machine fails alone instead of starving it.
+
+    python -m tests.bench.scale [--sizes 100000,1000000] [--backends embedded,kafka]
+        [--kafka 127.0.0.1:19092] [--seconds 20] [--memory-limit-gb 16]
+        [--session-timeout-ms 10000]
+
+The Kafka backend uses the broker given (topics under a fresh prefix, deleted afterwards).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import gc
+import hashlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from service.app import build_app
+from service.config import LogSettings, Settings
+from service.domain.state import MESSAGE_DAYS, Message, OAState, Recipient
+from service.http import LOG, PROCESSOR
+from service.log import create_log
+from service.log.base import EventLog, TopicPartition
+from service.logsetup import configure_logging
+from service.processor.folding import PolicyBook
+from service.processor.runner import Processor
+from service.processor.snapshots import encode_mark, encode_state, mark_key
+from service.simulate import percentile
+from tests.bench.loop_lag import Probe
+from tests.serve import free_port
+
+OA = "388613280878808645"
+TEMPLATE = "tpl-scale"
+GOALS = {
+    "rss_mb": ("< 1,000 MB", 1000.0),
+    "stall_ms": ("< 20 ms", 20.0),
+    "admission_p99_ms": ("< 10 ms", 10.0),
+    "checkpoint_ms": ("< 50 ms", 50.0),
+    "restart_s": ("< 10 s", 10.0),
+}
+"""The goals at 8 x 10^6 messages, beside the figures."""
+
+
+def rss_mb() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phone(n: int) -> str:
+    return f"849{n:08d}"
+
+
+def recipient_hash(n: int) -> str:
+    return hashlib.sha256(phone(n).encode()).hexdigest()
+
+
+def settings_for(args: argparse.Namespace) -> Settings:
+    log: dict[str, Any] = {"backend": args.backend}
+    if args.backend == "embedded":
+        log["path"] = args.path
+    else:
+        log |= {
+            "bootstrap_servers": args.kafka,
+            "topic_prefix": args.prefix,
+            "session_timeout_ms": args.session_timeout_ms,
+        }
+    return Settings.model_validate(
+        {
+            "server": {"host": "127.0.0.1", "port": args.port},
+            "log": log,
+        }
+    )
+
+
+# --- building the state ----------------------------------------------------------------------
+
+
+def build_state(size: int, now: datetime) -> OAState:
+    """One OA after `size` messages sent OK and delivered, to as many recipients, spread
+    evenly over the days messages are kept; the dedup keys of the last 48 hours."""
+    policy = PolicyBook(Settings()).for_oa(OA)
+    state = OAState.new(OA, policy.rules)
+    today = policy.day(now)
+    now_ms = int(now.timestamp() * 1000)
+    state.today = today
+    state.first_send_day = today - MESSAGE_DAYS
+    state.daily_quota = state.day_start_quota = None  # the top tier: a sender this large
+    state.event_ms = now_ms
+    state.template(TEMPLATE).tag = 1
+    day_ms = 86_400_000
+    for n in range(size):
+        age = n * MESSAGE_DAYS // max(size, 1)  # days before today
+        day = today - age
+        key = recipient_hash(n)
+        msg_id = f"{n:032x}"
+        state.messages[msg_id] = Message(
+            day,
+            template_id=TEMPLATE,
+            tag=1,
+            recipient=key,
+            sent=True,
+            sent_ok=True,
+            delivered=True,
+            receipt=True,
+        )
+        state.recipients[key] = Recipient(last_seen_day=day, last_tag12_day=day)
+        if age < 2:
+            at = now_ms - age * day_ms
+            state.dedup["send:" + f"tr-{n}"] = at
+            state.dedup["user_received_message:" + msg_id] = at
+    state.sent_ok.add(today, size // MESSAGE_DAYS)
+    state.clear_touched()
+    return state
+
+
+async def write_snapshot(log: EventLog, state: OAState) -> int:
+    """Append `state` to `zns.oa-state` as a checkpoint would; returns the bytes written."""
+    topics = log.topics
+    partition = log.partition_for(OA.encode())
+    chunks = encode_state(state, topics.events, partition)
+    written = 0
+    for start in range(0, len(chunks), 50):
+        batch = chunks[start : start + 50]
+        await asyncio.gather(
+            *(log.append(topics.oa_state, k, v, partition=partition) for k, v in batch)
+        )
+        written += sum(len(v) for _, v in batch)
+    mark = encode_mark(topics.events, partition, state.position, None, [])
+    await log.append(topics.oa_state, mark_key(partition), mark, partition=partition)
+    return written
+
+
+async def build(args: argparse.Namespace) -> dict[str, Any]:
+    before = rss_mb()
+    started = time.perf_counter()
+    state = build_state(args.size, datetime.now(UTC))
+    built = time.perf_counter() - started
+    held = rss_mb()
+    log = create_log(settings_for(args).log)
+    await log.start()
+    started = time.perf_counter()
+    written = await write_snapshot(log, state)
+    wrote = time.perf_counter() - started
+    await log.close()
+    return {
+        "build_s": built,
+        "built_rss_mb": held - before,
+        "snapshot_mb": written / 1e6,
+        "snapshot_write_s": wrote,
+        "build_peak_rss_mb": peak_rss_mb(),
+    }
+
+
+# --- serving it ------------------------------------------------------------------------------
+
+
+class Served:
+    """The application of `zns-gate serve`, in this process, on a real socket."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.settings = settings_for(args)
+        self.app = build_app(self.settings)
+        self.runner = web.AppRunner(self.app)
+        self.url = f"http://127.0.0.1:{args.port}"
+
+    async def start(self) -> float:
+        """Seconds from the start to serving the OA's partition, restored and caught up."""
+        started = time.perf_counter()
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.settings.server.port).start()
+        partition = self.log.partition_for(OA.encode())
+        while True:
+            processor = self.app.get(PROCESSOR)
+            if (
+                processor is not None
+                and processor.not_ready() is None
+                and partition in processor.folders
+                and partition not in processor.catching_up
+            ):
+                return time.perf_counter() - started
+            await asyncio.sleep(0.01)
+
+    @property
+    def log(self) -> EventLog:
+        return self.app[LOG]
+
+    @property
+    def processor(self) -> Processor:
+        return self.app[PROCESSOR]
+
+    async def folded_to_end(self) -> None:
+        partition = self.log.partition_for(OA.encode())
+        tp = TopicPartition(self.log.topics.events, partition)
+        end = (await self.log.end_offsets([tp]))[tp]
+        while self.processor.folders[partition].position + 1 < end:
+            await asyncio.sleep(0.01)
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def post_sends(session: aiohttp.ClientSession, url: str, first: int, count: int) -> int:
+    now_ms = str(int(time.time() * 1000))
+    body = {
+        "sends": [
+            {
+                "template_id": TEMPLATE,
+                "tag": 1,
+                "tracking_id": f"load-{n}",
+                "msg_id": f"f{n:031x}",
+                "recipient": recipient_hash(10**8 - 1 - n),
+                "sent_time": now_ms,
+                "error": 0,
+            }
+            for n in range(first, first + count)
+        ]
+    }
+    async with session.post(f"{url}/v1/oas/{OA}/sends", json=body) as answer:
+        await answer.read()
+        return answer.status
+
+
+async def post_sends_until_taken(session: aiohttp.ClientSession, url: str, first: int) -> None:
+    """Report 100 sends, again while the service answers 503 (a stalled loop can cost a
+    Kafka member its contact with the group for a while)."""
+    deadline = time.monotonic() + 120
+    while (status := await post_sends(session, url, first, 100)) != 200:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the service answered the sends {status} for 2 minutes")
+        await asyncio.sleep(0.5)
+
+
+async def serve(args: argparse.Namespace) -> dict[str, Any]:
+    configure_logging("WARNING", json=True)
+    gc.collect()
+    before = rss_mb()
+    served = Served(args)
+    probe = Probe()
+    probe.start()
+    restore_s = await served.start()
+    restore_stall = max(await probe.stop(), default=0.0)
+    gc.collect()
+    result: dict[str, Any] = {
+        "restore_s": restore_s,
+        "restore_stall_ms": restore_stall * 1000,
+        "rss_mb": rss_mb(),
+        "rss_before_mb": before,
+    }
+    try:
+        # A checkpoint after 1,000 changed messages: the processor's own checkpoints are
+        # held off meanwhile, so that this one writes exactly those changes.
+        processor = served.processor
+        options = processor.options
+        processor.options = dataclasses.replace(options, checkpoint_interval_s=3600.0)
+        await processor.checkpoint()
+        async with aiohttp.ClientSession() as session:
+            first = 10**7
+            for start in range(first, first + 1000, 100):
+                await post_sends_until_taken(session, served.url, start)
+        await served.folded_to_end()
+        probe.start()
+        await asyncio.sleep(0.02)
+        started = time.perf_counter()
+        await processor.checkpoint()
+        result["checkpoint_ms"] = (time.perf_counter() - started) * 1000
+        await asyncio.sleep(0.02)
+        result["checkpoint_stall_ms"] = max(await probe.stop(), default=0.0) * 1000
+        processor.options = options
+
+        # Under load: a separate process reports the sends and asks for admissions.
+        probe.start()
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.bench.scale",
+            "--role",
+            "load",
+            "--url",
+            served.url,
+            "--size",
+            str(args.size),
+            "--seconds",
+            str(args.seconds),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        out, _ = await load.communicate()
+        if load.returncode != 0:
+            raise RuntimeError(f"the load process failed (exit {load.returncode})")
+        await served.folded_to_end()
+        lags = await probe.stop()
+        result |= json.loads(out.decode().strip().splitlines()[-1])
+        result["load_stall_ms"] = max(lags, default=0.0) * 1000
+        result["load_stall_p99_ms"] = percentile(lags, 99) * 1000 if lags else 0.0
+        result["rss_after_load_mb"] = rss_mb()
+    finally:
+        await served.stop()
+    result["peak_rss_mb"] = peak_rss_mb()
+    return result
+
+
+async def restart(args: argparse.Namespace) -> dict[str, Any]:
+    configure_logging("WARNING", json=True)
+    served = Served(args)
+    probe = Probe()
+    probe.start()
+    seconds = await served.start()
+    stall = max(await probe.stop(), default=0.0)
+    result = {"restart_s": seconds, "restart_stall_ms": stall * 1000, "restart_rss_mb": rss_mb()}
+    await served.stop()
+    return result
+
+
+# --- the load (its own process) --------------------------------------------------------------
+
+
+async def load(args: argparse.Namespace) -> dict[str, Any]:
+    """2,000 sends a second (20 reports of 100) and 100 admissions a second, open loop."""
+    latencies: list[float] = []
+    failures = 0
+    refused: dict[str, int] = {}
+    """Send reports not taken, by status or error: each is 100 sends not folded."""
+    seconds = args.seconds
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        start = time.perf_counter() + 0.1
+
+        async def admission(n: int) -> None:
+            nonlocal failures
+            due = start + n / 100
+            await asyncio.sleep(max(0.0, due - time.perf_counter()))
+            # A recipient the state already holds (a lookup in the large index).
+            who = recipient_hash((n * 7919) % args.size) if args.size else recipient_hash(n)
+            body = {
+                "template_id": TEMPLATE,
+                "tag": 1,
+                "recipients": [who],
+                "idempotency_key": f"scale-{n}",
+            }
+            try:
+                async with session.post(f"{args.url}/v1/oas/{OA}/admissions", json=body) as answer:
+                    await answer.read()
+                    failures += answer.status != 200
+            except aiohttp.ClientError:
+                failures += 1
+            latencies.append(time.perf_counter() - due)
+
+        async def report(n: int) -> None:
+            await asyncio.sleep(max(0.0, start + n / 20 - time.perf_counter()))
+            try:
+                status = str(await post_sends(session, args.url, n * 100, 100))
+            except aiohttp.ClientError as exc:
+                status = type(exc).__name__
+            if status != "200":
+                refused[status] = refused.get(status, 0) + 1
+
+        await asyncio.gather(
+            *(admission(n) for n in range(int(100 * seconds))),
+            *(report(n) for n in range(int(20 * seconds))),
+        )
+        elapsed = time.perf_counter() - start
+    return {
+        "admission_p50_ms": percentile(latencies, 50) * 1000,
+        "admission_p99_ms": percentile(latencies, 99) * 1000,
+        "admissions_non_200": failures,
+        "sends_per_s": (2000 * seconds - 100 * sum(refused.values())) / elapsed,
+        "send_reports_refused": refused,
+    }
+
+
+# --- the run -----------------------------------------------------------------------------------
+
+
+def child(role: str, args: argparse.Namespace, path: str, prefix: str) -> dict[str, Any]:
+    command = [sys.executable, "-m", "tests.bench.scale", "--role", role]
+    command += ["--backend", args.backend, "--size", str(args.size), "--path", path]
+    command += ["--prefix", prefix, "--kafka", args.kafka, "--port", str(free_port())]
+    command += ["--seconds", str(args.seconds), "--memory-limit-gb", str(args.memory_limit_gb)]
+    command += ["--session-timeout-ms", str(args.session_timeout_ms)]
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-3:]
+        return {"failed": f"{role}: exit {done.returncode}: {' / '.join(tail)}"}
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
+        if names:
+            await admin.delete_topics(names)
+    finally:
+        await admin.close()
+
+
+def measure(args: argparse.Namespace, size: int) -> dict[str, Any]:
+    args.size = size
+    result: dict[str, Any] = {"backend": args.backend, "size": size, "load": _load()}
+    prefix = f"scale{uuid.uuid4().hex[:6]}"
+    with tempfile.TemporaryDirectory() as folder:
+        path = str(Path(folder) / "scale.db")
+        try:
+            for role in ("build", "serve", "restart"):
+                result |= child(role, args, path, prefix)
+                print(f"  {args.backend} {size:,} {role}: done", file=sys.stderr, flush=True)
+                if "failed" in result:
+                    break
+        finally:
+            if args.backend == "kafka":
+                asyncio.run(delete_topics(args.kafka, prefix))
+    return result
+
+
+def _load() -> str:
+    return " ".join(f"{n:.2f}" for n in os.getloadavg())
+
+
+def _cell(value: float | None, unit: str = "", digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}{unit}"
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    columns = [
+        ("RSS MB", "rss_mb", 0),
+        ("B/msg (RSS)", "bytes_per_message", 0),
+        ("B/msg (built)", "built_bytes_per_message", 0),
+        ("peak RSS MB", "peak_rss_mb", 0),
+        ("ckpt 1,000 ms", "checkpoint_ms", 1),
+        ("ckpt stall ms", "checkpoint_stall_ms", 1),
+        ("stall under load ms", "load_stall_ms", 1),
+        ("adm p50 ms", "admission_p50_ms", 1),
+        ("adm p99 ms", "admission_p99_ms", 1),
+        ("adm non-200", "admissions_non_200", 0),
+        ("sends/s folded", "sends_per_s", 0),
+        ("restore s", "restore_s", 2),
+        ("restore stall ms", "restore_stall_ms", 0),
+        ("restart s", "restart_s", 2),
+        ("snapshot MB", "snapshot_mb", 1),
+    ]
+    goal_of = {
+        "rss_mb": "rss_mb",
+        "checkpoint_ms": "checkpoint_ms",
+        "load_stall_ms": "stall_ms",
+        "admission_p99_ms": "admission_p99_ms",
+        "restart_s": "restart_s",
+    }
+    head = "| backend | messages | load avg | " + " | ".join(c[0] for c in columns) + " |"
+    lines = [head, "| --- " * (3 + len(columns)) + "|"]
+    fresh: dict[str, dict[str, Any]] = {}
+    for r in results:
+        if r["size"] == 0:
+            fresh[r["backend"]] = r
+        base = fresh.get(r["backend"], {})
+        cells = []
+        for _, key, digits in columns:
+            value = r.get(key)
+            cell = _cell(value, digits=digits)
+            if r["size"] and value is not None and base.get(key):
+                ratio = value / base[key]
+                cell += f" ({ratio:,.1f}x)" if ratio < 10 else f" ({ratio:,.0f}x)"
+            cells.append(cell)
+        label = f"{r['size']:,}" if r["size"] else "fresh OA"
+        if "failed" in r:
+            cells[-1] += f" FAILED: {r['failed']}"
+        lines.append(f"| {r['backend']} | {label} | {r['load']} | " + " | ".join(cells) + " |")
+    goals = ["-"] * len(columns)
+    for i, (_, key, _) in enumerate(columns):
+        if key in goal_of:
+            goals[i] = GOALS[goal_of[key]][0]
+    lines.append("| goal at 8,000,000 | | | " + " | ".join(goals) + " |")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--backends", default="embedded,kafka")
+    parser.add_argument("--kafka", default="127.0.0.1:19092")
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--memory-limit-gb", type=float, default=16.0)
+    parser.add_argument(
+        "--session-timeout-ms",
+        type=int,
+        default=LogSettings().session_timeout_ms,
+        help="Kafka: a member whose loop stalls longer than this loses its partitions",
+    )
+    parser.add_argument("--role", choices=["build", "serve", "restart", "load"])
+    parser.add_argument("--backend", help=argparse.SUPPRESS)
+    parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--path", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--url", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.role is not None:
+        if args.role != "load":
+            limit = int(args.memory_limit_gb * 2**30)
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        roles = {"build": build, "serve": serve, "restart": restart, "load": load}
+        print(json.dumps(asyncio.run(roles[args.role](args))))
+        return 0
+    results: list[dict[str, Any]] = []
+    sizes = [0, *(int(s) for s in args.sizes.split(","))]  # the fresh OA first: the baseline
+    for backend in args.backends.split(","):
+        args.backend = backend
+        for size in sizes:
+            result = measure(args, size)
+            fresh = next((r for r in results if r["backend"] == backend and r["size"] == 0), None)
+            if size and fresh and "rss_mb" in result:
+                result["bytes_per_message"] = (result["rss_mb"] - fresh["rss_mb"]) * 2**20 / size
+            if size and "built_rss_mb" in result:
+                result["built_bytes_per_message"] = result["built_rss_mb"] * 2**20 / size
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    print(table(results))
+    return 0
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
