@@ -455,6 +455,18 @@ async def _unless_owner(request: web.Request, oa_id: str) -> web.Response | None
     return None
 
 
+def _still_owner(request: web.Request, oa_id: str) -> Held | web.Response:
+    """The OA's partition, asked again once its lock is held (the wait may have moved it):
+    held here, or a 503 to ask again."""
+    try:
+        where = _where(request, oa_id, admit=True)
+    except NotServed as exc:
+        return _not_served(exc)
+    if isinstance(where, Forward):
+        return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
+    return where
+
+
 async def post_sends(request: web.Request) -> web.Response:
     """Append each send outcome not recorded yet; answer how many were new and how many
     were duplicates.
@@ -479,12 +491,9 @@ async def post_sends(request: web.Request) -> web.Response:
     accepted = duplicates = 0
     # The admissions' guard: a revocation waits for these appends, so the next owner reads them.
     async with _lock(request, "sends:" + oa_id), processor.admitting(partition):
-        try:
-            held = _where(request, oa_id, admit=True)  # again: the wait may have moved it
-        except NotServed as exc:
-            return _not_served(exc)
-        if isinstance(held, Forward):
-            return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
+        held = _still_owner(request, oa_id)
+        if isinstance(held, web.Response):
+            return held
         unfolded = _unfolded_sends(request, held.folder)
         state = held.folder.states.get(oa_id)
         seen: set[str] = set()  # this request's own keys
@@ -600,12 +609,10 @@ async def post_admissions(request: web.Request) -> web.Response:
     processor = request.app[PROCESSOR]
     partition = request.app[LOG].partition_for(oa_id.encode())
     async with _lock(request, oa_id), processor.admitting(partition):
-        try:
-            served = _locate(request, oa_id, admit=True)  # again: the wait may have moved it
-        except NotServed as exc:
-            return _not_served(exc)
-        if isinstance(served, Forward):
-            return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
+        held = _still_owner(request, oa_id)
+        if isinstance(held, web.Response):
+            return held
+        served = _served(request, oa_id, held)
         state, now, policy = served.state, served.now, served.policy
         earlier = state.idempotency.peek(body.idempotency_key)
         if earlier is not None:
