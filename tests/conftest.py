@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
@@ -222,7 +223,15 @@ def make_settings(**sections: Any) -> Settings:
         "apps": [{"app_id": zalo.APP_ID, "secrets": [zalo.SECRET, zalo.OLD_SECRET]}],
     }
     values.update(sections)
+    # The Kafka backend's local index stores: one place per test run, not the working tree.
+    values["processor"] = {"state_dir": TEST_STATE_DIR, **dict(sections.get("processor", {}))}
     return Settings(**values)
+
+
+TEST_STATE_DIR = Path(tempfile.mkdtemp(prefix="zns-gate-test-state-"))
+"""Where the processors of this test run keep their local index stores (their children's
+too: `ZNS_GATE_TEST_STATE_DIR`)."""
+os.environ["ZNS_GATE_TEST_STATE_DIR"] = str(TEST_STATE_DIR)
 
 
 class RunningService:

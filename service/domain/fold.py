@@ -362,8 +362,8 @@ class _Fold:
         # go whole and only the cutoff's own hour is looked at key by key.
         cutoff = min(_ms(stamp), state.event_ms) - int(self.policy.dedup_ttl.total_seconds() * 1000)
         first_kept_hour = -(-cutoff // HOUR_MS)
-        state.dedup.expire_before(first_kept_hour, keep=lambda t: t >= cutoff)
-        state.idempotency.expire_before(first_kept_hour, keep=lambda v: v[0] >= cutoff)
+        state.dedup.expire_before(first_kept_hour, keep_from=cutoff)
+        state.idempotency.expire_before(first_kept_hour, keep_from=cutoff)
 
     def prune_templates(self, day: int, stamp: datetime) -> None:
         """Forget what the templates' windows no longer count, and the templates no record

@@ -1,20 +1,27 @@
 """A large index of an OA's state (messages, recipients, dedup keys, idempotency answers):
 entries by key, expired by buckets of their expiry so that a day change visits only what
-expired, never the whole index. No I/O.
+expired, never the whole index. No I/O of its own.
 
 Each key sits in the bucket of the expiry its value had when it was set. A value may be
 changed in place later (a recipient seen again), which only ever moves its expiry forward:
 `expire_before` re-checks each value it visits and moves it to its new bucket.
 
-`touched` holds the keys changed, deleted or handed out for change since `clear_touched`
-(or since the index was built from a snapshot's entries): what a checkpoint has to write.
-A value `get` or `[]` hands out may be mutated by the fold, so it counts as touched; a read
-that never mutates uses `peek`. Entries that expire are not recorded there: a store keyed
-by expiry drops the same ranges itself.
+An entry is live while its expiry is at least the index's `limit` (or, with `keep_from`,
+while its time is at least that): the last `expire_before` sets both. A value set with an
+expiry already past them reads as absent at once, exactly as one read back later would.
+
+An index may have a `source`: the entries the partition's index store holds (what the
+last checkpoints wrote). Then memory holds only the entries read or changed since the last
+checkpoint: a key not in memory is read from the source, and `release` drops what a
+checkpoint has made durable. Such an index cannot be iterated: it does not know all its keys.
+
+`touched` holds the keys changed, deleted or handed out for change since `take_changes`
+(or `clear_touched`): what a checkpoint has to write. A value `get` or `[]` hands out may
+be mutated by the fold, so it counts as touched; a read that never mutates uses `peek`.
 
 `shared()` is a read-only view for the copies the API answers from: it shares the entries
-and, when such a copy is brought past a day change, treats what expired as absent instead
-of removing it from the live state.
+and the source and, when such a copy is brought past a day change, treats what expired as
+absent instead of removing it from the live state.
 """
 
 from __future__ import annotations
@@ -28,32 +35,73 @@ Expiry = Callable[[V], int]
 """A value's expiry as a number (the last day it is kept, the hour of its time): the order
 in which `expire_before` forgets entries."""
 
+Source = Callable[[str], V | None]
+"""The value the index store holds for a key, or None."""
+
+NEVER = -(1 << 62)
+"""The limit of an index nothing has expired yet."""
+
 
 class Index(MutableMapping[str, V]):
     """Entries by key with buckets by expiry; see the module's docstring."""
 
-    __slots__ = ("_buckets", "_entries", "_expiry", "_gone", "_read_only", "touched")
+    __slots__ = (
+        "_buckets",
+        "_deleted",
+        "_entries",
+        "_expiry",
+        "_read_only",
+        "_time",
+        "keep_from",
+        "limit",
+        "source",
+        "touched",
+    )
 
-    def __init__(self, expiry: Expiry[V], entries: Mapping[str, V] | None = None) -> None:
+    def __init__(
+        self,
+        expiry: Expiry[V],
+        entries: Mapping[str, V] | None = None,
+        *,
+        time: Callable[[V], int] | None = None,
+    ) -> None:
         self._entries: dict[str, V] = {}
         self._buckets: dict[int, list[str]] = {}
         """Expiry -> keys set with it. A key deleted or moved may stay in an older bucket
         until that bucket is visited: a list costs a third of a set per key."""
+        self._deleted: set[str] = set()
+        """Keys deleted here that the source may still hold (until a checkpoint writes it)."""
         self._expiry = expiry
+        self._time = time
         self._read_only = False
-        self._gone: Callable[[V], bool] | None = None
+        self.limit = NEVER
+        self.keep_from: int | None = None
+        self.source: Source[V] | None = None
         self.touched: set[str] = set()
         for key, value in (entries or {}).items():
             self._put(key, value)
 
     # --- reads --------------------------------------------------------------------------
 
+    def live(self, value: V) -> bool:
+        return self._expiry(value) >= self.limit or self._kept(value)
+
+    def _kept(self, value: V) -> bool:
+        """Kept past its expiry by its time."""
+        keep_from, time = self.keep_from, self._time
+        return keep_from is not None and time is not None and time(value) >= keep_from
+
     def peek(self, key: str) -> V | None:
         """The value, for a read that never changes it (not counted as touched)."""
         value = self._entries.get(key)
-        if value is None or (self._gone is not None and self._gone(value)):
-            return None
-        return value
+        if value is None:
+            if self.source is None or key in self._deleted:
+                return None
+            value = self.source(key)
+            if value is None:
+                return None
+            self._put(key, value)  # changed in place later, it must be the one kept
+        return value if self.live(value) else None
 
     def __getitem__(self, key: str) -> V:
         value = self.peek(key)
@@ -67,16 +115,10 @@ class Index(MutableMapping[str, V]):
         return isinstance(key, str) and self.peek(key) is not None
 
     def __iter__(self) -> Iterator[str]:
-        if self._gone is None:
-            return iter(self._entries)
-        gone = self._gone
-        return iter([k for k, v in self._entries.items() if not gone(v)])
+        return iter(self.entries())
 
     def __len__(self) -> int:
-        if self._gone is None:
-            return len(self._entries)
-        gone = self._gone
-        return sum(1 for v in self._entries.values() if not gone(v))
+        return len(self.entries())
 
     def items(self) -> ItemsView[str, V]:
         return self.entries().items()
@@ -90,35 +132,67 @@ class Index(MutableMapping[str, V]):
         return self.entries() == dict(other.items())
 
     def entries(self) -> dict[str, V]:
-        """The entries as a plain dict (for a snapshot document): a copy when this is a
-        view past its live state's expiry, else the index's own dict, not to be changed."""
-        if self._gone is None:
-            return self._entries
-        return {k: self._entries[k] for k in self}
+        """The live entries as a plain dict (for a whole document); only an index without
+        a source knows them all."""
+        if self.source is not None:
+            raise TypeError("an index backed by a store does not hold all its entries")
+        return {k: v for k, v in self._entries.items() if self.live(v)}
+
+    def resident(self) -> set[str]:
+        """The keys held in memory (read, or changed since the last checkpoint)."""
+        return set(self._entries) | self._deleted
 
     # --- changes ------------------------------------------------------------------------
 
     def __setitem__(self, key: str, value: V) -> None:
         self._writable()
         self._put(key, value)
+        self._deleted.discard(key)
         self.touched.add(key)
 
     def __delitem__(self, key: str) -> None:
         self._writable()
+        if self.peek(key) is None:
+            raise KeyError(key)
         del self._entries[key]
+        if self.source is not None:
+            self._deleted.add(key)
         self.touched.add(key)
 
     def clear_touched(self) -> None:
         self.touched = set()
 
-    def expire_before(self, limit: int, keep: Callable[[V], bool] | None = None) -> None:
+    def touch_all(self) -> None:
+        """Every entry is to be written (an index held only in memory goes to a store)."""
+        self.touched = set(self.entries())
+
+    def take_changes(self) -> dict[str, V | None]:
+        """The touched keys' values (None: absent) for a checkpoint, which writes them;
+        `touched` starts afresh."""
+        changes = {key: self._live_entry(key) for key in self.touched}
+        self.touched = set()
+        return changes
+
+    def release(self) -> None:
+        """A checkpoint has written everything changed before the last `take_changes`:
+        drop from memory what has not been touched since (the source holds it)."""
+        if self.source is None:
+            raise TypeError("an index without a source holds its only copy of each entry")
+        touched = self.touched
+        for key in [k for k in self._entries if k not in touched]:
+            del self._entries[key]
+        self._deleted &= touched
+        self._buckets = {}
+        for key, value in self._entries.items():
+            self._buckets.setdefault(self._expiry(value), []).append(key)
+
+    def expire_before(self, limit: int, keep_from: int | None = None) -> None:
         """Forget the entries whose expiry is before `limit`, visiting only their buckets;
-        an entry `keep` holds stays where it is, to be looked at again by the next call.
-        On a shared view nothing is removed: what would be reads as absent (a later call
-        supersedes an earlier one, since expiry only moves forward)."""
+        an entry whose time is `keep_from` or later stays, to be looked at again by the
+        next call. On a shared view nothing is removed: what would be reads as absent (a
+        later call supersedes an earlier one, since expiry only moves forward)."""
+        self.limit, self.keep_from = limit, keep_from
         if self._read_only:
-            expiry = self._expiry
-            self._gone = lambda v: expiry(v) < limit and not (keep is not None and keep(v))
             return
         buckets, entries, expiry = self._buckets, self._entries, self._expiry
         for due in sorted(b for b in buckets if b < limit):
@@ -131,19 +205,24 @@ class Index(MutableMapping[str, V]):
                 if moved >= limit:
                     if moved != due:
                         buckets.setdefault(moved, []).append(key)
-                elif keep is not None and keep(value):
+                elif self._kept(value):
                     held.append(key)
                 else:
-                    del entries[key]
+                    del entries[key]  # the store drops the same by its expiry ranges
             if held:
                 buckets.setdefault(due, []).extend(held)
 
     def shared(self) -> Index[V]:
         """A read-only view of the same entries (see the module's docstring)."""
-        view: Index[V] = Index(self._expiry)
-        view._entries, view._buckets = self._entries, self._buckets
-        view._read_only, view._gone = True, self._gone
+        view: Index[V] = Index(self._expiry, time=self._time)
+        view._entries, view._buckets, view._deleted = self._entries, self._buckets, self._deleted
+        view.source, view.limit, view.keep_from = self.source, self.limit, self.keep_from
+        view._read_only = True
         return view
+
+    def _live_entry(self, key: str) -> V | None:
+        value = self._entries.get(key)
+        return value if value is not None and self.live(value) else None
 
     def _put(self, key: str, value: V) -> None:
         old = self._entries.get(key)
@@ -157,4 +236,4 @@ class Index(MutableMapping[str, V]):
             raise TypeError("a served copy shares this index with the live state: read-only")
 
     def __repr__(self) -> str:
-        return f"Index({len(self)} entries)"
+        return f"Index({len(self._entries)} entries in memory)"

@@ -29,8 +29,10 @@ from service.domain.rules import RULE_SETS, Quota, RuleSet, Thresholds
 from service.domain.scoring import Level, quality_level, worse
 from service.domain.windows import Buckets, DailyCounts, HourlyCounts, local_day, month_index
 
-SCHEMA_VERSION = 1
-"""The version of the state document; a snapshot of another version is rebuilt from the log."""
+SCHEMA_VERSION = 2
+"""The version of the state document; a snapshot of another version is rebuilt from the log.
+Version 2: a snapshot holds the core only, each index as its expiry limits; the entries are
+in the partition's index store."""
 
 WINDOW_48H = timedelta(hours=48)
 WINDOW_7D = timedelta(days=7)
@@ -257,9 +259,11 @@ class OAState:
     grants: dict[str, Grant] = field(default_factory=dict)
     open_grants: list[str] = field(default_factory=list)
     """Admission ids of grants that may still have open units, oldest first."""
-    dedup: Index[int] = field(default_factory=lambda: Index(_dedup_expiry))
+    dedup: Index[int] = field(default_factory=lambda: Index(_dedup_expiry, time=_dedup_time))
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
-    idempotency: Index[list[Any]] = field(default_factory=lambda: Index(_idempotency_expiry))
+    idempotency: Index[list[Any]] = field(
+        default_factory=lambda: Index(_idempotency_expiry, time=_idempotency_time)
+    )
     """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
     event_ms: int = 0
     """The newest event time (ms) of a record folded in; it never goes back. Keys are
@@ -440,13 +444,19 @@ class OAState:
             index.clear_touched()
 
     def to_json(self) -> bytes:
-        """The state as a JSON document (the one inside `zns.oa-state` snapshots)."""
+        """The whole state as a JSON document, its index entries included (an OA whose
+        indexes are in a store has no whole document in memory: see `core_json`)."""
         return orjson.dumps(self, default=_counts_as_pairs)
 
     def to_document(self) -> dict[str, Any]:
-        """The state as plain JSON values."""
+        """The whole state as plain JSON values."""
         document: dict[str, Any] = orjson.loads(self.to_json())
         return document
+
+    def core_json(self) -> bytes:
+        """The state without its index entries, each index as `[limit, keep_from]`: what a
+        snapshot holds beside the index store. Its size does not grow with the indexes."""
+        return orjson.dumps(self, default=_core_value)
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> OAState:
@@ -458,6 +468,100 @@ class OAState:
                 if t.paused_until is not None or t.gate_disabled
             ]
         return state
+
+    # --- the index store ----------------------------------------------------------------
+
+    def attach(self, read: Callable[[bytes], bytes | None]) -> None:
+        """Read the index entries not in memory through `read` (the partition's store)."""
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            index.source = functools.partial(_read_entry, read, self.oa_id, name)
+
+    def index_changes(self, dedup_ttl_ms: int) -> dict[bytes, tuple[bytes | None, int]]:
+        """The index entries changed since the last call, as store key -> (value or None
+        when absent, expiry day), for a checkpoint to write."""
+        changes: dict[bytes, tuple[bytes | None, int]] = {}
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            for key, value in index.take_changes().items():
+                stored = None if value is None else orjson.dumps(value)
+                day = 0 if value is None else _STORE_DAY[name](value, dedup_ttl_ms)
+                changes[index_key(self.oa_id, name, key)] = (stored, day)
+        return changes
+
+    def with_entries(self, stored: Mapping[bytes, bytes]) -> OAState:
+        """A copy whose indexes hold, in memory, `stored` (the OA's entries as the store
+        holds them) and what this state holds in memory: a whole state, to inspect or
+        compare. Not for serving: it reads every entry."""
+        clone = copy.copy(self)
+        names = {code: name for name, code in _INDEX_CODES.items()}
+        whole: dict[str, Index[Any]] = {}
+        for name in self.SHARED_INDEXES:
+            live: Index[Any] = getattr(self, name)
+            index = Index(_INDEXES[name], time=_TIMES.get(name))
+            index.limit, index.keep_from = live.limit, live.keep_from
+            whole[name] = index
+        prefix = len(self.oa_id) + 1
+        for raw_key, raw in stored.items():
+            code, key = raw_key[prefix:].decode().split("\x00", 1)
+            name = names[code]
+            whole[name][key] = _decode_entry(name, raw)
+        for name, index in whole.items():
+            live = getattr(self, name)
+            for key in live.resident():
+                value = live.peek(key)
+                if value is None:
+                    index.pop(key, None)
+                else:
+                    index[key] = value
+            index.clear_touched()
+            setattr(clone, name, index)
+        return clone
+
+    def release(self) -> None:
+        """Everything changed before the last `index_changes` is in the store now."""
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            index.release()
+
+
+_INDEX_CODES = {"messages": "m", "recipients": "r", "dedup": "d", "idempotency": "i"}
+
+
+def index_key(oa_id: str, name: str, key: str) -> bytes:
+    """The store key of an index entry: the OA first, so one prefix holds all of an OA's."""
+    return f"{oa_id}\x00{_INDEX_CODES[name]}\x00{key}".encode()
+
+
+def _read_entry(read: Callable[[bytes], bytes | None], oa_id: str, name: str, key: str) -> Any:
+    raw = read(index_key(oa_id, name, key))
+    return None if raw is None else _decode_entry(name, raw)
+
+
+def _decode_entry(name: str, raw: bytes) -> Any:
+    value = orjson.loads(raw)
+    nested = _NESTED.get(name)
+    return nested(**value) if nested is not None else value
+
+
+STORE_MARGIN_DAYS = 2
+"""Dedup and idempotency keys stay in the store this many days past their TTL by the
+partition's clock: an OA whose own records lag that clock by less still finds them."""
+
+_UNIX_DAY = date(1970, 1, 1).toordinal()
+
+
+def _key_store_day(at_ms: int, dedup_ttl_ms: int) -> int:
+    return _UNIX_DAY + (at_ms + dedup_ttl_ms) // 86_400_000 + STORE_MARGIN_DAYS
+
+
+_STORE_DAY: dict[str, Callable[[Any, int], int]] = {
+    "messages": lambda message, _: _message_expiry(message),
+    "recipients": lambda recipient, _: _recipient_expiry(recipient),
+    "dedup": lambda at_ms, ttl: _key_store_day(int(at_ms), ttl),
+    "idempotency": lambda entry, ttl: _key_store_day(int(entry[0]), ttl),
+}
+"""The day ordinal before which the store may drop an entry: expired for every OA by then."""
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -490,12 +594,23 @@ def _idempotency_expiry(entry: list[Any]) -> int:
     return int(entry[0]) // HOUR_MS
 
 
+def _dedup_time(at_ms: int) -> int:
+    return at_ms
+
+
+def _idempotency_time(entry: list[Any]) -> int:
+    return int(entry[0])
+
+
 _INDEXES: dict[str, Callable[[Any], int]] = {
     "messages": _message_expiry,
     "recipients": _recipient_expiry,
     "dedup": _dedup_expiry,
     "idempotency": _idempotency_expiry,
 }
+
+
+_TIMES: dict[str, Callable[[Any], int]] = {"dedup": _dedup_time, "idempotency": _idempotency_time}
 
 
 def _level(value: str | None) -> Level:
@@ -533,6 +648,12 @@ def _counts_as_pairs(value: object) -> list[list[int]] | dict[str, Any]:
     raise TypeError(f"{type(value).__name__} is not part of a state document")
 
 
+def _core_value(value: object) -> list[Any]:
+    if isinstance(value, Index):
+        return [value.limit, value.keep_from]
+    return _counts_as_pairs(value)  # type: ignore[return-value]
+
+
 def _counts(kind: type[Buckets], pairs: list[list[int]]) -> Buckets:
     return kind({int(k): int(v) for k, v in pairs})
 
@@ -553,11 +674,16 @@ def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
             values[f.name] = _counts(kinds[annotation], raw)
         elif annotation == "dict[str, DailyCounts]":
             values[f.name] = {k: _counts(DailyCounts, v) for k, v in raw.items()}
+        elif f.name in _INDEXES and cls is OAState and isinstance(raw, list):
+            index = Index(_INDEXES[f.name], time=_TIMES.get(f.name))
+            index.limit, index.keep_from = raw
+            values[f.name] = index
+            continue
         elif f.name in _NESTED and cls is OAState:
             nested = _NESTED[f.name]
             values[f.name] = {k: _decode(nested, v) for k, v in raw.items()}
         else:
             values[f.name] = raw
         if cls is OAState and f.name in _INDEXES:
-            values[f.name] = Index(_INDEXES[f.name], values[f.name])
+            values[f.name] = Index(_INDEXES[f.name], values[f.name], time=_TIMES.get(f.name))
     return cls(**values)

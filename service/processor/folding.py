@@ -22,6 +22,7 @@ from service.domain.state import Change, OAState, Policy
 from service.log.base import Record
 from service.logsetup import get_logger
 from service.processor.snapshots import PartitionMark
+from service.store.stores import IndexStore
 
 _log = get_logger("processor")
 
@@ -54,6 +55,10 @@ class PolicyBook:
 
     def for_oa(self, oa_id: str) -> Policy:
         return self._by_oa.get(oa_id, self._default)
+
+    def day(self, moment: datetime) -> int:
+        """The local day (ordinal) of `moment` in the zone every OA's days are counted in."""
+        return self._default.day(moment)
 
 
 @dataclass
@@ -99,9 +104,27 @@ class PartitionFolder:
         self.current_ms = 0
         """Wall time (ms) up to which every record of the partition is known to be in
         these states: the newest log time of a record handled, or of the checkpoint."""
+        self.store: IndexStore | None = None
+        """Where the OAs' index entries are (None: in memory only, as in a replay)."""
+        self.expired_day = 0
+        """The store has dropped the entries whose expiry day is before this one."""
+        self.index_mark: tuple[int, list[tuple[int, int]]] = (-1, [])
+        """The index store's `upto` and void ranges in the last mark (restored or written)."""
+        self.unwritten: dict[bytes, tuple[bytes | None, int]] = {}
+        """Index changes taken by a checkpoint that failed: the next one writes them."""
 
-    def restore(self, states: dict[str, OAState], mark: PartitionMark | None) -> None:
-        """Take the restored snapshots and the partition's mark."""
+    def restore(
+        self,
+        states: dict[str, OAState],
+        mark: PartitionMark | None,
+        store: IndexStore | None = None,
+    ) -> None:
+        """Take the restored snapshots, the partition's mark and its index store."""
+        self.store = store
+        if mark is not None:
+            self.index_mark = (mark.index_upto, list(mark.index_void))
+        for state in states.values():
+            self.adopt(state)
         self.states = states
         self.mark = mark
         self.included = -1 if mark is None else mark.position
@@ -115,6 +138,26 @@ class PartitionFolder:
             self.clock_ms = None
         else:
             self.clock_ms = self.mark.clock_at(start - 1)
+
+    def adopt(self, state: OAState) -> OAState:
+        """Read the state's index entries from the partition's store (if it has one)."""
+        if self.store is not None:
+            state.attach(self.store.get)
+        return state
+
+    def new_state(self, oa_id: str) -> OAState:
+        state = self.states[oa_id] = self.adopt(
+            OAState.new(oa_id, self.policies.for_oa(oa_id).rules)
+        )
+        return state
+
+    async def whole(self, oa_id: str) -> OAState:
+        """The OA's state with every entry of its indexes in memory (from the store): to
+        inspect or compare, not for serving."""
+        state = self.states[oa_id]
+        if self.store is None:
+            return state
+        return state.with_entries(await self.store.entries_of(oa_id))
 
     def now(self) -> datetime:
         if self.stream_clock and self.clock_ms is not None:
@@ -148,10 +191,7 @@ class PartitionFolder:
             at_ms = min(at_ms, record.timestamp_ms + CLOCK_AHEAD_MS)
         if item.has_event_time and (self.clock_ms is None or at_ms > self.clock_ms):
             self.clock_ms = at_ms
-        state = self.states.get(item.oa_id)
-        if state is None:
-            policy = self.policies.for_oa(item.oa_id)
-            state = self.states[item.oa_id] = OAState.new(item.oa_id, policy.rules)
+        state = self.states.get(item.oa_id) or self.new_state(item.oa_id)
         if record.offset <= state.position:
             return  # the OA's snapshot includes it
         self.apply(state, item, record, out)
@@ -182,9 +222,7 @@ class PartitionFolder:
         headers = {name: value.decode(errors="replace") for name, value in record.headers}
         item = read_item(headers.get("kind"), record.key, record.value, headers)
         policy = self.policies.for_oa(item.oa_id)
-        state = self.states.get(item.oa_id)
-        if state is None:
-            state = self.states[item.oa_id] = OAState.new(item.oa_id, policy.rules)
+        state = self.states.get(item.oa_id) or self.new_state(item.oa_id)
         changes = fold(state, item, self.now(), policy)
         self.dirty.add(item.oa_id)
         for index, change in enumerate(changes):

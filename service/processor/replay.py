@@ -22,6 +22,7 @@ from service.domain.state import OAState
 from service.log.base import EventLog, TopicPartition
 from service.processor.folding import Output, PartitionFolder, PolicyBook
 from service.processor.snapshots import encode_mark, encode_state, mark_key
+from service.store.stores import IndexStores
 
 READ_BATCH = 2000
 
@@ -86,18 +87,38 @@ async def replay(
                 progress(len(records))
         result.states.update(folder.states)
         if write and folder.position >= 0:
-            result.snapshots_written += await _write(log, folder)
+            result.snapshots_written += await _write(log, folder, settings)
     result.seconds = time.monotonic() - started
     return result
 
 
-async def _write(log: EventLog, folder: PartitionFolder) -> int:
-    """The partition's snapshots, then (once they are durable) its mark."""
+async def _write(log: EventLog, folder: PartitionFolder, settings: Settings) -> int:
+    """The partition's index entries (in place of what its store held), then its
+    snapshots, then (once they are durable) its mark."""
     topic, partition = log.topics.oa_state, folder.partition
+    stores = IndexStores(log, state_dir=settings.processor.state_dir, cache_mb=16)
+    await stores.start()
+    store = stores.store(partition)
+    try:
+        await store.open(upto=-1, void=[])  # what it holds is superseded: void, then gone
+        await store.clear()
+        for state in folder.states.values():
+            ttl_ms = int(folder.policies.for_oa(state.oa_id).dedup_ttl.total_seconds() * 1000)
+            for name in OAState.SHARED_INDEXES:
+                getattr(state, name).touch_all()
+            changes = list(state.index_changes(ttl_ms).items())
+            for start in range(0, len(changes), 10_000):
+                await store.put(dict(changes[start : start + 10_000]))
+        index_upto, void = store.upto, list(store.void)
+    finally:
+        await store.close()
+        await stores.close()
     records = [
         chunk
         for state in folder.states.values()
-        for chunk in encode_state(state, folder.topic, partition)
+        for chunk in encode_state(
+            state.core_json(), state.oa_id, state.position, folder.topic, partition, index_upto
+        )
     ]
     for start in range(0, len(records), 1000):  # bounded batches of appends in flight
         await asyncio.gather(
@@ -106,6 +127,8 @@ async def _write(log: EventLog, folder: PartitionFolder) -> int:
                 for key, value in records[start : start + 1000]
             )
         )
-    mark = encode_mark(folder.topic, partition, folder.position, folder.clock_ms, [])
+    mark = encode_mark(
+        folder.topic, partition, folder.position, folder.clock_ms, [], None, index_upto, void
+    )
     await log.append(topic, mark_key(partition), mark, partition=partition)
     return len(records) + 1

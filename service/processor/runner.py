@@ -36,12 +36,15 @@ from service.metrics import (
 )
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
 from service.processor.snapshots import (
+    PartitionMark,
     Restorer,
     encode_mark,
     encode_state,
     mark_key,
     next_clocks,
 )
+from service.store.stores import IndexStore, IndexStores
+from service.store.versions import VoidRanges
 
 _log = get_logger("processor")
 
@@ -83,6 +86,9 @@ class Processor:
         self.policies = PolicyBook(settings)
         self.stream_clock = settings.rules.clock == "stream"
         self.wall = wall
+        self.stores = IndexStores(
+            log, state_dir=settings.processor.state_dir, cache_mb=settings.processor.cache_mb
+        )
         self.folders: dict[int, PartitionFolder] = {}
         self.catching_up: dict[int, int] = {}
         """Partition -> the end offset it must reach before it is served."""
@@ -114,6 +120,7 @@ class Processor:
     # --- life ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        await self.stores.start()
         self._consumer = self.log.consumer(
             self.options.group_id, [self.log.topics.events], self, address=self.options.address
         )
@@ -135,6 +142,10 @@ class Processor:
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
+        held = [*self.folders.values(), *(folder for folder, _ in self.copies.values())]
+        for folder in held:
+            await _close_store(folder)
+        await self.stores.close()
 
     @property
     def running(self) -> bool:
@@ -199,6 +210,10 @@ class Processor:
         # still restores it: hold every partition until its state is back and it has
         # been moved to where folding resumes.
         consumer.pause(partitions)
+        for tp in partitions:  # its store's files are the ones the restore opens
+            copy = self.copies.pop(tp.partition, None)
+            if copy is not None:
+                await _close_store(copy[0])
         self._assigned_once = True
         self._unrestored |= partitions
         for tp in sorted(partitions):
@@ -207,7 +222,9 @@ class Processor:
             except Exception as exc:  # the loop tries again; the partition stays held
                 _log.warning("restore failed", partition=tp.partition, error=repr(exc))
                 self._unrestored.add(tp)
-        self.copies.clear()  # the new owners serve them (from their own copy meanwhile)
+        copies, self.copies = self.copies, {}  # the new owners serve them now
+        for folder, _ in copies.values():
+            await _close_store(folder)
 
     async def _take(self, tp: TopicPartition) -> None:
         """Restore one assigned partition, move to where folding resumes, let it be fetched.
@@ -228,6 +245,7 @@ class Processor:
         start = _replay_start(folder, committed)
         end = (await self.log.end_offsets([tp]))[tp]
         if tp not in consumer.assignment():
+            await _close_store(folder)
             return  # revoked while it was restored
         consumer.seek(tp, start)
         self._seeks[tp.partition] = self._seeks.get(tp.partition, 0) + 1
@@ -317,15 +335,38 @@ class Processor:
             await asyncio.sleep(0)  # heartbeats and requests run between pieces
         restored = restorer.result()
         mark = restored.mark
+        store = await self._open_store(partition, mark)
+        try:
+            for oa_id in sorted(restored.rebuild):
+                await store.drop_oa(oa_id)  # folded again from the start
+        except BaseException:
+            await store.close()
+            raise
         if restored.rebuild:
             _log.warning(
                 "snapshots incomplete; rebuilding from the log",
                 partition=partition,
                 oas=len(restored.rebuild),
             )
-        folder.restore(restored.states, mark)
+        folder.restore(restored.states, mark, store)
         folder.rebuild = restored.rebuild
+        folder.expired_day = self.policies.day(folder.now())
         return folder
+
+    async def _open_store(self, partition: int, mark: PartitionMark | None) -> IndexStore:
+        """The partition's index store as the mark leaves it. Without a mark every OA is
+        folded from the start (or has never had an index entry), so the store starts empty."""
+        store = self.stores.store(partition)
+        try:
+            if mark is None:
+                await store.open(upto=-1, void=[])
+                await store.clear()
+            else:
+                await store.open(upto=mark.index_upto, void=mark.index_void)
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     # --- the loop -----------------------------------------------------------------------
 
@@ -416,7 +457,7 @@ class Processor:
         async with self._lock:
             output, self._output = self._output, Output()
             topics = self.log.topics
-            written: list[tuple[PartitionFolder, set[str]]] = []
+            written: list[tuple[PartitionFolder, set[str], tuple[int, VoidRanges]]] = []
             try:
                 await self._all(
                     [(topics.decisions, key, value, None) for key, value in output.decisions]
@@ -429,15 +470,29 @@ class Processor:
                     if folder.position < 0:
                         continue
                     dirty, folder.dirty = folder.dirty, set()
-                    written.append((folder, dirty))
+                    cores: list[tuple[str, int, bytes]] = []
+                    changes = folder.unwritten
                     for oa_id in dirty:
+                        # Each OA's core and index changes are taken at one moment. One OA
+                        # at a time: requests are answered between them, so a checkpoint
+                        # of many busy OAs does not stall the loop. Folding waits (the
+                        # lock); an admission applied meanwhile is in the next checkpoint.
                         state = folder.states[oa_id]
-                        for key, value in encode_state(state, topics.events, partition):
-                            chunks.append((topics.oa_state, key, value, partition))
-                        # One OA at a time: requests are answered between them, so a
-                        # checkpoint of many busy OAs does not stall the loop. Folding
-                        # waits (the lock); an admission applied meanwhile is in the next.
+                        ttl_ms = int(self.policies.for_oa(oa_id).dedup_ttl.total_seconds() * 1000)
+                        changes.update(state.index_changes(ttl_ms))
+                        cores.append((oa_id, state.position, state.core_json()))
                         await asyncio.sleep(0)
+                    # Until the store has them, they are written again by each checkpoint.
+                    folder.unwritten = changes
+                    index_upto = await self._write_indexes(folder, changes)
+                    folder.unwritten = {}
+                    void = [] if folder.store is None else list(folder.store.void)
+                    written.append((folder, dirty, (index_upto, void)))
+                    for oa_id, position, core in cores:
+                        for key, value in encode_state(
+                            core, oa_id, position, topics.events, partition, index_upto
+                        ):
+                            chunks.append((topics.oa_state, key, value, partition))
                     mark = encode_mark(
                         topics.events,
                         partition,
@@ -449,6 +504,8 @@ class Processor:
                         folder.current_ms
                         if partition in self.catching_up
                         else int(self.wall().timestamp() * 1000),
+                        index_upto,
+                        void,
                     )
                     marks.append((topics.oa_state, mark_key(partition), mark, partition))
                     commits[TopicPartition(topics.events, partition)] = folder.position + 1
@@ -461,14 +518,20 @@ class Processor:
                 # next checkpoint writes them again (a restart folds the records again).
                 self._output.decisions[:0] = output.decisions
                 self._output.dead_letters[:0] = output.dead_letters
-                for folder, dirty in written:
+                for folder, dirty, _ in written:
                     folder.dirty |= dirty
                 raise
-            for folder, _ in written:
+            for folder, _, index_mark in written:
                 folder.clock_history = next_clocks(
                     folder.clock_history, folder.position, folder.clock_ms
                 )
+                folder.index_mark = index_mark
+                if folder.store is not None:
+                    for state in folder.states.values():
+                        state.release()  # what the store holds now leaves memory
                 LAST_CHECKPOINT.labels(str(folder.partition)).set(time.time())
+            for folder, _, _ in written:
+                await self._expire(folder)
             DECISIONS.inc(len(output.decisions))
             DEAD_LETTERS.inc(len(output.dead_letters))
             self._since_checkpoint = 0
@@ -479,6 +542,40 @@ class Processor:
             with contextlib.suppress(LogError):  # a metric is not worth failing a checkpoint
                 await self._measure_lag()
         CHECKPOINT_SECONDS.observe(time.monotonic() - started)
+
+    async def _write_indexes(
+        self, folder: PartitionFolder, changes: dict[bytes, tuple[bytes | None, int]]
+    ) -> int:
+        """Write the index changes; the store's highest write id, for the snapshots and mark."""
+        store = folder.store
+        if store is None:
+            return -1
+        if store.broken:
+            # A write failed: what the store holds beyond the last mark is not known, so it
+            # is opened again from that mark (those writes become void) and written anew.
+            await store.close()
+            upto, void = folder.index_mark
+            store = self.stores.store(folder.partition)
+            folder.store = None
+            await store.open(upto=upto, void=void)
+            folder.store = store
+            for state in folder.states.values():
+                state.attach(store.get)
+        return await store.put(changes)
+
+    async def _expire(self, folder: PartitionFolder) -> None:
+        """Drop from the store what every OA of the partition has expired: the stream
+        clock's day has come past its expiry day (an OA's own day is never ahead of it)."""
+        day = self.policies.day(folder.now())
+        if folder.store is None or day <= folder.expired_day:
+            return
+        try:
+            dropped = await folder.store.expire(day)
+        except LogError as exc:  # kept until the next checkpoint's try; reads hide them
+            _log.warning("index expiry failed", partition=folder.partition, error=repr(exc))
+            return
+        folder.expired_day = day
+        _log.info("index entries expired", partition=folder.partition, entries=dropped, day=day)
 
     async def _all(self, records: list[tuple[str, bytes | None, bytes, int | None]]) -> None:
         """Append all, concurrently; raise the first failure once every append has ended."""
@@ -505,6 +602,12 @@ class Processor:
         tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
         for tp, end in (await self.log.end_offsets(tps)).items():
             await self.log.compact(tp, end)
+
+
+async def _close_store(folder: PartitionFolder) -> None:
+    if folder.store is not None:
+        store, folder.store = folder.store, None
+        await store.close()
 
 
 def _report_end(task: asyncio.Task[None]) -> None:

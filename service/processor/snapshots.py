@@ -13,6 +13,14 @@ others. A restore therefore takes, per OA, the newest position for which every
 chunk is present; an OA with no complete version left is rebuilt from the log
 (`Restored.rebuild`).
 
+An OA's indexes are not in its snapshot but in the partition's index store
+(`service.store`). A checkpoint writes the index changes first, then the
+snapshots, each naming the store's highest write id it goes with
+(`index_upto`), then the mark, which names the same id and the write ids the
+store must not trust (`index_void`: writes of checkpoints that never
+completed). A snapshot is trusted only with the store as the mark leaves it: one
+newer than the mark's store, or from a write the mark voids, is rebuilt from the log.
+
 Beside the OAs, each partition has a mark (key `__partition__/<n>`): the
 position of the checkpoint and the partition's stream clock, with the clocks
 of the checkpoints before it. A key is a mark only when it is exactly that:
@@ -33,6 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from service.domain.state import SCHEMA_VERSION, OAState
 from service.log.base import Record
+from service.store.versions import is_void
 
 CHUNK_BYTES = 384 * 1024
 """Compressed bytes per chunk; base64 and the envelope keep a record under 512 KiB."""
@@ -60,6 +69,8 @@ class SnapshotChunk(BaseModel):
     encoding: Literal["zlib+base64"] = "zlib+base64"
     data: str
     """This shard's piece of the zlib-compressed JSON state document, in base64."""
+    index_upto: int = -1
+    """The index store's highest write id when this snapshot was taken."""
 
 
 class PartitionMark(BaseModel):
@@ -79,6 +90,10 @@ class PartitionMark(BaseModel):
     from an earlier checkpoint's position, the clock starts from what it was there."""
     written_ms: int | None = None
     """Wall time the checkpoint was written: a restored copy holds every record older."""
+    index_upto: int = -1
+    """The index store's highest write id this checkpoint includes."""
+    index_void: list[tuple[int, int]] = Field(default_factory=list)
+    """Write ids of the index store from checkpoints that never completed, `(a, b]`."""
 
     def clock_at(self, position: int) -> int | None:
         """The stream clock after the record at `position`, as well as the marks tell."""
@@ -100,25 +115,27 @@ def mark_key(partition: int) -> bytes:
     return f"{MARK_PREFIX}{partition}".encode()
 
 
-def encode_state(state: OAState, topic: str, partition: int) -> list[tuple[bytes, bytes]]:
-    """The (key, value) records of one snapshot of `state`."""
-    packed = zlib.compress(state.to_json(), 1)
-    state.clear_touched()
+def encode_state(
+    document: bytes, oa_id: str, position: int, topic: str, partition: int, index_upto: int
+) -> list[tuple[bytes, bytes]]:
+    """The (key, value) records of one snapshot: the OA's core document (`core_json`)."""
+    packed = zlib.compress(document, 1)
     pieces = [packed[i : i + CHUNK_BYTES] for i in range(0, len(packed), CHUNK_BYTES)] or [b""]
     return [
         (
-            state_key(state.oa_id, shard),
+            state_key(oa_id, shard),
             orjson.dumps(
                 {
                     "schema_version": SCHEMA_VERSION,
-                    "oa_id": state.oa_id,
+                    "oa_id": oa_id,
                     "topic": topic,
                     "partition": partition,
-                    "position": state.position,
+                    "position": position,
                     "shard": shard,
                     "shards": len(pieces),
                     "encoding": "zlib+base64",
                     "data": base64.b64encode(piece).decode(),
+                    "index_upto": index_upto,
                 }
             ),
         )
@@ -141,6 +158,8 @@ def encode_mark(
     clock_ms: int | None,
     history: list[tuple[int, int | None]],
     written_ms: int | None = None,
+    index_upto: int = -1,
+    index_void: list[tuple[int, int]] | None = None,
 ) -> bytes:
     """The mark of a checkpoint; `history` is the previous mark's `clocks` (or [])."""
     clocks = next_clocks(history, position, clock_ms)
@@ -153,6 +172,8 @@ def encode_mark(
             "clock_ms": clock_ms,
             "clocks": clocks,
             "written_ms": written_ms,
+            "index_upto": index_upto,
+            "index_void": index_void or [],
         }
     )
 
@@ -218,7 +239,13 @@ class Restorer:
 
     def result(self) -> Restored:
         restored = Restored(mark=self._mark, rebuild=set(self._unreadable))
+        upto = -1 if self._mark is None else self._mark.index_upto
+        void = [] if self._mark is None else self._mark.index_void
         for oa_id, chunks in self._complete.items():
+            index_upto = chunks[0].index_upto
+            if index_upto > upto or is_void(index_upto, void):
+                restored.rebuild.add(oa_id)  # its index entries are not in the store as it was
+                continue
             state = _decode(chunks)
             if state is None:
                 restored.rebuild.add(oa_id)

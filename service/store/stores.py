@@ -127,9 +127,15 @@ class IndexStore(abc.ABC):
 
     # -- reading ----------------------------------------------------------------------
 
+    @property
+    def broken(self) -> bool:
+        """A write failed: reads go on (the local entries are as before it), writes wait
+        until the store is opened again from the last mark."""
+        return self._state == "broken"
+
     def get(self, key: bytes) -> bytes | None:
         """The resolved value of `key`, or None; from the cache, else one point read."""
-        entries = self._live()  # a broken store's cached values may be ahead of it too
+        entries = self._readable()
         hit, value = self.cache.get(self._scope, key)
         if hit:
             return value
@@ -140,7 +146,7 @@ class IndexStore(abc.ABC):
 
     async def get_many(self, keys: Iterable[bytes]) -> dict[bytes, bytes | None]:
         """The resolved values of `keys`; those not cached are read on the store's thread."""
-        entries = self._live()
+        entries = self._readable()
         out: dict[bytes, bytes | None] = {}
         missing: list[bytes] = []
         for key in keys:
@@ -159,6 +165,19 @@ class IndexStore(abc.ABC):
             out.update(read)
         return out
 
+    async def entries_of(self, oa_id: str) -> dict[bytes, bytes]:
+        """Every entry of an OA the store holds, as resolved, all at once on the store's
+        thread: for inspecting an OA and for tests, not for serving."""
+        entries = self._readable()
+        prefix = oa_id.encode() + b"\x00"
+
+        def read() -> dict[bytes, bytes]:
+            keys = entries.keys_with_prefix(prefix, 1 << 62)
+            found = read_resolved(entries, keys, self.upto, list(self.void))
+            return {key: value for key, value in found.items() if value is not None}
+
+        return await self._on_thread(read)
+
     # -- writing ----------------------------------------------------------------------
 
     async def write(self, changes: Changes) -> int:
@@ -166,14 +185,37 @@ class IndexStore(abc.ABC):
         self._live()
         if not changes:
             return self.upto
-        rows = [(key, before, after, day) for key, (before, after, day) in changes.items()]
         async with self._lock:
-            with self._changing():
-                upto = await self._put_or_break(rows)
-                self.upto = max(self.upto, upto)
-                # Under the lock: a later write's values must not be cached over by this one's.
-                await self._cache_all((key, after) for key, (_, after, _) in changes.items())
+            await self._write_locked(changes)
         return self.upto
+
+    async def put(self, values: Mapping[bytes, tuple[bytes | None, int]]) -> int:
+        """Store the newest values (None: absent) and expiry days of entries durably, each
+        with what the store holds for it now as its `before`; an entry whose value is what
+        the store holds already is not written. `upto` for the caller's mark."""
+        entries = self._live()
+        async with self._lock:
+            keys = list(values)
+            before = await self._on_thread(
+                partial(read_resolved, entries, keys, self.upto, list(self.void))
+            )
+            changes = {
+                key: (before[key], after, day)
+                for key, (after, day) in values.items()
+                if before[key] != after
+            }
+            await self._write_locked(changes)
+        return self.upto
+
+    async def _write_locked(self, changes: Changes) -> None:
+        if not changes:
+            return
+        rows = [(key, before, after, day) for key, (before, after, day) in changes.items()]
+        with self._changing():
+            upto = await self._put_or_break(rows)
+            self.upto = max(self.upto, upto)
+            # Under the lock: a later write's values must not be cached over by this one's.
+            await self._cache_all((key, after) for key, (_, after, _) in changes.items())
 
     async def _put_or_break(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
         try:
@@ -192,6 +234,10 @@ class IndexStore(abc.ABC):
         entries = self._live()
         prefix = oa_id.encode() + b"\x00"
         return await self._delete_chosen(partial(entries.keys_with_prefix, prefix, PIECE))
+
+    async def clear(self) -> int:
+        """Delete every entry; how many."""
+        return await self.expire(2**31 - 1)  # every expiry day is before the last one
 
     async def _delete_chosen(self, choose: Callable[[], list[bytes]]) -> int:
         deleted = 0
@@ -236,6 +282,11 @@ class IndexStore(abc.ABC):
 
     def _live(self) -> LocalEntries:
         if self._state != "open" or self._entries is None:
+            raise LogUnavailable(f"index store {self.partition} is {self._state}; open it again")
+        return self._entries
+
+    def _readable(self) -> LocalEntries:
+        if self._state not in ("open", "broken") or self._entries is None:
             raise LogUnavailable(f"index store {self.partition} is {self._state}; open it again")
         return self._entries
 

@@ -104,7 +104,9 @@ async def load_snapshots(bootstrap: str, prefix: str, oas: int) -> None:
         state = small_state(n, moment)
         partition = log.partition_for(state.oa_id.encode())
         state.position = 0
-        for key, value in encode_state(state, log.topics.events, partition):
+        for key, value in encode_state(
+            state.core_json(), state.oa_id, 0, log.topics.events, partition, -1
+        ):
             pending.append((key, value, partition))
     for partition in range(PARTITIONS):
         pending.append(

@@ -47,7 +47,10 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
     else:
         log = EmbeddedLog(where, Topics(prefix), partitions)
     await log.start()
-    settings = Settings(rules={"clock": "stream"})
+    settings = Settings(
+        rules={"clock": "stream"},
+        processor={"state_dir": os.environ.get("ZNS_GATE_TEST_STATE_DIR", "var/state")},
+    )
     processor = Processor(
         log,
         settings,

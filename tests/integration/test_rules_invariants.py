@@ -246,9 +246,9 @@ async def start(opener: LogOpener) -> RunningService:
 async def live_and_replayed(service: RunningService) -> tuple[dict[str, Any], dict[str, Any]]:
     processor = service.client.app[PROCESSOR]
     live = {
-        oa_id: state.to_document()
+        oa_id: (await folder.whole(oa_id)).to_document()
         for folder in processor.folders.values()
-        for oa_id, state in folder.states.items()
+        for oa_id in folder.states
     }
     rebuilt = await replay(service.log, make_settings(**SETTINGS_SECTIONS), write=False)
     return live, {oa_id: state.to_document() for oa_id, state in rebuilt.states.items()}

@@ -32,8 +32,8 @@ def test_expiry_visits_only_the_buckets_that_expired() -> None:
     days = {f"k{i}": 10 + i % 5 for i in range(50)}
     index, visited = counting_index(days)
     index.expire_before(12)
-    assert sorted(index) == sorted(k for k, day in days.items() if day >= 12)
     assert sorted(visited) == sorted(k for k, day in days.items() if day < 12)
+    assert sorted(index) == sorted(k for k, day in days.items() if day >= 12)
     visited.clear()
     index.expire_before(12)
     assert visited == []
@@ -51,10 +51,10 @@ def test_a_value_whose_expiry_moved_forward_in_place_is_kept_then_expires_by_its
 
 
 def test_an_entry_kept_past_its_expiry_is_looked_at_again_by_the_next_expiry() -> None:
-    index: Index[int] = Index(lambda t: t // 10, {"old": 5, "held": 17, "new": 25})
-    index.expire_before(2, keep=lambda t: t >= 17)
+    index: Index[int] = Index(lambda t: t // 10, {"old": 5, "held": 17, "new": 25}, time=int)
+    index.expire_before(2, keep_from=17)
     assert sorted(index) == ["held", "new"]
-    index.expire_before(2, keep=lambda t: t >= 18)
+    index.expire_before(2, keep_from=18)
     assert sorted(index) == ["new"]
 
 

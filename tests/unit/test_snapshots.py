@@ -12,7 +12,7 @@ import pytest
 from service.domain.index import Index
 from service.domain.records import recipient_hash
 from service.domain.rules import ZBS_2026
-from service.domain.state import SCHEMA_VERSION, OAState
+from service.domain.state import SCHEMA_VERSION, OAState, index_key
 from service.log.base import Record
 from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
 from tests import feed
@@ -30,14 +30,17 @@ def records(pairs: list[tuple[bytes, bytes]]) -> list[Record]:
 def test_an_oa_is_restored_whatever_its_id_and_the_mark_too(oa_id: str) -> None:
     state = OAState.new(oa_id, ZBS_2026)
     state.position = 7
-    state.idempotency["key-1"] = [1, "0" * 64, {"granted": 1}]
-    pairs = encode_state(state, TOPIC, 0)
-    pairs.append((mark_key(0), encode_mark(TOPIC, 0, 7, 1234, [])))
+    state.daily_quota = 123
+    state.idempotency.expire_before(40, keep_from=9)
+    pairs = encode_state(state.core_json(), oa_id, state.position, TOPIC, 0, 5)
+    pairs.append((mark_key(0), encode_mark(TOPIC, 0, 7, 1234, [], None, 5, [])))
     restorer = Restorer(TOPIC, 0)
     restorer.add(records(pairs))
     restored = restorer.result()
     assert restored.rebuild == set()
-    assert restored.states[oa_id].idempotency == state.idempotency
+    again = restored.states[oa_id]
+    assert (again.position, again.daily_quota) == (7, 123)
+    assert (again.idempotency.limit, again.idempotency.keep_from) == (40, 9)
     assert restored.mark is not None
     assert (restored.mark.position, restored.mark.clock_ms) == (7, 1234)
 
@@ -76,16 +79,24 @@ def test_a_state_document_written_before_the_indexes_restores_to_an_equal_state(
     assert restored.idempotency.peek("k-1") == oa.state.idempotency.peek("k-1")
 
 
-def test_a_whole_snapshot_leaves_no_index_entry_to_write() -> None:
-    """Keys touched since the last checkpoint are what a checkpoint writes; a snapshot of
-    the whole state includes them all, so they do not pile up between snapshots."""
+def test_a_checkpoint_takes_the_index_entries_changed_since_the_last_one_and_only_those() -> None:
+    """Keys touched since the last checkpoint are what a checkpoint writes, each with its
+    value, or None when it is gone; the next checkpoint has only what changed after."""
     oa = Oa()
     oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
     oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2, recipient=OTHER))
     indexes = [getattr(oa.state, name) for name in OAState.SHARED_INDEXES]
     assert all(index.touched for index in indexes)
-    encode_state(oa.state, TOPIC, 0)
+    changes = oa.state.index_changes(48 * 3_600_000)
+    assert index_key(oa.state.oa_id, "messages", "m1") in changes
+    assert index_key(oa.state.oa_id, "idempotency", "k-1") in changes
+    assert all(value is not None for value, _ in changes.values())
     assert [index.touched for index in indexes] == [set()] * 4
+    assert oa.state.index_changes(48 * 3_600_000) == {}
+    del oa.state.messages["m1"]
+    assert oa.state.index_changes(48 * 3_600_000) == {
+        index_key(oa.state.oa_id, "messages", "m1"): (None, 0)
+    }
 
 
 @pytest.mark.parametrize(
