@@ -5,7 +5,9 @@ levels are checked after it. The rules themselves are in the modules beside this
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from service.domain.events import (
     ChangeOaDailyQuota,
@@ -14,7 +16,6 @@ from service.domain.events import (
     UserClickResponseButton,
     UserFeedback,
     UserReceivedMessage,
-    ZaloEvent,
 )
 from service.domain.fold.context import Run, to_ms
 from service.domain.fold.decoding import Item
@@ -43,17 +44,9 @@ def fold(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Chan
         if item.dedup_key in state.dedup:
             return run.changes
         state.dedup[item.dedup_key] = to_ms(at)
-    body = item.body
-    if isinstance(body, SendRecord):
-        send(run, body, at)
-    elif isinstance(body, AdmissionRecord):
-        admission(run, body, at)
-    elif isinstance(body, SyncRecord):
-        sync(run, body, at)
-    elif isinstance(body, CommandRecord):
-        command(run, body, at)
-    else:
-        _webhook(run, body, at)
+    rule = _RULES.get(type(item.body))
+    if rule is not None:
+        rule(run, item.body, at)
     check_oa_levels(run)
     return run.changes
 
@@ -73,26 +66,38 @@ def _bring_to_now(run: Run) -> None:
     end_pauses(run)
 
 
-def _webhook(run: Run, event: ZaloEvent, at: datetime) -> None:
-    if isinstance(event, UserReceivedMessage):
-        receipt(run, event, at)
-    elif isinstance(event, UserFeedback):
-        feedback(run, event, at)
-    elif isinstance(event, UserClickResponseButton):
-        quick_reply(run, event, at)
-    elif isinstance(event, ChangeTemplateStatus):
-        template = run.state.template(event.template_id)
-        set_status(
-            run,
-            template,
-            event.status.new_status,
-            at,
-            "zalo_change_template_status",
-            reason=event.reason,
-        )
-    elif isinstance(event, ChangeTemplateQuality):
-        template = run.state.template(event.template_id)
-        set_quality(run, template, event.quality, at, "zalo_change_template_quality")
-    elif isinstance(event, ChangeOaDailyQuota):
-        set_quota(run, event.quota.new_value, at, "zalo_change_oa_daily_quota")
-    # Other events (tags, journeys, chat) change nothing zns-gate models.
+def _template_status(run: Run, event: ChangeTemplateStatus, at: datetime) -> None:
+    template = run.state.template(event.template_id)
+    set_status(
+        run,
+        template,
+        event.status.new_status,
+        at,
+        "zalo_change_template_status",
+        reason=event.reason,
+    )
+
+
+def _template_quality(run: Run, event: ChangeTemplateQuality, at: datetime) -> None:
+    template = run.state.template(event.template_id)
+    set_quality(run, template, event.quality, at, "zalo_change_template_quality")
+
+
+def _daily_quota(run: Run, event: ChangeOaDailyQuota, at: datetime) -> None:
+    set_quota(run, event.quota.new_value, at, "zalo_change_oa_daily_quota")
+
+
+_RULES: dict[type, Callable[[Run, Any, datetime], None]] = {
+    SendRecord: send,
+    AdmissionRecord: admission,
+    SyncRecord: sync,
+    CommandRecord: command,
+    UserReceivedMessage: receipt,
+    UserFeedback: feedback,
+    UserClickResponseButton: quick_reply,
+    ChangeTemplateStatus: _template_status,
+    ChangeTemplateQuality: _template_quality,
+    ChangeOaDailyQuota: _daily_quota,
+}
+"""The rules each kind of record, and each Zalo event, goes to. Other events (tags,
+journeys, chat) change nothing zns-gate models."""

@@ -14,9 +14,23 @@ from service.domain.fold.context import Run, to_ms
 from service.domain.fold.grants import consume, give_back, promotion_used, settle_with_grant
 from service.domain.fold.signals import count_for_template, count_sent_ok, negative
 from service.domain.fold.tier import first_send, set_quota, set_remaining
-from service.domain.records import SendRecord
+from service.domain.records import SendOutcome, SendRecord
 from service.domain.state import Grant, Message, Recipient, Template
 from service.domain.windows import month_index
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One send outcome as a sender reported it, with what the fold found for it."""
+
+    outcome: SendOutcome
+    day: int
+    template: Template
+    tag: int | None
+    """The outcome's tag, else the one known for its template."""
+    grant: Grant | None
+    """The grant of the admission the outcome names, while the state keeps it."""
+    at: datetime
 
 
 def send(run: Run, record: SendRecord, at: datetime) -> None:
@@ -34,21 +48,11 @@ def send(run: Run, record: SendRecord, at: datetime) -> None:
         template.tag = outcome.tag
     tag = outcome.tag or template.tag
     grant = state.grants.get(outcome.admission_id) if outcome.admission_id else None
+    report = Report(outcome, day, template, tag, grant, at)
     if outcome.error == 0:
-        sent(
-            run,
-            outcome.msg_id,
-            message,
-            grant,
-            outcome.admission_id,
-            day,
-            template,
-            tag,
-            outcome.recipient,
-            at,
-        )
+        sent(run, report, message)
     else:
-        send_failed(run, outcome.error, grant, day, template, tag, outcome.recipient, at)
+        send_failed(run, report)
     if outcome.quota is not None:
         if "dailyQuota" in outcome.quota.model_fields_set:
             set_quota(run, outcome.quota.dailyQuota, at, "zalo_send_quota")
@@ -56,23 +60,14 @@ def send(run: Run, record: SendRecord, at: datetime) -> None:
             set_remaining(run, outcome.quota.remainingQuota, at)
 
 
-def sent(
-    run: Run,
-    msg_id: str | None,
-    message: Message | None,
-    grant: Grant | None,
-    admission_id: str | None,
-    day: int,
-    template: Template,
-    tag: int | None,
-    recipient: str | None,
-    at: datetime,
-) -> None:
-    state = run.state
+def sent(run: Run, report: Report, message: Message | None) -> None:
+    state, outcome = run.state, report.outcome
+    day, template, tag, grant, at = report.day, report.template, report.tag, report.grant, report.at
+    recipient = outcome.recipient
     first_send(run, day)
     signals_first = message is not None and message.template_id is None
-    if message is None and msg_id is not None:
-        message = state.messages[msg_id] = Message(day)
+    if message is None and outcome.msg_id is not None:
+        message = state.messages[outcome.msg_id] = Message(day)
     if message is not None:
         message.sent = True
         message.template_id = template.template_id
@@ -82,8 +77,8 @@ def sent(
             count_for_template(run, message, template, at)
     settled = (
         grant is not None
-        and admission_id is not None
-        and settle_with_grant(run, message, grant, admission_id, day)
+        and outcome.admission_id is not None
+        and settle_with_grant(run, message, grant, outcome.admission_id, day)
     )
     if not settled and (message is None or not (message.settled or message.consumed)):
         consume(run, day, 1)
@@ -104,109 +99,87 @@ def sent(
         state.suspended_reason = None
 
 
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A send that Zalo refused with `error`, as its effect needs it."""
-
-    error: int
-    day: int
-    template: Template
-    tag: int | None
-    person: Recipient | None
-    """The recipient named, if the send named one."""
-    at: datetime
-
-
-def send_failed(
-    run: Run,
-    error: int,
-    grant: Grant | None,
-    day: int,
-    template: Template,
-    tag: int | None,
-    recipient: str | None,
-    at: datetime,
-) -> None:
-    state = run.state
+def send_failed(run: Run, report: Report) -> None:
+    error, grant, recipient = report.outcome.error, report.grant, report.outcome.recipient
     if grant is not None and grant.open > 0:
         if error == -144:
             grant.settled += 1  # the unit stays used: Zalo says nothing remains
         else:
             give_back(run, grant, 1)
-    person = state.recipient(recipient, day) if recipient is not None else None
+    person = run.state.recipient(recipient, report.day) if recipient is not None else None
     effect = SEND_ERROR_EFFECTS.get(error)
     if effect is not None:
-        effect(run, Failure(error, day, template, tag, person, at))
+        effect(run, report, person)
 
 
-def _refused(run: Run, failure: Failure) -> None:
+def _refused(run: Run, report: Report, person: Recipient | None) -> None:
     """The user refused or blocked the OA: a negative signal, and the recipient opted out
     until a later send to them succeeds."""
-    if failure.person is not None:
-        failure.person.opted_out = True
-    negative(run, None, failure.template, failure.at, f"send_error_{failure.error}")
+    if person is not None:
+        person.opted_out = True
+    negative(run, None, report.template, report.at, f"send_error_{report.outcome.error}")
 
 
-def _daily_quota_exhausted(run: Run, failure: Failure) -> None:
+def _daily_quota_exhausted(run: Run, report: Report, person: Recipient | None) -> None:
     """Remaining today 0, until a later value from Zalo for today or the next day."""
-    run.state.exhausted_day, run.state.exhausted_at = failure.day, to_ms(failure.at)
+    run.state.exhausted_day, run.state.exhausted_at = report.day, to_ms(report.at)
 
 
-def _promotion_month_exhausted(run: Run, failure: Failure) -> None:
-    run.state.promo_exhausted_month = month_index(date.fromordinal(failure.day))
+def _promotion_month_exhausted(run: Run, report: Report, person: Recipient | None) -> None:
+    run.state.promo_exhausted_month = month_index(date.fromordinal(report.day))
 
 
-def _template_disabled(run: Run, failure: Failure) -> None:
+def _template_disabled(run: Run, report: Report, person: Recipient | None) -> None:
     """As Zalo's quality LOW, until Zalo reports the template's quality again."""
-    template = failure.template
+    template = report.template
     if not template.zalo_disabled:
         template.zalo_disabled = True
         run.change(
-            "template", "send_error_-146", "enabled", "disabled", failure.at, template.template_id
+            "template", "send_error_-146", "enabled", "disabled", report.at, template.template_id
         )
 
 
-def _template_day_exhausted(run: Run, failure: Failure) -> None:
-    failure.template.exhausted_day = failure.day
+def _template_day_exhausted(run: Run, report: Report, person: Recipient | None) -> None:
+    report.template.exhausted_day = report.day
 
 
-def _tag_blocked(run: Run, failure: Failure) -> None:
+def _tag_blocked(run: Run, report: Report, person: Recipient | None) -> None:
     """Until the next sync or the next day."""
-    if failure.tag is not None:
-        run.state.tag_blocked[str(failure.tag)] = failure.day
+    if report.tag is not None:
+        run.state.tag_blocked[str(report.tag)] = report.day
 
 
-def _not_eligible(run: Run, failure: Failure) -> None:
+def _not_eligible(run: Run, report: Report, person: Recipient | None) -> None:
     """Until a tag 1 or 2 send to the recipient succeeds."""
-    if failure.person is not None:
-        failure.person.not_eligible = True
+    if person is not None:
+        person.not_eligible = True
 
 
-def _promotion_limit_month(run: Run, failure: Failure) -> None:
-    if failure.person is not None:
-        failure.person.limit_month = month_index(date.fromordinal(failure.day))
+def _promotion_limit_month(run: Run, report: Report, person: Recipient | None) -> None:
+    if person is not None:
+        person.limit_month = month_index(date.fromordinal(report.day))
 
 
-def _promotion_limit_day(run: Run, failure: Failure) -> None:
-    if failure.person is not None:
-        failure.person.limit_day = failure.day
+def _promotion_limit_day(run: Run, report: Report, person: Recipient | None) -> None:
+    if person is not None:
+        person.limit_day = report.day
 
 
-def _night_restricted(run: Run, failure: Failure) -> None:
+def _night_restricted(run: Run, report: Report, person: Recipient | None) -> None:
     """No sends of the template 22:00-06:00."""
-    failure.template.night_restricted = True
+    report.template.night_restricted = True
 
 
-def _suspended(run: Run, failure: Failure) -> None:
+def _suspended(run: Run, report: Report, person: Recipient | None) -> None:
     """Until an operator resumes the OA or a later send succeeds."""
     state = run.state
     if not state.suspended:
-        rule = f"send_error_{failure.error}"
+        rule = f"send_error_{report.outcome.error}"
         state.suspended, state.suspended_reason = True, rule
-        run.change("suspension", rule, False, True, failure.at)
+        run.change("suspension", rule, False, True, report.at)
 
 
-SEND_ERROR_EFFECTS: dict[int, Callable[[Run, Failure], None]] = {
+SEND_ERROR_EFFECTS: dict[int, Callable[[Run, Report, Recipient | None], None]] = {
     -144: _daily_quota_exhausted,
     -1441: _promotion_month_exhausted,
     -146: _template_disabled,
