@@ -7,7 +7,7 @@ for 6 months (by the sha256 of the phone), and its grants. Days are kept as
 ordinals of the local calendar day and months as `month_index` values, so the
 state is plain numbers and strings and serialises to JSON as it is. The
 questions every reader asks (remaining today, the levels, the penalty
-threshold) are methods here; the changes are made by `fold.py`. No I/O.
+threshold) are methods here; the changes are made by `fold/`. No I/O.
 """
 
 from __future__ import annotations

@@ -6,8 +6,8 @@ from datetime import timedelta
 
 import pytest
 
-from service.domain import fold as fold_module
-from service.domain.fold import advance
+from service.domain.fold import advance, tier
+from service.domain.fold.context import Run
 from service.domain.records import recipient_hash
 from service.domain.state import OAState
 from tests import feed
@@ -35,7 +35,7 @@ def walked_and_jumped(days: int, monkeypatch: pytest.MonkeyPatch) -> tuple[Oa, O
     walked, jumped = busy_oa(), busy_oa()
     later = vn(plus(6 + days), 13)
     with monkeypatch.context() as m:
-        m.setattr(fold_module, "QUIET_DAYS", 10**9)  # every day changed, one by one
+        m.setattr(tier, "QUIET_DAYS", 10**9)  # every day changed, one by one
         walked.at(later)
     jumped.at(later)
     return walked, jumped
@@ -59,18 +59,18 @@ def test_a_jump_of_five_hundred_years_changes_a_bounded_number_of_days(
 ) -> None:
     oa = busy_oa()
     days: list[int] = []
-    original = fold_module._Fold.day_change
+    original = tier.day_change
 
-    def counted(self: fold_module._Fold, day: int) -> None:
+    def counted(run: Run, day: int) -> None:
         days.append(day)
-        original(self, day)
+        original(run, day)
 
-    monkeypatch.setattr(fold_module._Fold, "day_change", counted)
+    monkeypatch.setattr(tier, "day_change", counted)
     far = vn(plus(6).replace(year=2526), 13)
     advance(oa.state, far, oa.policy)
     assert oa.state.today == oa.policy.day(far)
     assert days[-1] == oa.policy.day(far)
-    assert len(days) <= fold_module.QUIET_DAYS + 1
+    assert len(days) <= tier.QUIET_DAYS + 1
     assert oa.state.recipients == {}
     assert oa.state.messages == {}
 

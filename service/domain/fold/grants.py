@@ -1,0 +1,149 @@
+"""Grants and admissions: what an admission consumes when it is made, the first answer
+kept under its idempotency key, the units that go back when no send reported them within
+`grant_ttl`, and how sends and receipts settle a grant's units.
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+from datetime import date, datetime
+
+from service.domain.admission import compact
+from service.domain.fold.context import Run, to_ms
+from service.domain.fold.tier import first_send
+from service.domain.records import AdmissionRecord
+from service.domain.state import Grant, Message
+from service.domain.windows import DailyCounts, month_index
+
+
+def admission(run: Run, record: AdmissionRecord, at: datetime) -> None:
+    state = run.state
+    # The first answer under a key is the answer, kept compact (a record written before
+    # answers were compact may name every denied recipient).
+    state.idempotency.setdefault(
+        record.idempotency_key,
+        [to_ms(at), record.request_hash, compact(record.answer).model_dump(mode="json")],
+    )
+    granted = record.answer.granted
+    if granted == 0 or record.admission_id in state.grants:
+        return
+    day = run.policy.day(at)
+    first_send(run, day)
+    state.grants[record.admission_id] = Grant(
+        day, record.tag, record.template_id, granted, to_ms(at)
+    )
+    state.open_grants.append(record.admission_id)
+    consume(run, day, granted)
+    state.granted.setdefault(str(record.tag), DailyCounts()).add(day, granted)
+    template = state.template(record.template_id)
+    if template.tag is None:
+        template.tag = record.tag
+    if record.tag == 3:
+        promotion_used(run, day, granted, record.granted_recipients)
+
+
+def consume(run: Run, day: int, units: int) -> None:
+    run.state.consumed.add(day, units)
+
+
+def promotion_used(run: Run, day: int, units: int, recipients: list[str]) -> None:
+    """Tag-3 units taken from the month's promotion quota, and from each recipient's day
+    and month."""
+    state = run.state
+    month = month_index(date.fromordinal(day))
+    state.promo_used_month.add(month, units)
+    if state.first_tag3_month is None or month < state.first_tag3_month:
+        state.first_tag3_month = month
+    for key in recipients:
+        person = state.recipient(key, day)
+        if person.promo_day != day:
+            person.promo_day, person.promo_day_count = day, 0
+        if person.promo_month != month:
+            person.promo_month, person.promo_month_count = month, 0
+        person.promo_day_count += 1
+        person.promo_month_count += 1
+
+
+def expire_grants(run: Run) -> None:
+    """Granted units no send has reported within `grant_ttl` go back.
+
+    `open_grants` is in the order the grants were made, which is their time order
+    (one owner decides an OA's admissions one after the other), so only its front
+    is looked at: closed grants leave it there, expired ones give their units back.
+    """
+    state = run.state
+    cutoff = to_ms(run.now - run.thresholds.grant_ttl)
+    waiting = state.open_grants
+    while waiting:
+        grant = state.grants.get(waiting[0])
+        if grant is not None and grant.open > 0:
+            if grant.at_ms > cutoff:
+                return
+            # A new Grant, not a change to the old: copies of the state made to answer
+            # a request share their grants with the live state (`served_copy`).
+            grant = state.grants[waiting[0]] = dataclasses.replace(grant)
+            give_back(run, grant, grant.open)
+        waiting.pop(0)
+
+
+def reopen(run: Run, admission_id: str, grant: Grant) -> None:
+    """A grant has an open unit again: it expires in its turn, by its time."""
+    waiting = run.state.open_grants
+    if admission_id in waiting:
+        return
+    grants = run.state.grants
+    times = [grants[k].at_ms if k in grants else 0 for k in waiting]
+    waiting.insert(bisect.bisect_right(times, grant.at_ms), admission_id)
+
+
+def give_back(run: Run, grant: Grant, units: int) -> None:
+    state = run.state
+    grant.returned += units
+    state.consumed.add(grant.day, -units)
+    if grant.day == state.zalo_remaining_day and grant.at_ms <= state.zalo_remaining_at:
+        # Zalo's figure never counted these unsent units: their going back raises nothing.
+        state.zalo_remaining_base -= units
+    state.granted[str(grant.tag)].add(grant.day, -units)
+    if grant.tag == 3:
+        state.promo_used_month.add(month_index(date.fromordinal(grant.day)), -units)
+
+
+def settle_unsent(run: Run, message: Message, day: int) -> None:
+    """A receipt with no send record: it settles one open unit of that day's grants,
+    or, with none open, consumes a unit itself (DESIGN.md 3). Which grant it was is
+    not known, so the message does not take the grant's template or tag."""
+    grants = run.state.grants
+    for admission_id in run.state.open_grants:
+        grant = grants.get(admission_id)
+        if grant is not None and grant.day == day and grant.open > 0:
+            grant.settled += 1
+            message.settled = admission_id
+            return
+    consume(run, day, 1)
+    message.consumed = True
+
+
+def settle_with_grant(
+    run: Run, message: Message | None, grant: Grant, admission_id: str, day: int
+) -> bool:
+    """A send that names its admission uses that grant and consumes nothing more; False
+    when the grant has no unit left (it went back, or others settled them all): the send
+    then counts as one without an admission, and what its receipt took is undone."""
+    if message is not None and message.settled == admission_id:
+        return True
+    if message is not None and message.settled is not None:
+        earlier = run.state.grants.get(message.settled)
+        if earlier is not None:
+            earlier.settled -= 1  # the receipt guessed another grant; move the unit
+            reopen(run, message.settled, earlier)
+        message.settled = None
+    elif message is not None and message.consumed:
+        consume(run, message.day, -1)  # the receipt had consumed a unit for it
+        message.consumed = False
+    if grant.open <= 0:
+        return False
+    grant.settled += 1
+    if message is not None:
+        message.settled = admission_id
+    return True
