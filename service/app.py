@@ -17,12 +17,16 @@ from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
 from service.api.routing import advertised_url, forwarded_middleware
 from service.config import Settings
-from service.http import LOG, PROCESSOR, SETTINGS, error_response, errors_middleware, json_response
+from service.http import LOG, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
 from service.log.base import EventLog, LogUnavailable
 from service.metrics import REGISTRY
+from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
+
+PROCESSOR = web.AppKey("processor", Processor)
+"""This instance's processor, for its lifetime and readiness (the API uses `OWNED`)."""
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -87,6 +91,7 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
         )
         await processor.start()
         app[PROCESSOR] = processor
+        app[OWNED] = processor.owned
         yield
         await processor.close()
 

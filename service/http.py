@@ -15,11 +15,9 @@ from aiohttp import web
 from service.config import Settings
 from service.log.base import EventLog, LogUnavailable
 from service.logsetup import get_logger
-from service.processor.runner import Processor
 
 SETTINGS = web.AppKey("settings", Settings)
 LOG = web.AppKey("log", EventLog)
-PROCESSOR = web.AppKey("processor", Processor)
 
 _log = get_logger("http")
 

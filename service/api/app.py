@@ -18,10 +18,7 @@ import asyncio
 import hashlib
 import hmac
 import re
-import uuid
-import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, TypeVar
 
@@ -35,36 +32,29 @@ from pydantic import (
 from service.api import views
 from service.api.models import AdmissionBody, SendsBody, SyncBody
 from service.api.openapi import document
-from service.api.routing import (
-    SERVED_BY,
-    STALENESS,
-    Forward,
-    Forwarder,
-    OwnerUnreachable,
-    advertised_url,
-)
-from service.domain.admission import AdmissionRequest, decide
-from service.domain.fold import advance
-from service.domain.records import (
-    AdmissionAnswer,
-    AdmissionRecord,
-    CommandRecord,
-    SendOutcome,
-    SendRecord,
-)
+from service.api.routing import SERVED_BY, STALENESS, Forwarder, OwnerUnreachable, advertised_url
+from service.domain.records import CommandRecord, SendOutcome
 from service.domain.state import OAState, Policy
 from service.domain.windows import next_day_start
-from service.http import LOG, PROCESSOR, SETTINGS, Handler, error_response, json_response
-from service.log.base import Position, Record
+from service.http import LOG, SETTINGS, Handler, error_response, json_response
+from service.log.base import Position
 from service.logsetup import get_logger
-from service.metrics import ADMISSION_UNITS
-from service.processor.folding import PartitionFolder
+from service.processor.owned import (
+    OWNED,
+    Admitted,
+    Ask,
+    OwnedStates,
+    Owner,
+    Unserved,
+    View,
+)
 
 _log = get_logger("api")
 
 FORWARDER = web.AppKey("forwarder", Forwarder)
 
 BodyT = TypeVar("BodyT", bound=BaseModel)
+T = TypeVar("T")
 
 PREFIX = "/v1/"
 
@@ -122,14 +112,6 @@ def _unauthorised(request: web.Request) -> web.Response | None:
 # --- the owner's state ----------------------------------------------------------------------
 
 
-class NotServed(Exception):
-    """This instance cannot answer for the OA now."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-
-
 _PATH_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
@@ -146,83 +128,37 @@ def _oa_id(request: web.Request) -> str:
     return _path_id(request, "oa_id")
 
 
-@dataclass(frozen=True)
-class Served:
-    """An OA's state as this instance can answer for it, brought to `now` (a copy)."""
-
-    state: OAState
-    now: datetime
-    policy: Policy
-    staleness_ms: int | None
-    """None: the owner's current state; else how much older than now it may be."""
+_DISABLED = Unserved("processor_disabled", "this instance runs no processor")
 
 
-@dataclass(frozen=True)
-class Held:
-    """The OA's partition is held here: its folder, and how stale it may be (ms; None:
-    the owner's current state)."""
-
-    folder: PartitionFolder
-    staleness_ms: int | None
+def _owned(request: web.Request) -> OwnedStates | None:
+    return request.app.get(OWNED)
 
 
-def _where(request: web.Request, oa_id: str, *, admit: bool) -> Held | Forward:
-    """Answer here (from the states held here) or forward to the OA's owner; NotServed
-    when neither can be done now. An admission is decided only from current state, by
-    an owner in contact with its group; a read may come from a copy."""
-    processor = request.app.get(PROCESSOR)
-    if processor is None:
-        raise NotServed("processor_disabled", "this instance runs no processor")
-    partition = request.app[LOG].partition_for(oa_id.encode())
-    held = processor.reader(partition)
-    if held is not None and not (admit and partition not in processor.folders):
-        folder, staleness_ms = held
-        if admit and staleness_ms is not None:
-            raise NotServed("restoring", f"partition {partition} is moving to this instance")
-        if admit and not processor.in_contact():
-            raise NotServed(
-                "out_of_contact", "this instance has lost contact with its group; not granting"
-            )
-        return Held(folder, staleness_ms)
-    # Not held here, or only as a copy of a revoked partition: an admission goes to the owner.
-    owner = processor.owner_of(partition)
-    if owner is None or owner == request.app[FORWARDER].address:
-        raise NotServed("restoring", f"partition {partition} is not served yet")
-    if request.app[FORWARDER].was_forwarded(request):
-        raise NotServed("not_owner", f"partition {partition} moved; ask again")
-    return Forward(owner)
+def _routed(request: web.Request, found: T) -> T | Unserved:
+    """A forwarded request is never forwarded again: its owner moved meanwhile."""
+    if isinstance(found, Owner) and request.app[FORWARDER].was_forwarded(request):
+        return Unserved("not_owner", f"partition {found.partition} moved; ask again")
+    return found
 
 
-def _served(request: web.Request, oa_id: str, held: Held) -> Served:
-    """A copy of the OA's state brought to now (the live state only changes by folding)."""
-    policy = request.app[PROCESSOR].policies.for_oa(oa_id)
-    live = held.folder.states.get(oa_id)
-    state = live.served_copy() if live is not None else OAState.new(oa_id, policy.rules)
-    now = held.folder.now()
-    advance(state, now, policy)
-    return Served(state, now, policy, held.staleness_ms)
+def _not_served(unserved: Unserved) -> web.Response:
+    return error_response(503, unserved.code, unserved.message, {"Retry-After": "1"})
 
 
-def _locate(request: web.Request, oa_id: str, *, admit: bool) -> Served | Forward:
-    where = _where(request, oa_id, admit=admit)
-    return where if isinstance(where, Forward) else _served(request, oa_id, where)
-
-
-def _not_served(exc: NotServed) -> web.Response:
-    return error_response(503, exc.code, str(exc), {"Retry-After": "1"})
-
-
-def _answer(request: web.Request, body: object, served: Served, **headers: str) -> web.Response:
+def _answer(
+    request: web.Request, body: object, staleness_ms: int | None, **headers: str
+) -> web.Response:
     """A JSON answer given here, saying by whom and, for a copy, how stale it may be."""
     extra = {SERVED_BY: request.app[FORWARDER].address or "unknown", **headers}
-    if served.staleness_ms is not None:
-        extra[STALENESS] = str(served.staleness_ms)
+    if staleness_ms is not None:
+        extra[STALENESS] = str(staleness_ms)
     return json_response(body, headers=extra)
 
 
-async def _forward(request: web.Request, forward: Forward, body: bytes = b"") -> web.Response:
+async def _forward(request: web.Request, owner: Owner, body: bytes = b"") -> web.Response:
     try:
-        return await request.app[FORWARDER].forward(request, forward.address, body)
+        return await request.app[FORWARDER].forward(request, owner.address, body)
     except OwnerUnreachable as exc:
         return error_response(503, "owner_unreachable", str(exc), {"Retry-After": "1"})
 
@@ -230,16 +166,19 @@ async def _forward(request: web.Request, forward: Forward, body: bytes = b"") ->
 # --- reads ------------------------------------------------------------------------------------
 
 
-async def _reading(request: web.Request) -> Served | web.Response:
+async def _reading(request: web.Request) -> View | web.Response:
     """The OA's state to answer a read from here, or the answer already: the owner's
     (forwarded there) or a 503."""
-    try:
-        served = _locate(request, _oa_id(request), admit=False)
-    except NotServed as exc:
-        return _not_served(exc)
-    if isinstance(served, Forward):
-        return await _forward(request, served)
-    return served
+    oa_id = _oa_id(request)
+    owned = _owned(request)
+    if owned is None:
+        return _not_served(_DISABLED)
+    found = _routed(request, owned.read(oa_id))
+    if isinstance(found, Unserved):
+        return _not_served(found)
+    if isinstance(found, Owner):
+        return await _forward(request, found)
+    return found
 
 
 def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
@@ -249,7 +188,8 @@ def _read(view: Callable[[OAState, datetime, Policy], object]) -> Handler:
         served = await _reading(request)
         if isinstance(served, web.Response):
             return served
-        return _answer(request, view(served.state, served.now, served.policy), served)
+        body = view(served.state, served.now, served.policy)
+        return _answer(request, body, served.staleness_ms)
 
     return handle
 
@@ -264,31 +204,23 @@ async def get_templates(request: web.Request) -> web.Response:
         found = state.templates.get(wanted)
         if found is None:
             return error_response(404, "unknown_template", "no record names this template")
-        return _answer(request, views.template(found, now, policy), served)
+        return _answer(request, views.template(found, now, policy), served.staleness_ms)
     body = {"templates": [views.template(t, now, policy) for t in state.templates.values()]}
-    return _answer(request, body, served)
+    return _answer(request, body, served.staleness_ms)
 
 
 async def list_oas(request: web.Request) -> web.Response:
     """Every OA the group holds: this instance's, and (unless this request was forwarded
     here) every other owner's, asked in parallel."""
-    processor = request.app.get(PROCESSOR)
-    if processor is None:
-        return _not_served(NotServed("processor_disabled", "this instance runs no processor"))
-    out = []
-    partitions = sorted(processor.ready())
-    for partition in partitions:
-        folder = processor.folders[partition]
-        now = folder.now()
-        for oa_id in sorted(folder.states):
-            # Read as it is (no copy brought to now, which would cost a copy per OA): a
-            # day change not yet applied shows at the OA's next record or query.
-            policy = processor.policies.for_oa(oa_id)
-            out.append(views.summary(folder.states[oa_id], now, policy))
+    owned = _owned(request)
+    if owned is None:
+        return _not_served(_DISABLED)
+    held = owned.listing(views.summary)
+    out, partitions = held.oas, held.partitions
     forwarder = request.app[FORWARDER]
     unreachable: list[str] = []
     if not forwarder.was_forwarded(request):
-        others = sorted(set(processor.owners().values()) - {forwarder.address or ""})
+        others = owned.other_owners()
         answers = await asyncio.gather(
             *(forwarder.forward(request, address, b"") for address in others),
             return_exceptions=True,
@@ -396,6 +328,10 @@ def _time_refused(request: web.Request, times: list[tuple[str, str]]) -> web.Res
     return None
 
 
+def _publish_deadline(request: web.Request) -> float:
+    return request.app[SETTINGS].receiver.publish_deadline_s
+
+
 async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> Position:
     log = request.app[LOG]
     return await log.append(
@@ -403,68 +339,22 @@ async def _append(request: web.Request, oa_id: str, kind: str, value: bytes) -> 
         oa_id.encode(),
         value,
         (("kind", kind.encode()),),
-        timeout_s=request.app[SETTINGS].receiver.publish_deadline_s,
+        timeout_s=_publish_deadline(request),
     )
 
 
-_UNFOLDED_SENDS = web.AppKey("unfolded_sends", weakref.WeakKeyDictionary)
-"""Per partition: the dedup keys of sends appended here that the processor has not folded
-yet -> their offset. A repeat that arrives before the fold is a duplicate too."""
-
-
-def _unfolded_sends(request: web.Request, folder: PartitionFolder) -> dict[str, int]:
-    """The partition's sends appended but not folded yet; the folded ones leave it (they
-    are in the OA's state by then). Keys go in in about offset order, so only the front
-    is looked at."""
-    by_folder: weakref.WeakKeyDictionary[PartitionFolder, dict[str, int]]
-    by_folder = request.app[_UNFOLDED_SENDS]
-    unfolded = by_folder.setdefault(folder, {})  # a partition restored again starts afresh
-    while unfolded:
-        key, offset = next(iter(unfolded.items()))
-        if offset > folder.position:
-            break
-        del unfolded[key]
-    return unfolded
-
-
-def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:
-    """The keys of a send among the unfolded ones: its tracking id, and its message."""
-    message = None if item.msg_id is None else f"{oa_id}/msg:{item.msg_id}"
-    return f"{oa_id}/send:{item.tracking_id}", message
-
-
-def _recorded(state: OAState | None, item: SendOutcome) -> bool:
-    """The OA's dedup index already has the send, by its tracking id or its message."""
-    if state is None:
-        return False
-    if "send:" + item.tracking_id in state.dedup:
-        return True
-    message = state.messages.peek(item.msg_id) if item.msg_id is not None else None
-    return message is not None and message.sent
-
-
-async def _unless_owner(request: web.Request, oa_id: str) -> web.Response | None:
-    """None when this instance owns the OA and may decide for it now; otherwise the answer:
-    the owner's (the request forwarded there) or a 503."""
-    try:
-        where = _where(request, oa_id, admit=True)
-    except NotServed as exc:
-        return _not_served(exc)
-    if isinstance(where, Forward):
-        return await _forward(request, where, await request.read())
-    return None
-
-
-def _still_owner(request: web.Request, oa_id: str) -> Held | web.Response:
-    """The OA's partition, asked again once its lock is held (the wait may have moved it):
-    held here, or a 503 to ask again."""
-    try:
-        where = _where(request, oa_id, admit=True)
-    except NotServed as exc:
-        return _not_served(exc)
-    if isinstance(where, Forward):
-        return _not_served(NotServed("not_owner", "the OA's partition moved; ask again"))
-    return where
+async def _unless_owner(request: web.Request, oa_id: str) -> OwnedStates | web.Response:
+    """The OA's states when this instance owns the OA and may decide for it now; otherwise
+    the answer: the owner's (the request forwarded there) or a 503."""
+    owned = _owned(request)
+    if owned is None:
+        return _not_served(_DISABLED)
+    found = _routed(request, owned.where(oa_id, admit=True))
+    if isinstance(found, Unserved):
+        return _not_served(found)
+    if isinstance(found, Owner):
+        return await _forward(request, found, await request.read())
+    return owned
 
 
 async def post_sends(request: web.Request) -> web.Response:
@@ -484,54 +374,17 @@ async def post_sends(request: web.Request) -> web.Response:
     times = [(f"sends.{i}.sent_time", item.sent_time) for i, item in enumerate(body.sends)]
     if (refused := _time_refused(request, times)) is not None:
         return refused
-    if (elsewhere := await _unless_owner(request, oa_id)) is not None:
-        return elsewhere
-    processor = request.app[PROCESSOR]
-    partition = request.app[LOG].partition_for(oa_id.encode())
-    accepted = duplicates = 0
-    # The admissions' guard: a revocation waits for these appends, so the next owner reads them.
-    async with _lock(request, "sends:" + oa_id), processor.admitting(partition):
-        held = _still_owner(request, oa_id)
-        if isinstance(held, web.Response):
-            return held
-        unfolded = _unfolded_sends(request, held.folder)
-        state = held.folder.states.get(oa_id)
-        seen: set[str] = set()  # this request's own keys
-        new: list[tuple[str, str | None, bytes]] = []
-        for item in body.sends:
-            # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
-            outcome = SendOutcome.model_validate(item.model_dump(exclude_unset=True))
-            tracking, message = _send_keys(oa_id, outcome)
-            if (
-                tracking in unfolded
-                or tracking in seen
-                or (message is not None and (message in unfolded or message in seen))
-                or _recorded(state, outcome)
-            ):
-                duplicates += 1
-                continue
-            sent = message if outcome.error == 0 else None  # a failed send sends no message
-            seen.update(key for key in (tracking, sent) if key is not None)
-            record = SendRecord(oa_id=oa_id, send=outcome)
-            new.append((tracking, sent, record.model_dump_json(exclude_unset=True).encode()))
-        # Appended together: each append takes its place in the log before it waits, so the
-        # records keep their order and a report of many sends costs about one durable write.
-        results = await asyncio.gather(
-            *(_append(request, oa_id, "send", value) for _, _, value in new),
-            return_exceptions=True,
-        )
-        failed: BaseException | None = None
-        for (tracking, sent, _), result in zip(new, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or result
-                continue
-            unfolded[tracking] = result.offset
-            if sent is not None:
-                unfolded[sent] = result.offset
-            accepted += 1
-        if failed is not None:
-            raise failed  # what did land is known now: a retry finds it a duplicate
-    return json_response({"accepted": accepted, "duplicates": duplicates})
+    owned = await _unless_owner(request, oa_id)
+    if isinstance(owned, web.Response):
+        return owned
+    # Only the fields given: an explicit `"dailyQuota": null` (unlimited) must survive.
+    outcomes = [
+        SendOutcome.model_validate(item.model_dump(exclude_unset=True)) for item in body.sends
+    ]
+    recorded = await owned.record_sends(oa_id, outcomes, timeout_s=_publish_deadline(request))
+    if isinstance(recorded, Unserved):
+        return _not_served(recorded)
+    return json_response({"accepted": recorded.accepted, "duplicates": recorded.duplicates})
 
 
 async def post_sync(request: web.Request) -> web.Response:
@@ -572,26 +425,9 @@ async def post_template_resume(request: web.Request) -> web.Response:
     return await _command(request, "resume_template", _path_id(request, "template_id"))
 
 
-_LOCKS = web.AppKey("admission_locks", weakref.WeakValueDictionary)
-
-
-def _lock(request: web.Request, oa_id: str) -> asyncio.Lock:
-    """The OA's admission lock. Held weakly: it lives while requests hold or wait for it,
-    then goes, so that idle OAs cost nothing here."""
-    locks: weakref.WeakValueDictionary[str, asyncio.Lock] = request.app[_LOCKS]
-    lock = locks.get(oa_id)
-    if lock is None:
-        lock = locks[oa_id] = asyncio.Lock()
-    return lock
-
-
 async def post_admissions(request: web.Request) -> web.Response:
-    """Decide, append the decision, apply it to the owner's state, answer (DESIGN.md 5).
-
-    Decisions for one OA are made one at a time, so concurrent requests never grant
-    more than remains. The same idempotency key with the same body gets the first
-    answer again (also after a restart: the key is kept in the OA's state).
-    """
+    """Decide, append the decision, apply it to the owner's state, answer (DESIGN.md 5):
+    the OA's owner does all of it, one decision of the OA at a time."""
     oa_id = _oa_id(request)
     try:
         body = await _body(request, AdmissionBody)
@@ -604,81 +440,30 @@ async def post_admissions(request: web.Request) -> web.Response:
     request_hash = hashlib.sha256(
         orjson.dumps(body.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
     ).hexdigest()
-    if (elsewhere := await _unless_owner(request, oa_id)) is not None:
-        return elsewhere
-    processor = request.app[PROCESSOR]
-    partition = request.app[LOG].partition_for(oa_id.encode())
-    async with _lock(request, oa_id), processor.admitting(partition):
-        held = _still_owner(request, oa_id)
-        if isinstance(held, web.Response):
-            return held
-        served = _served(request, oa_id, held)
-        state, now, policy = served.state, served.now, served.policy
-        earlier = state.idempotency.peek(body.idempotency_key)
-        if earlier is not None:
-            if earlier[1] != request_hash:
-                return error_response(
-                    409, "idempotency_conflict", "this idempotency_key was used with another body"
-                )
-            return _admission_response(request, earlier[2], served)
-        template = state.templates.get(body.template_id)
-        tag = body.tag or (template.tag if template is not None else None)
-        if tag is None:
-            return error_response(
-                422, "tag_required", "the template's tag is not known: give `tag`"
-            )
-        recipients = tuple(body.recipients or ())
-        wanted = AdmissionRequest(
-            body.template_id, tag, recipients, len(recipients) or body.count or 1
-        )
-        admission_id = uuid.uuid4().hex
-        decided = decide(state, wanted, now, policy, admission_id)
-        _count_units(decided.answer)
-        record = AdmissionRecord(
-            oa_id=oa_id,
-            admission_id=admission_id,
-            idempotency_key=body.idempotency_key,
-            request_hash=request_hash,
-            template_id=body.template_id,
-            tag=tag,
-            granted_recipients=decided.granted_recipients,
-            at=str(int(now.timestamp() * 1000)),
-            answer=decided.answer,
-        )
-        value = record.model_dump_json().encode()
-        headers = (("kind", b"admission"),)
-        log = request.app[LOG]
-        position = await log.append(
-            log.topics.events,
-            oa_id.encode(),
-            value,
-            headers,
-            timeout_s=request.app[SETTINGS].receiver.publish_deadline_s,
-        )
-        processor.apply_ahead(
-            Record(
-                position.topic, position.partition, position.offset, oa_id.encode(), value, headers
-            )
-        )
-    return _admission_response(request, decided.answer.model_dump(mode="json"), served)
+    owned = await _unless_owner(request, oa_id)
+    if isinstance(owned, web.Response):
+        return owned
+    recipients = tuple(body.recipients or ())
+    ask = Ask(
+        body.template_id, body.tag, recipients, body.count, body.idempotency_key, request_hash
+    )
+    admitted = await owned.admit(oa_id, ask, timeout_s=_publish_deadline(request))
+    if isinstance(admitted, Unserved):
+        return _not_served(admitted)
+    if not isinstance(admitted, Admitted):
+        return error_response(admitted.status, admitted.code, admitted.message)
+    return _admission_response(request, admitted)
 
 
-def _count_units(answer: AdmissionAnswer) -> None:
-    if answer.granted:
-        ADMISSION_UNITS.labels("granted").inc(answer.granted)
-    for denial in answer.denied:
-        ADMISSION_UNITS.labels(denial.reason).inc(denial.count)
-
-
-def _admission_response(
-    request: web.Request, answer: dict[str, Any], served: Served
-) -> web.Response:
-    remaining = answer.get("remaining")
-    reset = int((next_day_start(served.now, served.policy.zone) - served.now).total_seconds())
+def _admission_response(request: web.Request, admitted: Admitted) -> web.Response:
+    now, zone = admitted.now, admitted.policy.zone
+    remaining = admitted.answer.get("remaining")
+    reset = int((next_day_start(now, zone) - now).total_seconds())
     headers = {"X-RateLimit-Reset": str(max(reset, 0))}
     if remaining is not None:
         headers["X-RateLimit-Remaining"] = str(remaining)
-    return _answer(request, answer, served, **headers)
+    # An admission is decided only from the owner's current state: never stale.
+    return _answer(request, admitted.answer, None, **headers)
 
 
 async def get_openapi(_: web.Request) -> web.Response:
@@ -688,8 +473,6 @@ async def get_openapi(_: web.Request) -> web.Response:
 
 def add_routes(app: web.Application) -> None:
     settings = app[SETTINGS]
-    app[_LOCKS] = weakref.WeakValueDictionary()
-    app[_UNFOLDED_SENDS] = weakref.WeakKeyDictionary()
     app[FORWARDER] = Forwarder(advertised_url(settings), settings.api.forward_timeout_s)
 
     async def close_forwarder(app: web.Application) -> None:

@@ -28,7 +28,6 @@ import hashlib
 import hmac
 import socket
 import time
-from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
@@ -122,13 +121,6 @@ def _unverified() -> web.Response:
         "invalid_forward_signature",
         "a forwarded request must be signed, recently, with the cluster's secret",
     )
-
-
-@dataclass(frozen=True)
-class Forward:
-    """Answer by forwarding to the instance at `address`."""
-
-    address: str
 
 
 class Forwarder:

@@ -7,11 +7,13 @@ Times are ISO 8601 in the configured zone.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import date, datetime
 from typing import Any
 
 from service.domain.admission import grantable
-from service.domain.governor import governor
+from service.domain.forecast import forecast, next_evaluation
+from service.domain.governor import Limit, governor
 from service.domain.scoring import Level, score
 from service.domain.state import WINDOW_7D, WINDOW_48H, OAState, Policy, Template
 from service.domain.windows import day_start, next_day_start
@@ -25,38 +27,34 @@ def _iso_day(day: int | None, policy: Policy) -> str | None:
     return day_start(date.fromordinal(day), policy.zone).isoformat()
 
 
+def _iso(moment: datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
 def allowed_tags(state: OAState, now: datetime, policy: Policy) -> list[int]:
     """The tags the OA may send now, by Zalo's rules and its send errors."""
     today = policy.day(now)
     return [tag for tag in TAGS if state.tag_allowed(tag, today)]
 
 
-def by_tag(state: OAState, now: datetime, policy: Policy) -> dict[str, int | None]:
+def by_tag(
+    state: OAState, now: datetime, policy: Policy, limits: Mapping[int, Limit]
+) -> dict[str, int | None]:
     """What each tag may still be granted today, after the governor (None: no limit)."""
-    return {str(tag): grantable(state, tag, now, policy) for tag in TAGS}
+    return {str(tag): grantable(state, tag, now, policy, limits) for tag in TAGS}
 
 
-def next_evaluation(state: OAState, now: datetime, policy: Policy) -> datetime | None:
-    """When the next tier evaluation may run: a day change after the wait and D+8."""
-    if state.first_send_day is None:
-        return None
-    t = policy.thresholds
-    due = state.first_send_day + t.first_evaluation_days
-    if state.tier_changed_day is not None:
-        due = max(due, state.tier_changed_day + t.wait_days)
-    due = max(due, policy.day(now) + 1)
-    return day_start(date.fromordinal(due), policy.zone)
-
-
-def penalties(state: OAState, now: datetime, policy: Policy) -> list[dict[str, Any]]:
-    """The limits in force now, each with its reason."""
+def penalties(
+    state: OAState, now: datetime, policy: Policy, limits: Mapping[int, Limit]
+) -> list[dict[str, Any]]:
+    """The limits in force now, each with its reason; `limits`: the governor's."""
     out: list[dict[str, Any]] = []
     if state.suspended:
         out.append({"kind": "suspension", "reason": state.suspended_reason})
     today = policy.day(now)
     if state.penalty_day == today:
         out.append({"kind": "penalty", "reason": "negatives_beyond_threshold_today"})
-    for tag, limit in sorted(governor(state, now, policy).items()):
+    for tag, limit in sorted(limits.items()):
         if limit.rule is not None:
             out.append(
                 {"kind": "governor", "tag": tag, "reason": limit.rule, "remaining": limit.remaining}
@@ -89,6 +87,7 @@ def quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
     today = policy.day(now)
     promotion = state.promotion(date.fromordinal(today), policy.thresholds)
     evaluation = next_evaluation(state, now, policy)
+    limits = governor(state, now, policy)
     return {
         "oa_id": state.oa_id,
         "rules": state.rules,
@@ -96,9 +95,9 @@ def quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
         "remaining_today": state.remaining_today(today),
         "resets_at": next_day_start(now, policy.zone).isoformat(),
         "tier_changed_at": _iso_day(state.tier_changed_day, policy),
-        "next_evaluation_at": None if evaluation is None else evaluation.isoformat(),
+        "next_evaluation_at": _iso(evaluation),
         "allowed_tags": allowed_tags(state, now, policy),
-        "by_tag": by_tag(state, now, policy),
+        "by_tag": by_tag(state, now, policy, limits),
         "promotion": {
             "monthly_quota": promotion.monthly_quota,
             "remaining_month": state.promotion_remaining(
@@ -107,7 +106,7 @@ def quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
             "estimated_next_month": promotion.estimated_next_month,
         },
         "suspended": state.suspended,
-        "penalties": penalties(state, now, policy),
+        "penalties": penalties(state, now, policy, limits),
     }
 
 
@@ -142,12 +141,9 @@ def quality(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
         "delivered_7d": state.delivered.within(now, WINDOW_7D),
         "negatives_7d": state.negatives.within(now, WINDOW_7D),
     }
-    tier_basis, basis_level = state.tier_level(now, t)
+    tier_basis, _ = state.tier_level(now, t)
     threshold = state.penalty_threshold(policy)
-    negatives_today = state.negatives_by_day.get(policy.day(now))
-    evaluation = next_evaluation(state, now, policy)
-    projected = _projected_tier(state, now, policy, basis_level)
-    before_penalty = None if threshold is None else max(0, threshold - negatives_today)
+    ahead = forecast(state, now, policy)
     return {
         "oa_id": state.oa_id,
         "quality_48h": effective_48h.value,
@@ -174,25 +170,18 @@ def quality(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
             "rate_limit": t.rate_limit,
             "penalty_threshold_today": threshold,
         },
-        "explanation": _explain(state, counts, proxy_7d, threshold, negatives_today, policy),
+        "explanation": _explain(state, counts, proxy_7d, threshold, ahead.negatives_today, policy),
         "forecast": {
-            "next_evaluation_at": None if evaluation is None else evaluation.isoformat(),
-            "projected_daily_quota": projected,
-            "negatives_today": negatives_today,
-            "negatives_before_penalty": before_penalty,
+            "next_evaluation_at": _iso(ahead.next_evaluation_at),
+            "projected_daily_quota": ahead.projected_daily_quota,
+            "negatives_today": ahead.negatives_today,
+            "negatives_before_penalty": ahead.negatives_before_penalty,
         },
     }
 
 
 def _rate(negatives: int, delivered: int) -> float | None:
     return None if delivered == 0 else negatives / delivered
-
-
-def _projected_tier(state: OAState, now: datetime, policy: Policy, level: Level) -> int | None:
-    """The daily quota the next evaluation would give, were it run on today's numbers."""
-    today = policy.day(now)
-    move = state.tier_move(level, state.sent_ok.total(today - 6, today), policy.thresholds)
-    return state.daily_quota if move is None else move[0]
 
 
 def _explain(

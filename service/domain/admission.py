@@ -12,10 +12,11 @@ the grant. This module does no I/O.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timedelta
 
-from service.domain.governor import governor
+from service.domain.governor import Limit, governor
 from service.domain.records import AdmissionAnswer, Denial
 from service.domain.state import RECIPIENT_DAYS, OAState, Policy
 from service.domain.windows import add_months, day_start, month_index, month_start, next_day_start
@@ -74,7 +75,8 @@ def decide(
     Its cost grows with the recipients named, never with `count`: units without
     recipients are decided together, by arithmetic on the limits."""
     blocked = _blocked(state, request, now, policy)
-    capacities = _capacities(state, request.tag, request.template_id, now, policy)
+    governed = governor(state, now, policy)[request.tag].remaining
+    capacities = _capacities(state, request.tag, request.template_id, now, policy, governed)
     denied = Denials()
     if request.recipients:
         granted = _decide_recipients(state, request, now, policy, blocked, capacities, denied)
@@ -191,12 +193,15 @@ def compact(answer: AdmissionAnswer) -> AdmissionAnswer:
     return answer.model_copy(update={"denied": denials.items()})
 
 
-def grantable(state: OAState, tag: int, now: datetime, policy: Policy) -> int | None:
+def grantable(
+    state: OAState, tag: int, now: datetime, policy: Policy, limits: Mapping[int, Limit]
+) -> int | None:
     """Units of `tag` an admission could still be granted today, for any template and
-    recipient (None: no limit); 0 when the OA cannot send the tag at all."""
+    recipient (None: no limit); 0 when the OA cannot send the tag at all. `limits`: the
+    governor's at `now`, asked once for every tag of a read."""
     if _blocked(state, AdmissionRequest("", tag), now, policy) is not None:
         return 0
-    return _remaining(_capacities(state, tag, "", now, policy))
+    return _remaining(_capacities(state, tag, "", now, policy, limits[tag].remaining))
 
 
 def _blocked(
@@ -223,9 +228,15 @@ def _blocked(
 
 
 def _capacities(
-    state: OAState, tag: int, template_id: str, now: datetime, policy: Policy
+    state: OAState,
+    tag: int,
+    template_id: str,
+    now: datetime,
+    policy: Policy,
+    governed: int | None,
 ) -> list[_Capacity]:
-    """The limits on units in the order of their reasons; `left` None is no limit."""
+    """The limits on units in the order of their reasons; `left` None is no limit.
+    `governed`: what the governor still lets the tag be granted today."""
     today = policy.day(now)
     template = state.templates.get(template_id)
     limits = [
@@ -243,7 +254,7 @@ def _capacities(
                 state.promotion_remaining(local, policy.thresholds),
             )
         )
-    limits.append(_Capacity("governor_throttled", governor(state, now, policy)[tag].remaining))
+    limits.append(_Capacity("governor_throttled", governed))
     return limits
 
 

@@ -215,12 +215,11 @@ class PartitionFolder:
         self.folded += 1
         out.decisions.extend(decisions)
 
-    def apply_ahead(self, record: Record, out: Output) -> OAState:
-        """Fold a record of this partition that is newer than what has been folded, at
+    def apply_ahead(self, item: Item, record: Record, out: Output) -> OAState:
+        """Fold `item`, a record of this partition newer than what has been folded, at
         once, without moving the OA's position (an admission's grant): the processor
-        meets it again in its turn and recognises it."""
-        headers = {name: value.decode(errors="replace") for name, value in record.headers}
-        item = read_item(headers.get("kind"), record.key, record.value, headers)
+        meets it again in its turn and recognises it. The caller has the item already,
+        so the record's bytes are not read back."""
         policy = self.policies.for_oa(item.oa_id)
         state = self.states.get(item.oa_id) or self.new_state(item.oa_id)
         changes = fold(state, item, self.now(), policy)

@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 
 from service.config import Settings
+from service.domain.fold import Item
 from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
 from service.logsetup import get_logger
 from service.metrics import (
@@ -35,6 +36,7 @@ from service.metrics import (
     RESTORE_SECONDS,
 )
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
+from service.processor.owned import OwnedStates
 from service.processor.snapshots import (
     PartitionMark,
     Restorer,
@@ -116,6 +118,8 @@ class Processor:
         self.copies: dict[int, tuple[PartitionFolder, int]] = {}
         """Partitions revoked from this member, with the wall time (ms) they stopped
         following the log: read (with their staleness) until the next assignment."""
+        self.owned = OwnedStates(self)
+        """What the API reads and decides on: its only way to these states."""
 
     # --- life ---------------------------------------------------------------------------
 
@@ -195,11 +199,12 @@ class Processor:
             return folder, max(0, now_ms - min(revoked_ms, folder.current_ms))
         return None
 
-    def apply_ahead(self, record: Record) -> None:
-        """Fold an admission this instance has just appended into the owner's state at once."""
+    def apply_ahead(self, item: Item, record: Record) -> None:
+        """Fold an admission this instance has just appended (`item`, as `record` in the
+        log) into the owner's state at once."""
         folder = self.folders.get(record.partition)
         if folder is not None:
-            folder.apply_ahead(record, self._output)
+            folder.apply_ahead(item, record, self._output)
 
     # --- the group's callbacks ----------------------------------------------------------
 

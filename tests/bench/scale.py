@@ -52,10 +52,10 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from service.app import build_app
+from service.app import PROCESSOR, build_app
 from service.config import LogSettings, Settings
 from service.domain.state import MESSAGE_DAYS, Message, OAState, Recipient
-from service.http import LOG, PROCESSOR
+from service.http import LOG
 from service.log import create_log
 from service.log.base import EventLog, TopicPartition
 from service.logsetup import configure_logging

@@ -17,7 +17,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from service.http import PROCESSOR
+from service.app import PROCESSOR
 from service.log.base import TopicPartition
 from tests import feed
 from tests.conftest import RunningService, ServiceFactory

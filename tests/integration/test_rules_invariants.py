@@ -23,8 +23,7 @@ import orjson
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from service.app import build_app
-from service.http import PROCESSOR
+from service.app import PROCESSOR, build_app
 from service.processor.replay import replay
 from tests import feed, zalo
 from tests.conftest import LogOpener, RunningService, make_settings
