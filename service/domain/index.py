@@ -142,6 +142,13 @@ class Index(MutableMapping[str, V]):
         """The keys held in memory (read, or changed since the last checkpoint)."""
         return set(self._entries) | self._deleted
 
+    def offer(self, key: str, value: V | None) -> None:
+        """Hold `value`, read from the source off the loop, unless the key was set or
+        deleted here meanwhile (then what is here is newer)."""
+        if value is None or self.source is None or key in self._entries or key in self._deleted:
+            return
+        self._put(key, value)
+
     # --- changes ------------------------------------------------------------------------
 
     def __setitem__(self, key: str, value: V) -> None:

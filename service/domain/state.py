@@ -489,6 +489,14 @@ class OAState:
                 changes[index_key(self.oa_id, name, key)] = (stored, day)
         return changes
 
+    def offer(self, name: str, found: Mapping[bytes, bytes | None]) -> None:
+        """Hold index entries read from the store off the loop (store key -> value)."""
+        index: Index[Any] = getattr(self, name)
+        start = len(index_key(self.oa_id, name, ""))
+        for raw_key, raw in found.items():
+            if raw is not None:
+                index.offer(raw_key[start:].decode(), _decode_entry(name, raw))
+
     def with_entries(self, stored: Mapping[bytes, bytes]) -> OAState:
         """A copy whose indexes hold, in memory, `stored` (the OA's entries as the store
         holds them) and what this state holds in memory: a whole state, to inspect or

@@ -8,7 +8,7 @@ decision and dead-letter records to write. It does no I/O itself.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -18,7 +18,7 @@ from service.config import Settings
 from service.domain.fold import Item, Unprocessable, fold, read_item
 from service.domain.records import DeadLetter, DecisionRecord, Source
 from service.domain.rules import RULE_SETS, Thresholds
-from service.domain.state import Change, OAState, Policy
+from service.domain.state import Change, OAState, Policy, index_key
 from service.log.base import Record
 from service.logsetup import get_logger
 from service.processor.snapshots import PartitionMark
@@ -150,6 +150,17 @@ class PartitionFolder:
             OAState.new(oa_id, self.policies.for_oa(oa_id).rules)
         )
         return state
+
+    async def prefetch(self, oa_id: str, name: str, keys: Iterable[str]) -> None:
+        """Read these entries of an OA's index from the store off the loop, so that a
+        decision reading many of them (an admission's recipients) costs no point reads."""
+        state = self.states.get(oa_id)
+        if self.store is None or state is None:
+            return
+        found = await self.store.get_many([index_key(oa_id, name, key) for key in keys])
+        state = self.states.get(oa_id)  # restored again meanwhile: another state
+        if state is not None:
+            state.offer(name, found)
 
     async def whole(self, oa_id: str) -> OAState:
         """The OA's state with every entry of its indexes in memory (from the store): to

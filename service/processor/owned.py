@@ -125,6 +125,11 @@ class _Held:
     staleness_ms: int | None
 
 
+PREFETCH_FROM = 100
+"""An admission naming more recipients than this reads them off the loop first (a point
+read costs a few microseconds; thousands of them would hold the loop)."""
+
+
 class OwnedStates:
     """The processor's states, read and decided on for the API."""
 
@@ -183,6 +188,8 @@ class OwnedStates:
         async with self._deciding(oa_id, oa_id) as held:
             if not isinstance(held, _Held):
                 return held
+            if len(ask.recipients) > PREFETCH_FROM:
+                await held.folder.prefetch(oa_id, "recipients", ask.recipients)
             view = self._view(oa_id, held)
             state, now, policy = view.state, view.now, view.policy
             earlier = state.idempotency.peek(ask.idempotency_key)
