@@ -128,6 +128,9 @@ class ProcessorSettings(_Section):
     Disposable: a store missing or not matching its changelog is rebuilt from it."""
     cache_mb: int = Field(default=256, ge=1)
     """Memory for the index values read last, shared by every partition of the process."""
+    idle_evict_s: float = Field(default=600.0, gt=0)
+    """An OA without records or requests for this long leaves memory at the next
+    checkpoint; it is read back from the index store when it is named again."""
 
 
 class AppSettings(_Section):

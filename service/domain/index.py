@@ -52,6 +52,7 @@ class Index(MutableMapping[str, V]):
         "_expiry",
         "_read_only",
         "_time",
+        "horizon",
         "keep_from",
         "limit",
         "source",
@@ -77,6 +78,9 @@ class Index(MutableMapping[str, V]):
         self.limit = NEVER
         self.keep_from: int | None = None
         self.source: Source[V] | None = None
+        self.horizon: Callable[[V], bool] | None = None
+        """Whether a value is within what the partition's store keeps (see `OAState.bound`):
+        one the store may have dropped reads as absent, in memory too."""
         self.touched: set[str] = set()
         for key, value in (entries or {}).items():
             self._put(key, value)
@@ -84,6 +88,8 @@ class Index(MutableMapping[str, V]):
     # --- reads --------------------------------------------------------------------------
 
     def live(self, value: V) -> bool:
+        if self.horizon is not None and not self.horizon(value):
+            return False
         return self._expiry(value) >= self.limit or self._kept(value)
 
     def _kept(self, value: V) -> bool:
@@ -224,6 +230,7 @@ class Index(MutableMapping[str, V]):
         view: Index[V] = Index(self._expiry, time=self._time)
         view._entries, view._buckets, view._deleted = self._entries, self._buckets, self._deleted
         view.source, view.limit, view.keep_from = self.source, self.limit, self.keep_from
+        view.horizon = self.horizon
         view._read_only = True
         return view
 

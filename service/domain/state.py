@@ -471,6 +471,19 @@ class OAState:
 
     # --- the index store ----------------------------------------------------------------
 
+    def bound(self, today: Callable[[], int], dedup_ttl_ms: int) -> None:
+        """Entries whose store expiry day (`_STORE_DAY`) is before `today()` (the local day
+        of the partition's clock) read as absent: the store drops them by its day ranges
+        at a checkpoint, whichever OA they belong to, so a fold in memory must not see
+        them either, or it would not equal one that reads the store. An OA's own day is
+        never past the partition's, so for messages and recipients this only says what
+        the OA's next day change would; dedup and idempotency keys are kept their TTL by
+        the OA's own records, and never past `STORE_MARGIN_DAYS` beyond it by the
+        partition's clock."""
+        for name in self.SHARED_INDEXES:
+            index: Index[Any] = getattr(self, name)
+            index.horizon = functools.partial(_within, _STORE_DAY[name], dedup_ttl_ms, today)
+
     def attach(self, read: Callable[[bytes], bytes | None]) -> None:
         """Read the index entries not in memory through `read` (the partition's store)."""
         for name in self.SHARED_INDEXES:
@@ -508,10 +521,13 @@ class OAState:
             live: Index[Any] = getattr(self, name)
             index = Index(_INDEXES[name], time=_TIMES.get(name))
             index.limit, index.keep_from = live.limit, live.keep_from
+            index.horizon = live.horizon
             whole[name] = index
         prefix = len(self.oa_id) + 1
         for raw_key, raw in stored.items():
             code, key = raw_key[prefix:].decode().split("\x00", 1)
+            if code == _CORE_CODE:
+                continue
             name = names[code]
             whole[name][key] = _decode_entry(name, raw)
         for name, index in whole.items():
@@ -526,6 +542,10 @@ class OAState:
             setattr(clone, name, index)
         return clone
 
+    def changed(self) -> bool:
+        """Whether an index entry changed since the last `index_changes`."""
+        return any(getattr(self, name).touched for name in self.SHARED_INDEXES)
+
     def release(self) -> None:
         """Everything changed before the last `index_changes` is in the store now."""
         for name in self.SHARED_INDEXES:
@@ -534,6 +554,12 @@ class OAState:
 
 
 _INDEX_CODES = {"messages": "m", "recipients": "r", "dedup": "d", "idempotency": "i"}
+_CORE_CODE = "c"
+
+
+def core_key(oa_id: str) -> bytes:
+    """The store key of an OA's core document (an OA out of memory is read back from it)."""
+    return f"{oa_id}\x00{_CORE_CODE}\x00".encode()
 
 
 def index_key(oa_id: str, name: str, key: str) -> bytes:
@@ -552,11 +578,20 @@ def _decode_entry(name: str, raw: bytes) -> Any:
     return nested(**value) if nested is not None else value
 
 
+CORE_DAY = 2**31 - 2
+"""The expiry day of an OA's core in the store: after every other (only `clear` drops it)."""
+
 STORE_MARGIN_DAYS = 2
 """Dedup and idempotency keys stay in the store this many days past their TTL by the
 partition's clock: an OA whose own records lag that clock by less still finds them."""
 
 _UNIX_DAY = date(1970, 1, 1).toordinal()
+
+
+def _within(
+    store_day: Callable[[Any, int], int], ttl_ms: int, today: Callable[[], int], value: Any
+) -> bool:
+    return store_day(value, ttl_ms) >= today()
 
 
 def _key_store_day(at_ms: int, dedup_ttl_ms: int) -> int:

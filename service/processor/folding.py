@@ -8,6 +8,7 @@ decision and dead-letter records to write. It does no I/O itself.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -16,9 +17,10 @@ import orjson
 
 from service.config import Settings
 from service.domain.fold import Item, Unprocessable, fold, read_item
+from service.domain.index import NEVER
 from service.domain.records import DeadLetter, DecisionRecord, Source
 from service.domain.rules import RULE_SETS, Thresholds
-from service.domain.state import Change, OAState, Policy, index_key
+from service.domain.state import Change, OAState, Policy, core_key, index_key
 from service.log.base import Record
 from service.logsetup import get_logger
 from service.processor.snapshots import PartitionMark
@@ -112,6 +114,14 @@ class PartitionFolder:
         """The index store's `upto` and void ranges in the last mark (restored or written)."""
         self.unwritten: dict[bytes, tuple[bytes | None, int]] = {}
         """Index changes taken by a checkpoint that failed: the next one writes them."""
+        self._day_of = (-1, NEVER)
+        """(minute of the stream clock, its local day)."""
+        self.evicted: set[str] = set()
+        """OAs out of memory: their core and indexes are in the store as last checkpointed."""
+        self.in_store: set[str] = set()
+        """OAs whose core a checkpoint of this folder wrote to the store (may be evicted)."""
+        self.used: dict[str, float] = {}
+        """OA -> when (monotonic seconds) a record or a request last named it."""
 
     def restore(
         self,
@@ -140,32 +150,88 @@ class PartitionFolder:
             self.clock_ms = self.mark.clock_at(start - 1)
 
     def adopt(self, state: OAState) -> OAState:
-        """Read the state's index entries from the partition's store (if it has one)."""
+        """Bound the state's indexes by what the partition's store keeps, and read their
+        entries from the store (if it has one): in memory or not, the same fold."""
+        ttl_ms = int(self.policies.for_oa(state.oa_id).dedup_ttl.total_seconds() * 1000)
+        state.bound(self.store_day, ttl_ms)
         if self.store is not None:
             state.attach(self.store.get)
         return state
+
+    def store_day(self) -> int:
+        """The day (ordinal) before which the store may drop an entry: the local day of
+        the partition's clock (none yet: nothing dropped)."""
+        if not self.stream_clock:
+            return self.policies.day(self.wall())
+        if self.clock_ms is None:
+            return NEVER
+        minute = self.clock_ms // 60_000
+        if minute != self._day_of[0]:  # read for every index entry: once a minute suffices
+            self._day_of = (minute, self.policies.day(self.now()))
+        return self._day_of[1]
+
+    def state_of(self, oa_id: str, *, keep: bool = True) -> OAState | None:
+        """The OA's state, read back from the store if it was evicted (and held again,
+        unless `keep` is false: a listing reads every OA without bringing them back)."""
+        state = self.states.get(oa_id)
+        if state is None and oa_id in self.evicted and self.store is not None:
+            raw = self.store.get(core_key(oa_id))
+            if raw is None:
+                raise LookupError(f"the store of partition {self.partition} lost OA {oa_id}")
+            state = self.adopt(OAState.from_document(orjson.loads(raw)))
+            if keep:
+                self.evicted.discard(oa_id)
+                self.states[oa_id] = state
+        if state is not None and keep:
+            self.used[oa_id] = time.monotonic()
+        return state
+
+    def oa_ids(self) -> set[str]:
+        """Every OA of the partition, in memory or not."""
+        return self.states.keys() | self.evicted
+
+    def evict_idle(self, idle_s: float) -> int:
+        """Let OAs unused for `idle_s` leave memory (only those a checkpoint has written
+        whole to the store and nothing has changed since); how many left."""
+        limit = time.monotonic() - idle_s
+        gone = [
+            oa_id
+            for oa_id, state in self.states.items()
+            if oa_id in self.in_store
+            and oa_id not in self.dirty
+            and self.used.get(oa_id, 0.0) < limit
+            and not state.changed()
+        ]
+        for oa_id in gone:
+            del self.states[oa_id]
+            self.used.pop(oa_id, None)
+            self.evicted.add(oa_id)
+        return len(gone)
 
     def new_state(self, oa_id: str) -> OAState:
         state = self.states[oa_id] = self.adopt(
             OAState.new(oa_id, self.policies.for_oa(oa_id).rules)
         )
+        self.used[oa_id] = time.monotonic()
         return state
 
     async def prefetch(self, oa_id: str, name: str, keys: Iterable[str]) -> None:
         """Read these entries of an OA's index from the store off the loop, so that a
         decision reading many of them (an admission's recipients) costs no point reads."""
-        state = self.states.get(oa_id)
+        state = self.state_of(oa_id)
         if self.store is None or state is None:
             return
         found = await self.store.get_many([index_key(oa_id, name, key) for key in keys])
-        state = self.states.get(oa_id)  # restored again meanwhile: another state
+        state = self.state_of(oa_id)  # restored again meanwhile: another state
         if state is not None:
             state.offer(name, found)
 
     async def whole(self, oa_id: str) -> OAState:
         """The OA's state with every entry of its indexes in memory (from the store): to
         inspect or compare, not for serving."""
-        state = self.states[oa_id]
+        state = self.state_of(oa_id, keep=False)
+        if state is None:
+            raise KeyError(oa_id)
         if self.store is None:
             return state
         return state.with_entries(await self.store.entries_of(oa_id))
@@ -202,7 +268,7 @@ class PartitionFolder:
             at_ms = min(at_ms, record.timestamp_ms + CLOCK_AHEAD_MS)
         if item.has_event_time and (self.clock_ms is None or at_ms > self.clock_ms):
             self.clock_ms = at_ms
-        state = self.states.get(item.oa_id) or self.new_state(item.oa_id)
+        state = self.state_of(item.oa_id) or self.new_state(item.oa_id)
         if record.offset <= state.position:
             return  # the OA's snapshot includes it
         self.apply(state, item, record, out)
@@ -232,7 +298,7 @@ class PartitionFolder:
         meets it again in its turn and recognises it. The caller has the item already,
         so the record's bytes are not read back."""
         policy = self.policies.for_oa(item.oa_id)
-        state = self.states.get(item.oa_id) or self.new_state(item.oa_id)
+        state = self.state_of(item.oa_id) or self.new_state(item.oa_id)
         changes = fold(state, item, self.now(), policy)
         self.dirty.add(item.oa_id)
         for index, change in enumerate(changes):

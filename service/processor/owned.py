@@ -164,10 +164,13 @@ class OwnedStates:
         for partition in partitions:
             folder = processor.folders[partition]
             now = folder.now()
-            for oa_id in sorted(folder.states):
+            for oa_id in sorted(folder.oa_ids()):
                 # Read as it is (no copy brought to now, which would cost a copy per OA): a
-                # day change not yet applied shows at the OA's next record or query.
-                oas.append(shape(folder.states[oa_id], now, processor.policies.for_oa(oa_id)))
+                # day change not yet applied shows at the OA's next record or query. An OA
+                # out of memory is read from the store and stays out.
+                state = folder.state_of(oa_id, keep=False)
+                if state is not None:
+                    oas.append(shape(state, now, processor.policies.for_oa(oa_id)))
         return Listing(partitions, oas)
 
     def other_owners(self) -> list[str]:
@@ -242,7 +245,7 @@ class OwnedStates:
             if not isinstance(held, _Held):
                 return held
             unfolded = self._unfolded_sends(held.folder)
-            state = held.folder.states.get(oa_id)
+            state = held.folder.state_of(oa_id)
             seen: set[str] = set()  # this call's own keys
             new: list[tuple[str, str | None, bytes]] = []
             duplicates = 0
@@ -304,7 +307,7 @@ class OwnedStates:
 
     def _view(self, oa_id: str, held: _Held) -> View:
         policy = self._processor.policies.for_oa(oa_id)
-        live = held.folder.states.get(oa_id)
+        live = held.folder.state_of(oa_id)
         state = live.served_copy() if live is not None else OAState.new(oa_id, policy.rules)
         now = held.folder.now()
         advance(state, now, policy)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.domain.fold import Item
+from service.domain.state import CORE_DAY, core_key
 from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
 from service.logsetup import get_logger
 from service.metrics import (
@@ -88,6 +89,7 @@ class Processor:
         self.policies = PolicyBook(settings)
         self.stream_clock = settings.rules.clock == "stream"
         self.wall = wall
+        self.idle_evict_s = settings.processor.idle_evict_s
         self.stores = IndexStores(
             log, state_dir=settings.processor.state_dir, cache_mb=settings.processor.cache_mb
         )
@@ -355,7 +357,6 @@ class Processor:
             )
         folder.restore(restored.states, mark, store)
         folder.rebuild = restored.rebuild
-        folder.expired_day = self.policies.day(folder.now())
         return folder
 
     async def _open_store(self, partition: int, mark: PartitionMark | None) -> IndexStore:
@@ -485,7 +486,9 @@ class Processor:
                         state = folder.states[oa_id]
                         ttl_ms = int(self.policies.for_oa(oa_id).dedup_ttl.total_seconds() * 1000)
                         changes.update(state.index_changes(ttl_ms))
-                        cores.append((oa_id, state.position, state.core_json()))
+                        core = state.core_json()
+                        changes[core_key(oa_id)] = (core, CORE_DAY)
+                        cores.append((oa_id, state.position, core))
                         await asyncio.sleep(0)
                     # Until the store has them, they are written again by each checkpoint.
                     folder.unwritten = changes
@@ -526,7 +529,7 @@ class Processor:
                 for folder, dirty, _ in written:
                     folder.dirty |= dirty
                 raise
-            for folder, _, index_mark in written:
+            for folder, dirty, index_mark in written:
                 folder.clock_history = next_clocks(
                     folder.clock_history, folder.position, folder.clock_ms
                 )
@@ -534,6 +537,8 @@ class Processor:
                 if folder.store is not None:
                     for state in folder.states.values():
                         state.release()  # what the store holds now leaves memory
+                    folder.in_store |= dirty
+                    folder.evict_idle(self.idle_evict_s)
                 LAST_CHECKPOINT.labels(str(folder.partition)).set(time.time())
             for folder, _, _ in written:
                 await self._expire(folder)
@@ -569,9 +574,9 @@ class Processor:
         return await store.put(changes)
 
     async def _expire(self, folder: PartitionFolder) -> None:
-        """Drop from the store what every OA of the partition has expired: the stream
-        clock's day has come past its expiry day (an OA's own day is never ahead of it)."""
-        day = self.policies.day(folder.now())
+        """Drop from the store what every OA of the partition reads as absent by now (see
+        `OAState.bound`); the day only moves forward with the stream clock."""
+        day = folder.store_day()
         if folder.store is None or day <= folder.expired_day:
             return
         try:

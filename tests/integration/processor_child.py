@@ -2,8 +2,9 @@
 
 Usage: python -m tests.integration.processor_child BACKEND WHERE PREFIX PARTITIONS DIE
 (WHERE is the SQLite path or the Kafka bootstrap servers; DIE is `never`, or `fold:N`,
-`append:N`, `precommit:N` or `commit:N`: kill this process with SIGKILL at the Nth record
-folded, record appended, or just before or after the Nth offset commit of this run.)
+`append:N`, `index:N`, `precommit:N` or `commit:N`: kill this process with SIGKILL at the
+Nth record folded, record appended, just after the Nth index store write (before its
+snapshots), or just before or after the Nth offset commit of this run.)
 Prints `caught up` and exits 0 when it is done.
 """
 
@@ -62,8 +63,8 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
             compact_every=3,
         ),
     )
-    appends, folds, commits, precommits = (
-        Countdown(w, spec) for w in ("append", "fold", "commit", "precommit")
+    appends, folds, commits, precommits, indexes = (
+        Countdown(w, spec) for w in ("append", "fold", "commit", "precommit", "index")
     )
 
     real_append = log.append
@@ -81,6 +82,14 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
             real_fold([record], seeks)
 
     processor._fold = fold  # type: ignore[method-assign]
+    real_write_indexes = processor._write_indexes
+
+    async def write_indexes(*args: Any) -> int:
+        upto = await real_write_indexes(*args)
+        indexes.tick()  # the index entries are durable, the snapshots and the mark not yet
+        return upto
+
+    processor._write_indexes = write_indexes  # type: ignore[method-assign]
     await processor.start()
     consumer: LogConsumer | None = processor._consumer
     assert consumer is not None

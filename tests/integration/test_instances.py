@@ -48,6 +48,8 @@ def start(folder: Path, bootstrap: str, prefix: str, name: str) -> Served:
         ZNS_GATE_LOG__SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
         ZNS_GATE_PROCESSOR__CHECKPOINT_INTERVAL_S="0.5",
         ZNS_GATE_API__CLUSTER_SECRET="the-three-instances-secret",
+        # Each its own local index stores, as on machines of their own.
+        ZNS_GATE_PROCESSOR__STATE_DIR=str(folder / f"{name}-state"),
     )
 
 

@@ -174,6 +174,15 @@ async def fold_to_end(processor: Processor, log: EventLog, partitions: set[int])
             await asyncio.sleep(0.05)
 
 
+def second_instance() -> Settings:
+    """Settings of a second processor in this process: its own local index stores, as on
+    a machine of its own (two instances never share a state directory)."""
+    place = TEST_STATE_DIR / "second-instance"
+    return SETTINGS.model_copy(
+        update={"processor": SETTINGS.processor.model_copy(update={"state_dir": place})}
+    )
+
+
 async def caught_up(log: EventLog) -> Processor:
     """A processor of the log's group, started and caught up with every partition."""
     processor = Processor(log, SETTINGS, options(log))
@@ -267,6 +276,7 @@ async def test_a_processor_killed_at_random_points_ends_with_a_clean_pass(
         f"fold:{rng.randint(50, 800)}",
         f"append:{rng.randint(5, 150)}",
         f"precommit:{rng.randint(1, 6)}",
+        f"index:{rng.randint(2, 12)}",
         f"commit:{rng.randint(1, 6)}",
         f"fold:{rng.randint(5, 40)}",  # early: while the partitions catch up
     ]
@@ -299,7 +309,7 @@ async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: L
     await append_all(log, thirds[0])
     await fold_to_end(one, log, everything)
 
-    two = Processor(second_log, SETTINGS, options(second_log))
+    two = Processor(second_log, second_instance(), options(second_log))
     await two.start()
     await append_all(log, thirds[1])
     async with asyncio.timeout(60):
