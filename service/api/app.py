@@ -215,7 +215,7 @@ async def list_oas(request: web.Request) -> web.Response:
     owned = _owned(request)
     if owned is None:
         return _not_served(_DISABLED)
-    held = owned.listing(views.summary)
+    held = await owned.listing(views.summary)
     out, partitions = held.oas, held.partitions
     forwarder = request.app[FORWARDER]
     unreachable: list[str] = []

@@ -182,7 +182,10 @@ class Index(MutableMapping[str, V]):
     def take_changes(self) -> dict[str, V | None]:
         """The touched keys' values (None: absent) for a checkpoint, which writes them;
         `touched` starts afresh."""
-        changes = {key: self._live_entry(key) for key in self.touched}
+        entries = self._entries
+        # What no longer reads as live is written as it is: reads hide it the same way,
+        # and the store drops it by its expiry day.
+        changes = {key: entries.get(key) for key in self.touched}
         self.touched = set()
         return changes
 
@@ -233,10 +236,6 @@ class Index(MutableMapping[str, V]):
         view.horizon = self.horizon
         view._read_only = True
         return view
-
-    def _live_entry(self, key: str) -> V | None:
-        value = self._entries.get(key)
-        return value if value is not None and self.live(value) else None
 
     def _put(self, key: str, value: V) -> None:
         old = self._entries.get(key)

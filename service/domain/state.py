@@ -493,14 +493,15 @@ class OAState:
     def index_changes(self, dedup_ttl_ms: int) -> dict[bytes, tuple[bytes | None, int]]:
         """The index entries changed since the last call, as store key -> (value or None
         when absent, expiry day), for a checkpoint to write."""
-        changes: dict[bytes, tuple[bytes | None, int]] = {}
-        for name in self.SHARED_INDEXES:
-            index: Index[Any] = getattr(self, name)
-            for key, value in index.take_changes().items():
-                stored = None if value is None else orjson.dumps(value)
-                day = 0 if value is None else _STORE_DAY[name](value, dedup_ttl_ms)
-                changes[index_key(self.oa_id, name, key)] = (stored, day)
-        return changes
+        return encode_changes(self.take_changes(), dedup_ttl_ms)
+
+    def take_changes(self) -> IndexChanges:
+        """The index entries changed since the last call, as they are (cheap: no
+        encoding). They must not change until `encode_changes` has encoded them."""
+        return (
+            self.oa_id,
+            [(name, getattr(self, name).take_changes()) for name in self.SHARED_INDEXES],
+        )
 
     def offer(self, name: str, found: Mapping[bytes, bytes | None]) -> None:
         """Hold index entries read from the store off the loop (store key -> value)."""
@@ -560,6 +561,24 @@ _CORE_CODE = "c"
 def core_key(oa_id: str) -> bytes:
     """The store key of an OA's core document (an OA out of memory is read back from it)."""
     return f"{oa_id}\x00{_CORE_CODE}\x00".encode()
+
+
+IndexChanges = tuple[str, list[tuple[str, dict[str, Any]]]]
+"""(OA id, [(index name, key -> value or None)]): what `take_changes` took."""
+
+
+def encode_changes(taken: IndexChanges, dedup_ttl_ms: int) -> dict[bytes, tuple[bytes | None, int]]:
+    """Store key -> (encoded value or None, expiry day) of changes taken; it costs a few
+    microseconds an entry, so a checkpoint runs it off the loop."""
+    oa_id, indexes = taken
+    changes: dict[bytes, tuple[bytes | None, int]] = {}
+    for name, values in indexes:
+        store_day = _STORE_DAY[name]
+        for key, value in values.items():
+            stored = None if value is None else orjson.dumps(value)
+            day = 0 if value is None else store_day(value, dedup_ttl_ms)
+            changes[index_key(oa_id, name, key)] = (stored, day)
+    return changes
 
 
 def index_key(oa_id: str, name: str, key: str) -> bytes:

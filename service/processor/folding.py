@@ -8,6 +8,7 @@ decision and dead-letter records to write. It does no I/O itself.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -57,6 +58,9 @@ class PolicyBook:
 
     def for_oa(self, oa_id: str) -> Policy:
         return self._by_oa.get(oa_id, self._default)
+
+    def dedup_ttl_ms(self, oa_id: str) -> int:
+        return int(self.for_oa(oa_id).dedup_ttl.total_seconds() * 1000)
 
     def day(self, moment: datetime) -> int:
         """The local day (ordinal) of `moment` in the zone every OA's days are counted in."""
@@ -152,8 +156,7 @@ class PartitionFolder:
     def adopt(self, state: OAState) -> OAState:
         """Bound the state's indexes by what the partition's store keeps, and read their
         entries from the store (if it has one): in memory or not, the same fold."""
-        ttl_ms = int(self.policies.for_oa(state.oa_id).dedup_ttl.total_seconds() * 1000)
-        state.bound(self.store_day, ttl_ms)
+        state.bound(self.store_day, self.policies.dedup_ttl_ms(state.oa_id))
         if self.store is not None:
             state.attach(self.store.get)
         return state
@@ -185,6 +188,18 @@ class PartitionFolder:
         if state is not None and keep:
             self.used[oa_id] = time.monotonic()
         return state
+
+    async def read_evicted(self) -> dict[str, OAState]:
+        """The states of the OAs out of memory, read and decoded off the loop (they stay
+        out of memory)."""
+        if self.store is None or not self.evicted:
+            return {}
+        found = await self.store.get_many([core_key(oa_id) for oa_id in sorted(self.evicted)])
+
+        def decode() -> list[OAState]:
+            return [OAState.from_document(orjson.loads(raw)) for raw in found.values() if raw]
+
+        return {state.oa_id: self.adopt(state) for state in await asyncio.to_thread(decode)}
 
     def oa_ids(self) -> set[str]:
         """Every OA of the partition, in memory or not."""

@@ -156,21 +156,25 @@ class OwnedStates:
         found = self._where(oa_id, admit=False)
         return self._view(oa_id, found) if isinstance(found, _Held) else found
 
-    def listing(self, shape: Callable[[OAState, datetime, Policy], T]) -> Listing:
+    async def listing(self, shape: Callable[[OAState, datetime, Policy], T]) -> Listing:
         """Every OA of the partitions served here, as `shape` makes it of its state."""
         processor = self._processor
         partitions = sorted(processor.ready())
         oas = []
         for partition in partitions:
-            folder = processor.folders[partition]
+            folder = processor.folders.get(partition)
+            if folder is None:
+                continue  # revoked while an earlier one was read
             now = folder.now()
-            for oa_id in sorted(folder.oa_ids()):
-                # Read as it is (no copy brought to now, which would cost a copy per OA): a
-                # day change not yet applied shows at the OA's next record or query. An OA
-                # out of memory is read from the store and stays out.
-                state = folder.state_of(oa_id, keep=False)
-                if state is not None:
-                    oas.append(shape(state, now, processor.policies.for_oa(oa_id)))
+            # Read as they are (no copy brought to now, which would cost a copy per OA): a
+            # day change not yet applied shows at the OA's next record or query. The OAs
+            # out of memory are read from the store off the loop, and stay out.
+            away = await folder.read_evicted()
+            for oa_id in sorted(folder.states.keys() | away.keys()):
+                state = folder.states.get(oa_id) or away[oa_id]
+                oas.append(shape(state, now, processor.policies.for_oa(oa_id)))
+                if len(oas) % 500 == 0:
+                    await asyncio.sleep(0)  # thousands of OAs: let requests through
         return Listing(partitions, oas)
 
     def other_owners(self) -> list[str]:
@@ -229,7 +233,7 @@ class OwnedStates:
             # The grant counts from now on, not when the processor folds the record: it
             # recognises the admission by its id then and does not count it again.
             item = Item("admission", oa_id, record, as_datetime(record.at))
-            self._processor.apply_ahead(item, _as_record(position, oa_id, value, "admission"))
+            await self._processor.apply_ahead(item, _as_record(position, oa_id, value, "admission"))
         return Admitted(decided.answer.model_dump(mode="json"), now, policy)
 
     async def record_sends(

@@ -103,7 +103,7 @@ async def _write(log: EventLog, folder: PartitionFolder, settings: Settings) -> 
         await store.open(upto=-1, void=[])  # what it holds is superseded: void, then gone
         await store.clear()
         for state in folder.states.values():
-            ttl_ms = int(folder.policies.for_oa(state.oa_id).dedup_ttl.total_seconds() * 1000)
+            ttl_ms = folder.policies.dedup_ttl_ms(state.oa_id)
             for name in OAState.SHARED_INDEXES:
                 getattr(state, name).touch_all()
             changes = list(state.index_changes(ttl_ms).items())

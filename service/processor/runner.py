@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.domain.fold import Item
-from service.domain.state import CORE_DAY, core_key
+from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes
 from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
 from service.logsetup import get_logger
 from service.metrics import (
@@ -103,6 +103,9 @@ class Processor:
         self._last_checkpoint = time.monotonic()
         self._checkpoints = 0
         self._lock = asyncio.Lock()
+        self._capturing = asyncio.Lock()
+        """Held while a checkpoint takes the states' changes and encodes them, and by an
+        admission applied ahead: the values taken must not change until encoded."""
         self._stopping = asyncio.Event()
         self._assigned_once = False
         self._unrestored: set[TopicPartition] = set()
@@ -201,12 +204,13 @@ class Processor:
             return folder, max(0, now_ms - min(revoked_ms, folder.current_ms))
         return None
 
-    def apply_ahead(self, item: Item, record: Record) -> None:
+    async def apply_ahead(self, item: Item, record: Record) -> None:
         """Fold an admission this instance has just appended (`item`, as `record` in the
-        log) into the owner's state at once."""
-        folder = self.folders.get(record.partition)
-        if folder is not None:
-            folder.apply_ahead(item, record, self._output)
+        log) into the owner's state at once (once a checkpoint has encoded what it took)."""
+        async with self._capturing:
+            folder = self.folders.get(record.partition)
+            if folder is not None:
+                folder.apply_ahead(item, record, self._output)
 
     # --- the group's callbacks ----------------------------------------------------------
 
@@ -477,19 +481,23 @@ class Processor:
                         continue
                     dirty, folder.dirty = folder.dirty, set()
                     cores: list[tuple[str, int, bytes]] = []
-                    changes = folder.unwritten
-                    for oa_id in dirty:
-                        # Each OA's core and index changes are taken at one moment. One OA
-                        # at a time: requests are answered between them, so a checkpoint
-                        # of many busy OAs does not stall the loop. Folding waits (the
-                        # lock); an admission applied meanwhile is in the next checkpoint.
-                        state = folder.states[oa_id]
-                        ttl_ms = int(self.policies.for_oa(oa_id).dedup_ttl.total_seconds() * 1000)
-                        changes.update(state.index_changes(ttl_ms))
-                        core = state.core_json()
+                    taken: list[tuple[IndexChanges, int]] = []
+                    async with self._capturing:
+                        for oa_id in dirty:
+                            # Each OA's core and index changes are taken at one moment. One
+                            # OA at a time: requests are answered between them. Folding
+                            # waits (the lock), and so do admissions applied ahead, until
+                            # what was taken is encoded; one applied before is in this
+                            # checkpoint, one after in the next.
+                            state = folder.states[oa_id]
+                            ttl_ms = self.policies.dedup_ttl_ms(oa_id)
+                            taken.append((state.take_changes(), ttl_ms))
+                            cores.append((oa_id, state.position, state.core_json()))
+                            await asyncio.sleep(0)
+                        encoded = await _encode_off_the_loop(folder, taken)
+                    changes = {**folder.unwritten, **encoded}
+                    for oa_id, _, core in cores:
                         changes[core_key(oa_id)] = (core, CORE_DAY)
-                        cores.append((oa_id, state.position, core))
-                        await asyncio.sleep(0)
                     # Until the store has them, they are written again by each checkpoint.
                     folder.unwritten = changes
                     index_upto = await self._write_indexes(folder, changes)
@@ -612,6 +620,29 @@ class Processor:
         tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
         for tp, end in (await self.log.end_offsets(tps)).items():
             await self.log.compact(tp, end)
+
+
+async def _encode_off_the_loop(
+    folder: PartitionFolder, taken: list[tuple[IndexChanges, int]]
+) -> dict[bytes, tuple[bytes | None, int]]:
+    """Encode index changes taken from the folder's states in a thread (a busy OA has
+    tens of thousands between checkpoints); if that fails, they stay to be taken again."""
+
+    def encode() -> dict[bytes, tuple[bytes | None, int]]:
+        out: dict[bytes, tuple[bytes | None, int]] = {}
+        for changes, ttl_ms in taken:
+            out.update(encode_changes(changes, ttl_ms))
+        return out
+
+    try:
+        return await asyncio.to_thread(encode)
+    except BaseException:
+        for (oa_id, indexes), _ in taken:
+            state = folder.states.get(oa_id)
+            if state is not None:
+                for name, values in indexes:
+                    getattr(state, name).touched |= values.keys()
+        raise
 
 
 async def _close_store(folder: PartitionFolder) -> None:

@@ -89,7 +89,7 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
         indexes.tick()  # the index entries are durable, the snapshots and the mark not yet
         return upto
 
-    processor._write_indexes = write_indexes  # type: ignore[method-assign]
+    processor._write_indexes = write_indexes  # type: ignore[method-assign,assignment]
     await processor.start()
     consumer: LogConsumer | None = processor._consumer
     assert consumer is not None

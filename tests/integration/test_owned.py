@@ -88,6 +88,6 @@ async def test_the_oas_held_are_listed(service: RunningService) -> None:
     await ready(service)
     owned = service.client.app[OWNED]
     await owned.admit(OA, Ask("t1", 2, (), 1, "key-1", "hash-1"), timeout_s=5)
-    held = owned.listing(views.summary)
+    held = await owned.listing(views.summary)
     assert sorted(held.partitions) == list(range(service.log.partitions))
     assert [line["oa_id"] for line in held.oas] == [OA]
