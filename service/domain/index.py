@@ -55,6 +55,7 @@ class Index(MutableMapping[str, V]):
         "horizon",
         "keep_from",
         "limit",
+        "releases",
         "source",
         "touched",
     )
@@ -71,7 +72,8 @@ class Index(MutableMapping[str, V]):
         """Expiry -> keys set with it. A key deleted or moved may stay in an older bucket
         until that bucket is visited: a list costs a third of a set per key."""
         self._deleted: set[str] = set()
-        """Keys deleted here that the source may still hold (until a checkpoint writes it)."""
+        """Keys deleted here that the source may still hold (until a checkpoint writes
+        the deletion)."""
         self._expiry = expiry
         self._time = time
         self._read_only = False
@@ -82,6 +84,9 @@ class Index(MutableMapping[str, V]):
         """Whether a value is within what the partition's store keeps (see `OAState.bound`):
         one the store may have dropped reads as absent, in memory too."""
         self.touched: set[str] = set()
+        self.releases = 0
+        """How often `release` dropped entries: a value read from the source before one
+        may be older than what was dropped, so it is not offered after it."""
         for key, value in (entries or {}).items():
             self._put(key, value)
 
@@ -148,10 +153,13 @@ class Index(MutableMapping[str, V]):
         """The keys held in memory (read, or changed since the last checkpoint)."""
         return set(self._entries) | self._deleted
 
-    def offer(self, key: str, value: V | None) -> None:
-        """Hold `value`, read from the source off the loop, unless the key was set or
-        deleted here meanwhile (then what is here is newer)."""
-        if value is None or self.source is None or key in self._entries or key in self._deleted:
+    def offer(self, key: str, value: V | None, releases: int) -> None:
+        """Hold `value`, read from the source off the loop when `releases` was the count,
+        unless the key was set or deleted here meanwhile, or entries were released since
+        (then what is here, or what was dropped, is newer)."""
+        if value is None or self.source is None or releases != self.releases:
+            return
+        if key in self._entries or key in self._deleted:
             return
         self._put(key, value)
 
@@ -168,8 +176,7 @@ class Index(MutableMapping[str, V]):
         if self.peek(key) is None:
             raise KeyError(key)
         del self._entries[key]
-        if self.source is not None:
-            self._deleted.add(key)
+        self._deleted.add(key)
         self.touched.add(key)
 
     def clear_touched(self) -> None:
@@ -182,11 +189,17 @@ class Index(MutableMapping[str, V]):
     def take_changes(self) -> dict[str, V | None]:
         """The touched keys' values (None: absent) for a checkpoint, which writes them;
         `touched` starts afresh."""
-        entries = self._entries
+        entries, deleted = self._entries, self._deleted
         # What no longer reads as live is written as it is: reads hide it the same way,
-        # and the store drops it by its expiry day.
-        changes = {key: entries.get(key) for key in self.touched}
+        # and the store drops it by its expiry day. A key an expiry took out of memory
+        # is not written at all: what the store holds for it is older, so it has expired
+        # too, and a restore from an earlier checkpoint still needs it.
+        changes = {
+            key: entries.get(key) for key in self.touched if key in entries or key in deleted
+        }
         self.touched = set()
+        if self.source is None:
+            self._deleted -= changes.keys()  # nothing to read back a deleted value from
         return changes
 
     def release(self) -> None:
@@ -198,9 +211,10 @@ class Index(MutableMapping[str, V]):
         for key in [k for k in self._entries if k not in touched]:
             del self._entries[key]
         self._deleted &= touched
-        self._buckets = {}
+        self._buckets.clear()  # in place: the views share it
         for key, value in self._entries.items():
             self._buckets.setdefault(self._expiry(value), []).append(key)
+        self.releases += 1
 
     def expire_before(self, limit: int, keep_from: int | None = None) -> None:
         """Forget the entries whose expiry is before `limit`, visiting only their buckets;

@@ -503,13 +503,14 @@ class OAState:
             [(name, getattr(self, name).take_changes()) for name in self.SHARED_INDEXES],
         )
 
-    def offer(self, name: str, found: Mapping[bytes, bytes | None]) -> None:
-        """Hold index entries read from the store off the loop (store key -> value)."""
+    def offer(self, name: str, found: Mapping[bytes, bytes | None], releases: int) -> None:
+        """Hold index entries read from the store off the loop (store key -> value) when
+        the index's `releases` was `releases` (see `Index.offer`)."""
         index: Index[Any] = getattr(self, name)
         start = len(index_key(self.oa_id, name, ""))
         for raw_key, raw in found.items():
             if raw is not None:
-                index.offer(raw_key[start:].decode(), _decode_entry(name, raw))
+                index.offer(raw_key[start:].decode(), _decode_entry(name, raw), releases)
 
     def with_entries(self, stored: Mapping[bytes, bytes]) -> OAState:
         """A copy whose indexes hold, in memory, `stored` (the OA's entries as the store

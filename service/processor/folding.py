@@ -22,7 +22,7 @@ from service.domain.index import NEVER
 from service.domain.records import DeadLetter, DecisionRecord, Source
 from service.domain.rules import RULE_SETS, Thresholds
 from service.domain.state import Change, OAState, Policy, core_key, index_key
-from service.log.base import Record
+from service.log.base import LogError, Record
 from service.logsetup import get_logger
 from service.processor.snapshots import PartitionMark
 from service.store.stores import IndexStore
@@ -236,10 +236,10 @@ class PartitionFolder:
         state = self.state_of(oa_id)
         if self.store is None or state is None:
             return
+        releases = getattr(state, name).releases
         found = await self.store.get_many([index_key(oa_id, name, key) for key in keys])
-        state = self.state_of(oa_id)  # restored again meanwhile: another state
-        if state is not None:
-            state.offer(name, found)
+        if self.state_of(oa_id) is state:  # not evicted and read back meanwhile
+            state.offer(name, found, releases)
 
     async def whole(self, oa_id: str) -> OAState:
         """The OA's state with every entry of its indexes in memory (from the store): to
@@ -296,6 +296,8 @@ class PartitionFolder:
                 self.decision(state.oa_id, change, record, index, policy)
                 for index, change in enumerate(changes)
             ]
+        except LogError:
+            raise  # the store could not be read: the partition starts again from its checkpoint
         except Exception as exc:  # a bug must not stop the partition; the record is kept
             _log.exception("fold failed", oa_id=item.oa_id, offset=record.offset)
             headers = {name: value.decode(errors="replace") for name, value in record.headers}

@@ -109,7 +109,7 @@ async def _write(log: EventLog, folder: PartitionFolder, settings: Settings) -> 
             changes = list(state.index_changes(ttl_ms).items())
             changes.append((core_key(state.oa_id), (state.core_json(), CORE_DAY)))
             for start in range(0, len(changes), 10_000):
-                await store.put(dict(changes[start : start + 10_000]))
+                await store.put(dict(changes[start : start + 10_000]), upto=-1, void=[])
         index_upto, void = store.upto, list(store.void)
     finally:
         await store.close()

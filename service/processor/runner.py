@@ -23,7 +23,14 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.domain.fold import Item
 from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes
-from service.log.base import EventLog, LogConsumer, LogError, Record, TopicPartition
+from service.log.base import (
+    EventLog,
+    LogConsumer,
+    LogError,
+    LogUnavailable,
+    Record,
+    TopicPartition,
+)
 from service.logsetup import get_logger
 from service.metrics import (
     CHECKPOINT_SECONDS,
@@ -103,6 +110,8 @@ class Processor:
         self._last_checkpoint = time.monotonic()
         self._checkpoints = 0
         self._lock = asyncio.Lock()
+        self._closing: list[PartitionFolder] = []
+        """Folders let go of (`_retake`) whose stores are still to be closed."""
         self._capturing = asyncio.Lock()
         """Held while a checkpoint takes the states' changes and encodes them, and by an
         admission applied ahead: the values taken must not change until encoded."""
@@ -252,9 +261,13 @@ class Processor:
         assert consumer is not None
         started = time.monotonic()
         folder = await self._restore(tp.partition)
-        committed = await consumer.committed(tp)
-        start = _replay_start(folder, committed)
-        end = (await self.log.end_offsets([tp]))[tp]
+        try:
+            committed = await consumer.committed(tp)
+            start = _replay_start(folder, committed)
+            end = (await self.log.end_offsets([tp]))[tp]
+        except BaseException:
+            await _close_store(folder)  # its files are the next try's
+            raise
         if tp not in consumer.assignment():
             await _close_store(folder)
             return  # revoked while it was restored
@@ -314,7 +327,7 @@ class Processor:
         await self._drain(mine)
         try:
             await self.checkpoint()
-        except LogError as exc:  # the next owner folds again from the last commit
+        except Exception as exc:  # the next owner folds again from the last commit
             _log.warning("checkpoint before revocation failed", error=repr(exc))
         now_ms = int(self.wall().timestamp() * 1000)
         for partition in mine:
@@ -385,6 +398,8 @@ class Processor:
         failures = 0
         while not self._stopping.is_set():
             try:
+                while self._closing:
+                    await _close_store(self._closing.pop())
                 for tp in sorted(self._unrestored & self._consumer.assignment()):
                     await self._take(tp)
                 self._unrestored &= self._consumer.assignment()
@@ -436,7 +451,14 @@ class Processor:
                 # Moved (restored again) after this fetch returned: the records may come
                 # from before the new position, and folding them could skip some.
                 continue
-            folder.handle(record, out)
+            try:
+                folder.handle(record, out)
+            except LogError as exc:
+                # The store failed a read halfway through a record: what the fold changed
+                # is not known, so the partition starts again from its last checkpoint.
+                _log.warning("index store read failed", partition=folder.partition, error=repr(exc))
+                self._retake(folder)
+                continue
             end = self.catching_up.get(record.partition)
             if end is not None and record.offset + 1 >= end:
                 del self.catching_up[record.partition]
@@ -465,6 +487,9 @@ class Processor:
         assert self._consumer is not None
         started = time.monotonic()
         async with self._lock:
+            for folder in list(self.folders.values()):
+                if folder.store is not None and folder.store.broken:
+                    self._retake(folder)
             output, self._output = self._output, Output()
             topics = self.log.topics
             written: list[tuple[PartitionFolder, set[str], tuple[int, VoidRanges]]] = []
@@ -498,11 +523,9 @@ class Processor:
                     changes = {**folder.unwritten, **encoded}
                     for oa_id, _, core in cores:
                         changes[core_key(oa_id)] = (core, CORE_DAY)
-                    # Until the store has them, they are written again by each checkpoint.
+                    # Until a mark includes them, they are written again by each checkpoint.
                     folder.unwritten = changes
-                    index_upto = await self._write_indexes(folder, changes)
-                    folder.unwritten = {}
-                    void = [] if folder.store is None else list(folder.store.void)
+                    index_upto, void = await self._write_indexes(folder, changes)
                     written.append((folder, dirty, (index_upto, void)))
                     for oa_id, position, core in cores:
                         for key, value in encode_state(
@@ -526,7 +549,7 @@ class Processor:
                     marks.append((topics.oa_state, mark_key(partition), mark, partition))
                     commits[TopicPartition(topics.events, partition)] = folder.position + 1
                 await self._all(chunks)
-                await self._all(marks)
+                await self._append_marks(written, marks)
                 if commits:
                     await self._consumer.commit(commits)
             except BaseException:
@@ -537,11 +560,10 @@ class Processor:
                 for folder, dirty, _ in written:
                     folder.dirty |= dirty
                 raise
-            for folder, dirty, index_mark in written:
+            for folder, dirty, _ in written:
                 folder.clock_history = next_clocks(
                     folder.clock_history, folder.position, folder.clock_ms
                 )
-                folder.index_mark = index_mark
                 if folder.store is not None:
                     for state in folder.states.values():
                         state.release()  # what the store holds now leaves memory
@@ -563,23 +585,52 @@ class Processor:
 
     async def _write_indexes(
         self, folder: PartitionFolder, changes: dict[bytes, tuple[bytes | None, int]]
-    ) -> int:
-        """Write the index changes; the store's highest write id, for the snapshots and mark."""
+    ) -> tuple[int, VoidRanges]:
+        """Write the index changes; the store's highest write id and void ranges, for the
+        snapshots and the mark."""
         store = folder.store
         if store is None:
-            return -1
-        if store.broken:
-            # A write failed: what the store holds beyond the last mark is not known, so it
-            # is opened again from that mark (those writes become void) and written anew.
-            await store.close()
-            upto, void = folder.index_mark
-            store = self.stores.store(folder.partition)
-            folder.store = None
-            await store.open(upto=upto, void=void)
-            folder.store = store
-            for state in folder.states.values():
-                state.attach(store.get)
-        return await store.put(changes)
+            raise LogUnavailable(f"partition {folder.partition} has no index store")
+        upto, void = folder.index_mark
+        index_upto = await store.put(changes, upto=upto, void=void)
+        return index_upto, list(store.void)
+
+    async def _append_marks(
+        self,
+        written: list[tuple[PartitionFolder, set[str], tuple[int, VoidRanges]]],
+        marks: list[tuple[str, bytes | None, bytes, int | None]],
+    ) -> None:
+        """Append the marks (one per folder written, in order). A durable mark is what a
+        restore of its partition reads, also when another one failed: what its store
+        writes next is relative to it, and its index changes need not be written again."""
+        results = await asyncio.gather(
+            *(self.log.append(topic, key, value, partition=p) for topic, key, value, p in marks),
+            return_exceptions=True,
+        )
+        failed: BaseException | None = None
+        for (folder, _, index_mark), result in zip(written, results, strict=True):
+            if isinstance(result, BaseException):
+                failed = failed or result
+                continue
+            folder.index_mark = index_mark
+            folder.unwritten = {}
+        if failed is not None:
+            raise failed if isinstance(failed, LogError) else LogError(repr(failed))
+
+    def _retake(self, folder: PartitionFolder) -> None:
+        """Let the partition go and take it again from its last checkpoint (its snapshots,
+        and its store as the mark leaves it), as a new owner would: its store failed, so
+        what this folder holds beyond the checkpoint cannot be trusted or written."""
+        partition = folder.partition
+        if self.folders.get(partition) is folder:
+            del self.folders[partition]
+        self.catching_up.pop(partition, None)
+        self._closing.append(folder)
+        tp = TopicPartition(self.log.topics.events, partition)
+        if self._consumer is not None and tp in self._consumer.assignment():
+            self._consumer.pause([tp])
+            self._unrestored.add(tp)
+        _log.warning("partition taken again from its last checkpoint", partition=partition)
 
     async def _expire(self, folder: PartitionFolder) -> None:
         """Drop from the store what every OA of the partition reads as absent by now (see

@@ -189,22 +189,32 @@ class IndexStore(abc.ABC):
             await self._write_locked(changes)
         return self.upto
 
-    async def put(self, values: Mapping[bytes, tuple[bytes | None, int]]) -> int:
-        """Store the newest values (None: absent) and expiry days of entries durably, each
-        with what the store holds for it now as its `before`; an entry whose value is what
-        the store holds already is not written. `upto` for the caller's mark."""
+    async def put(
+        self, values: Mapping[bytes, tuple[bytes | None, int]], *, upto: int, void: VoidRanges
+    ) -> int:
+        """Store the newest values (None: absent) and expiry days of entries durably; an
+        entry whose value is what the store holds already is not written. `upto` and
+        `void` are the caller's last durable mark: each entry's `before` is its value as
+        that mark includes it, so that however many writes no mark ever included come
+        before a crash, a restore from that mark reads what the mark saw. Returns the
+        store's `upto` for the caller's next mark."""
         entries = self._live()
         async with self._lock:
-            keys = list(values)
-            before = await self._on_thread(
-                partial(read_resolved, entries, keys, self.upto, list(self.void))
-            )
-            changes = {
-                key: (before[key], after, day)
-                for key, (after, day) in values.items()
-                if before[key] != after
-            }
-            await self._write_locked(changes)
+            current_upto, current_void = self.upto, list(self.void)
+
+            def choose() -> Changes:
+                changes: dict[bytes, tuple[bytes | None, bytes | None, int]] = {}
+                for key, (after, day) in values.items():
+                    row = entries.read_row(key)
+                    if row is None:
+                        if after is not None:
+                            changes[key] = (None, after, day)
+                        continue
+                    if resolve(*row, current_upto, current_void) != after:
+                        changes[key] = (resolve(*row, upto, void), after, day)
+                return changes
+
+            await self._write_locked(await self._on_thread(choose))
         return self.upto
 
     async def _write_locked(self, changes: Changes) -> None:

@@ -84,10 +84,10 @@ async def main(backend: str, where: str, prefix: str, partitions: int, spec: str
     processor._fold = fold  # type: ignore[method-assign]
     real_write_indexes = processor._write_indexes
 
-    async def write_indexes(*args: Any) -> int:
-        upto = await real_write_indexes(*args)
+    async def write_indexes(*args: Any) -> Any:
+        written = await real_write_indexes(*args)
         indexes.tick()  # the index entries are durable, the snapshots and the mark not yet
-        return upto
+        return written
 
     processor._write_indexes = write_indexes  # type: ignore[method-assign,assignment]
     await processor.start()

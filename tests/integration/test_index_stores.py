@@ -287,3 +287,33 @@ def _v1_chunk(oa_id: str, partition: int, document: dict[str, Any], log: EventLo
             "data": base64.b64encode(packed).decode(),
         }
     )
+
+
+@pytest.mark.parametrize("backend", ["kafka"], indirect=True)
+@pytest.mark.kafka
+async def test_a_store_write_that_fails_takes_the_partition_again_from_its_checkpoint(
+    log_factory: LogOpener,
+) -> None:
+    """The changelog cannot be written: the checkpoint fails and its store is broken. The
+    next checkpoint lets the partition go and takes it again from the last mark, so what
+    was folded beyond it is folded again, never counted twice nor lost."""
+    log = await log_factory(partitions=PARTITIONS)
+    raws = feed.stream(seed=17, oas=6, messages=40)
+    half = len(raws) // 2
+    await append_all(log, raws[:half])
+    processor = await caught_up(log)
+    before = dict(processor.folders)
+    await processor.stores.close()  # the changelog's producer is gone: index writes fail
+    await append_all(log, raws[half:])
+    async with asyncio.timeout(30):
+        while not any(f.store is not None and f.store.broken for f in processor.folders.values()):
+            await asyncio.sleep(0.05)
+    await processor.stores.start()
+    async with asyncio.timeout(30):
+        while not any(processor.folders.get(p) not in (None, f) for p, f in before.items()):
+            await asyncio.sleep(0.05)
+    await fold_to_end(processor, log, set(range(PARTITIONS)))
+    expected = await clean_pass(log)
+    assert_same(await live_outcome(processor, expected), expected)
+    await processor.close()
+    assert_same(await stored(log), expected)

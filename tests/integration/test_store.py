@@ -354,7 +354,7 @@ async def test_kafka_a_store_whose_write_failed_reads_as_before_it_and_writes_on
     assert store.get(A) == b"a1"
     assert await store.get_many([A, B]) == {A: b"a1", B: None}
     with pytest.raises(LogUnavailable, match="open it again"):
-        await store.put({A: (b"a3", DAY)})
+        await store.put({A: (b"a3", DAY)}, upto=upto, void=[])
     await stores.start()
     store, void = await reopen(upto=upto)
     assert void == []
@@ -383,3 +383,24 @@ async def test_a_write_waiting_for_another_keeps_its_values_cached(reopen: Opene
     second = asyncio.create_task(store.write({last: (b"v1", b"v2", DAY)}))
     await asyncio.gather(first, second)
     assert store.get(last) == b"v2"
+
+
+async def test_writes_no_mark_included_read_after_a_restore_as_the_mark_saw_them(
+    reopen: Opener,
+) -> None:
+    """A checkpoint whose mark failed, then another, then a crash: however many writes no
+    mark included, a restore from the last mark reads each entry as that mark saw it."""
+    store, _ = await reopen()
+    marked = await store.put({A: (b"a1", DAY)}, upto=-1, void=[])
+    await store.put({A: (b"a2", DAY), B: (b"b2", DAY)}, upto=marked, void=[])  # mark failed
+    await store.put({A: (b"a3", DAY), B: (b"b3", DAY)}, upto=marked, void=[])  # then a crash
+    assert store.get(A) == b"a3"
+    store, void = await reopen(upto=marked)
+    assert void, "what no mark included is void"
+    assert (store.get(A), store.get(B)) == (b"a1", None)
+
+
+async def test_a_value_the_store_holds_already_is_not_written_again(reopen: Opener) -> None:
+    store, _ = await reopen()
+    marked = await store.put({A: (b"a1", DAY)}, upto=-1, void=[])
+    assert await store.put({A: (b"a1", DAY)}, upto=marked, void=[]) == marked
