@@ -175,6 +175,7 @@ async def test_a_broker_restart_under_load_loses_and_doubles_nothing(tmp_path: P
         await accepts_webhooks_again(served)
         before_after = len(record.lines)
         await simulate(served.url, plan, rate=50, duration_s=4, record=record)
+        await folded_to_the_end(served)
         assert served.stop() == 0, served.tail()
 
         webhooks = ("receipt", "rating", "reply", "management", "duplicate")

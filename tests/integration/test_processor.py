@@ -121,7 +121,8 @@ async def clean_pass(log: EventLog) -> Outcome:
 
 async def whole_documents(log: EventLog, partition: int, restored: Restored) -> dict[str, Any]:
     """The restored states of a partition with the entries of their indexes, from the
-    partition's index store as the mark leaves it."""
+    partition's index store as the mark leaves it, read as a processor restoring them
+    would (at the mark's clock: what the store may drop by then reads as absent)."""
     stores = IndexStores(log, state_dir=TEST_STATE_DIR, cache_mb=8)
     await stores.start()
     store = stores.store(partition)
@@ -129,11 +130,11 @@ async def whole_documents(log: EventLog, partition: int, restored: Restored) -> 
     await store.open(
         upto=-1 if mark is None else mark.index_upto, void=[] if mark is None else mark.index_void
     )
+    folder = PartitionFolder(log.topics.events, partition, PolicyBook(SETTINGS), stream_clock=True)
+    folder.restore(restored.states, mark, store)
+    folder.clock_ms = None if mark is None else mark.clock_ms
     try:
-        return {
-            oa: state.with_entries(await store.entries_of(oa)).to_document()
-            for oa, state in restored.states.items()
-        }
+        return {oa: (await folder.whole(oa)).to_document() for oa in restored.states}
     finally:
         await store.close()
         await stores.close()
