@@ -160,7 +160,12 @@ class Processor:
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
-        held = [*self.folders.values(), *(folder for folder, _ in self.copies.values())]
+        held = [
+            *self.folders.values(),
+            *(folder for folder, _ in self.copies.values()),
+            *self._closing,
+        ]
+        self._closing = []
         for folder in held:
             await _close_store(folder)
         await self.stores.close()
