@@ -484,9 +484,8 @@ class OAState:
         for name in self.SHARED_INDEXES:
             index: Index[Any] = getattr(self, name)
             for key, value in index.take_changes().items():
-                stored = None if value is None else orjson.dumps(value)
-                day = 0 if value is None else _STORE_DAY[name](value, dedup_ttl_ms)
-                changes[index_key(self.oa_id, name, key)] = (stored, day)
+                entry = (None, 0) if value is None else store_entry(name, value, dedup_ttl_ms)
+                changes[index_key(self.oa_id, name, key)] = entry
         return changes
 
     def offer(self, name: str, found: Mapping[bytes, bytes | None]) -> None:
@@ -570,6 +569,13 @@ _STORE_DAY: dict[str, Callable[[Any, int], int]] = {
     "idempotency": lambda entry, ttl: _key_store_day(int(entry[0]), ttl),
 }
 """The day ordinal before which the store may drop an entry: expired for every OA by then."""
+
+
+def store_entry(name: str, value: Any, dedup_ttl_ms: int) -> tuple[bytes, int]:
+    """An entry of the index `name` as the store holds it: its JSON and the day ordinal
+    before which the store may drop it. A bulk load writes entries through this too, so
+    that they read back and expire as those a checkpoint writes."""
+    return orjson.dumps(value), _STORE_DAY[name](value, dedup_ttl_ms)
 
 
 @functools.lru_cache(maxsize=65_536)
