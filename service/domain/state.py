@@ -574,11 +574,9 @@ def encode_changes(taken: IndexChanges, dedup_ttl_ms: int) -> dict[bytes, tuple[
     oa_id, indexes = taken
     changes: dict[bytes, tuple[bytes | None, int]] = {}
     for name, values in indexes:
-        store_day = _STORE_DAY[name]
         for key, value in values.items():
-            stored = None if value is None else orjson.dumps(value)
-            day = 0 if value is None else store_day(value, dedup_ttl_ms)
-            changes[index_key(oa_id, name, key)] = (stored, day)
+            entry = (None, 0) if value is None else store_entry(name, value, dedup_ttl_ms)
+            changes[index_key(oa_id, name, key)] = entry
     return changes
 
 
@@ -625,6 +623,13 @@ _STORE_DAY: dict[str, Callable[[Any, int], int]] = {
     "idempotency": lambda entry, ttl: _key_store_day(int(entry[0]), ttl),
 }
 """The day ordinal before which the store may drop an entry: expired for every OA by then."""
+
+
+def store_entry(name: str, value: Any, dedup_ttl_ms: int) -> tuple[bytes, int]:
+    """An entry of the index `name` as the store holds it: its JSON and the day ordinal
+    before which the store may drop it. A bulk load writes entries through this too, so
+    that they read back and expire as those a checkpoint writes."""
+    return orjson.dumps(value), _STORE_DAY[name](value, dedup_ttl_ms)
 
 
 @functools.lru_cache(maxsize=65_536)

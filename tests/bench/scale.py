@@ -3,11 +3,13 @@ latency and restart, at 10^5, 10^6 (and 8 x 10^6) messages in state, on the embe
 and on Kafka. Not a test; it asserts nothing about speed.
 
 Folding millions of records through the log would take hours, so each OA's state is built
-directly in the domain (its messages, as many recipients, and the dedup keys of the last
-48 hours, as the fold of N sends and their receipts spread over 8 days leaves them) and
-written into the log as a snapshot, as a checkpoint writes it. Then, in a fresh process, a
-zns-gate application (the `zns-gate serve` app, in-process on a real socket, so that a
-probe shares its event loop) restores it and is measured:
+directly: its index entries (its messages, as many recipients, and the dedup keys of the
+last 48 hours, as the fold of N sends and their receipts spread over 8 days leaves them)
+are written in pieces straight into the partition's index store, and its small core (with
+the index limits the fold's day change leaves) into the log as a snapshot whose mark names
+the store's write id, as a checkpoint writes them. Memory stays bounded whatever the size.
+Then, in a fresh process, a zns-gate application (the `zns-gate serve` app, in-process on a
+real socket, so that a probe shares its event loop) restores it and is measured:
 
 - RSS after the restore, and bytes per message above the fresh OA's RSS;
 - the restore itself (time to ready) and the longest stall of the loop during it;
@@ -15,7 +17,9 @@ probe shares its event loop) restores it and is measured:
   for 100 admissions a second (open loop, latency from when each was due): the longest
   stall of the loop, and admission p50/p99;
 - a checkpoint after 1,000 changed messages (1,000 sends folded): its time and stall;
-- a restart in another fresh process: time to ready with the state intact.
+- a restart in another fresh process: time to ready with the local store intact;
+- Kafka only: a restart after the local store's directory is deleted, so that it is
+  rebuilt from the changelog `zns.oa-index` (the embedded store has no changelog: n/a).
 
 The probe asks to wake every millisecond and records how late it woke (as in
 `loop_lag.py`). A fresh OA (no messages) is measured the same way in the same run, so the
@@ -40,6 +44,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,7 +59,15 @@ from aiohttp import web
 
 from service.app import PROCESSOR, build_app
 from service.config import LogSettings, Settings
-from service.domain.state import MESSAGE_DAYS, Message, OAState, Recipient
+from service.domain.state import (
+    HOUR_MS,
+    MESSAGE_DAYS,
+    Message,
+    OAState,
+    Recipient,
+    index_key,
+    store_entry,
+)
 from service.http import LOG
 from service.log import create_log
 from service.log.base import EventLog, TopicPartition
@@ -63,6 +76,7 @@ from service.processor.folding import PolicyBook
 from service.processor.runner import Processor
 from service.processor.snapshots import encode_mark, encode_state, mark_key
 from service.simulate import percentile
+from service.store.stores import Changes, IndexStore, IndexStores
 from tests.bench.loop_lag import Probe
 from tests.serve import free_port
 
@@ -74,6 +88,7 @@ GOALS = {
     "admission_p99_ms": ("< 10 ms", 10.0),
     "checkpoint_ms": ("< 50 ms", 50.0),
     "restart_s": ("< 10 s", 10.0),
+    "rebuild_s": ("< 3 min", 180.0),
 }
 """The goals at 8 x 10^6 messages, beside the figures."""
 
@@ -111,6 +126,8 @@ def settings_for(args: argparse.Namespace) -> Settings:
         {
             "server": {"host": "127.0.0.1", "port": args.port},
             "log": log,
+            # Beside the embedded log's file: every process of a run opens the same stores.
+            "processor": {"state_dir": str(Path(args.path).parent / "state")},
         }
     )
 
@@ -118,25 +135,62 @@ def settings_for(args: argparse.Namespace) -> Settings:
 # --- building the state ----------------------------------------------------------------------
 
 
-def build_state(size: int, now: datetime) -> OAState:
-    """One OA after `size` messages sent OK and delivered, to as many recipients, spread
-    evenly over the days messages are kept; the dedup keys of the last 48 hours."""
+PIECE = 10_000
+"""Messages whose index entries are built and written at a time: memory stays bounded."""
+
+DAY_MS = 86_400_000
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+    """What every piece of the built state derives from."""
+
+    size: int
+    today: int
+    now_ms: int
+    dedup_ttl_ms: int
+
+
+def core_state(size: int, now: datetime) -> tuple[OAState, Shape]:
+    """The core of one OA after `size` messages sent OK and delivered, to as many
+    recipients, spread evenly over the days messages are kept: no index entries, but the
+    index limits as the fold's day change (`prune`) leaves them."""
     policy = PolicyBook(Settings()).for_oa(OA)
     state = OAState.new(OA, policy.rules)
     today = policy.day(now)
     now_ms = int(now.timestamp() * 1000)
+    ttl_ms = int(policy.dedup_ttl.total_seconds() * 1000)
     state.today = today
     state.first_send_day = today - MESSAGE_DAYS
     state.daily_quota = state.day_start_quota = None  # the top tier: a sender this large
     state.event_ms = now_ms
     state.template(TEMPLATE).tag = 1
-    day_ms = 86_400_000
-    for n in range(size):
-        age = n * MESSAGE_DAYS // max(size, 1)  # days before today
-        day = today - age
+    state.sent_ok.add(today, size // MESSAGE_DAYS)
+    state.messages.expire_before(today)
+    state.recipients.expire_before(today)
+    cutoff = min(now_ms, state.event_ms) - ttl_ms
+    first_kept_hour = -(-cutoff // HOUR_MS)
+    state.dedup.expire_before(first_kept_hour, keep_from=cutoff)
+    state.idempotency.expire_before(first_kept_hour, keep_from=cutoff)
+    state.clear_touched()
+    return state, Shape(size, today, now_ms, ttl_ms)
+
+
+def index_piece(shape: Shape, first: int, count: int) -> Changes:
+    """The new store entries of messages `first` .. `first + count - 1`: each message, its
+    recipient and, in the last 48 hours, the dedup keys of its send and its receipt."""
+    changes: dict[bytes, tuple[bytes | None, bytes | None, int]] = {}
+
+    def put(name: str, key: str, value: object) -> None:
+        raw, day = store_entry(name, value, shape.dedup_ttl_ms)
+        changes[index_key(OA, name, key)] = (None, raw, day)
+
+    for n in range(first, min(first + count, shape.size)):
+        age = n * MESSAGE_DAYS // max(shape.size, 1)  # days before today
+        day = shape.today - age
         key = recipient_hash(n)
         msg_id = f"{n:032x}"
-        state.messages[msg_id] = Message(
+        message = Message(
             day,
             template_id=TEMPLATE,
             tag=1,
@@ -146,21 +200,37 @@ def build_state(size: int, now: datetime) -> OAState:
             delivered=True,
             receipt=True,
         )
-        state.recipients[key] = Recipient(last_seen_day=day, last_tag12_day=day)
+        put("messages", msg_id, message)
+        put("recipients", key, Recipient(last_seen_day=day, last_tag12_day=day))
         if age < 2:
-            at = now_ms - age * day_ms
-            state.dedup["send:" + f"tr-{n}"] = at
-            state.dedup["user_received_message:" + msg_id] = at
-    state.sent_ok.add(today, size // MESSAGE_DAYS)
-    state.clear_touched()
-    return state
+            at = shape.now_ms - age * DAY_MS
+            put("dedup", "send:" + f"tr-{n}", at)
+            put("dedup", "user_received_message:" + msg_id, at)
+    return changes
 
 
-async def write_snapshot(log: EventLog, state: OAState) -> int:
-    """Append `state` to `zns.oa-state` as a checkpoint would; returns the bytes written."""
+async def write_indexes(store: IndexStore, shape: Shape) -> tuple[int, float]:
+    """Write every index entry into the store, a piece at a time; (entries, seconds spent
+    in the store's writes)."""
+    entries = 0
+    writing = 0.0
+    for first in range(0, shape.size, PIECE):
+        changes = index_piece(shape, first, PIECE)
+        started = time.perf_counter()
+        await store.write(changes)
+        writing += time.perf_counter() - started
+        entries += len(changes)
+    return entries, writing
+
+
+async def write_snapshot(log: EventLog, state: OAState, store: IndexStore) -> int:
+    """Append the core of `state` to `zns.oa-state` and the partition's mark with the store's
+    write id, as a checkpoint would; returns the bytes written."""
     topics = log.topics
-    partition = log.partition_for(OA.encode())
-    chunks = encode_state(state, topics.events, partition)
+    partition = store.partition
+    chunks = encode_state(
+        state.core_json(), OA, state.position, topics.events, partition, store.upto
+    )
     written = 0
     for start in range(0, len(chunks), 50):
         batch = chunks[start : start + 50]
@@ -168,7 +238,15 @@ async def write_snapshot(log: EventLog, state: OAState) -> int:
             *(log.append(topics.oa_state, k, v, partition=partition) for k, v in batch)
         )
         written += sum(len(v) for _, v in batch)
-    mark = encode_mark(topics.events, partition, state.position, None, [])
+    mark = encode_mark(
+        topics.events,
+        partition,
+        state.position,
+        None,
+        [],
+        index_upto=store.upto,
+        index_void=list(store.void),
+    )
     await log.append(topics.oa_state, mark_key(partition), mark, partition=partition)
     return written
 
@@ -176,17 +254,31 @@ async def write_snapshot(log: EventLog, state: OAState) -> int:
 async def build(args: argparse.Namespace) -> dict[str, Any]:
     before = rss_mb()
     started = time.perf_counter()
-    state = build_state(args.size, datetime.now(UTC))
-    built = time.perf_counter() - started
-    held = rss_mb()
-    log = create_log(settings_for(args).log)
+    state, shape = core_state(args.size, datetime.now(UTC))
+    settings = settings_for(args)
+    log = create_log(settings.log)
     await log.start()
-    started = time.perf_counter()
-    written = await write_snapshot(log, state)
-    wrote = time.perf_counter() - started
-    await log.close()
+    stores = IndexStores(
+        log, state_dir=settings.processor.state_dir, cache_mb=settings.processor.cache_mb
+    )
+    await stores.start()
+    store = stores.store(log.partition_for(OA.encode()))
+    try:
+        await store.open(upto=-1, void=[])
+        entries, writing = await write_indexes(store, shape)
+        built = time.perf_counter() - started
+        held = rss_mb()
+        started = time.perf_counter()
+        written = await write_snapshot(log, state, store)
+        wrote = time.perf_counter() - started
+    finally:
+        await store.close()
+        await stores.close()
+        await log.close()
     return {
         "build_s": built,
+        "build_entries": entries,
+        "build_store_write_s": writing,
         "built_rss_mb": held - before,
         "snapshot_mb": written / 1e6,
         "snapshot_write_s": wrote,
@@ -341,16 +433,31 @@ async def serve(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def restart(args: argparse.Namespace) -> dict[str, Any]:
+async def restart(args: argparse.Namespace, name: str = "restart") -> dict[str, Any]:
     configure_logging("WARNING", json=True)
     served = Served(args)
     probe = Probe()
     probe.start()
     seconds = await served.start()
     stall = max(await probe.stop(), default=0.0)
-    result = {"restart_s": seconds, "restart_stall_ms": stall * 1000, "restart_rss_mb": rss_mb()}
+    store = served.processor.folders[served.log.partition_for(OA.encode())].store
+    result = {
+        f"{name}_s": seconds,
+        f"{name}_stall_ms": stall * 1000,
+        f"{name}_rss_mb": rss_mb(),
+        f"{name}_records_read": None if store is None else store.records_read,
+    }
     await served.stop()
     return result
+
+
+async def rebuild(args: argparse.Namespace) -> dict[str, Any]:
+    """A restart without the local store (a new owner's disk): rebuilt from the changelog."""
+    settings = settings_for(args)
+    log = create_log(settings.log)
+    partition = log.partition_for(OA.encode())
+    shutil.rmtree(settings.processor.state_dir / log.topics.prefix / str(partition))
+    return await restart(args, "rebuild")
 
 
 # --- the load (its own process) --------------------------------------------------------------
@@ -447,7 +554,10 @@ def measure(args: argparse.Namespace, size: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as folder:
         path = str(Path(folder) / "scale.db")
         try:
-            for role in ("build", "serve", "restart"):
+            roles = ["build", "serve", "restart"]
+            if args.backend == "kafka":  # the embedded store has no changelog to rebuild from
+                roles.append("rebuild")
+            for role in roles:
                 result |= child(role, args, path, prefix)
                 print(f"  {args.backend} {size:,} {role}: done", file=sys.stderr, flush=True)
                 if "failed" in result:
@@ -466,12 +576,18 @@ def _cell(value: float | None, unit: str = "", digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}{unit}"
 
 
+BUILT = ("build_s", "build_peak_rss_mb")
+"""Figures of the build, not of the service: a ratio to the fresh OA's says nothing."""
+
+
 def table(results: list[dict[str, Any]]) -> str:
     columns = [
         ("RSS MB", "rss_mb", 0),
         ("B/msg (RSS)", "bytes_per_message", 0),
-        ("B/msg (built)", "built_bytes_per_message", 0),
+        ("RSS after load MB", "rss_after_load_mb", 0),
         ("peak RSS MB", "peak_rss_mb", 0),
+        ("build s", "build_s", 0),
+        ("build peak RSS MB", "build_peak_rss_mb", 0),
         ("ckpt 1,000 ms", "checkpoint_ms", 1),
         ("ckpt stall ms", "checkpoint_stall_ms", 1),
         ("stall under load ms", "load_stall_ms", 1),
@@ -482,14 +598,17 @@ def table(results: list[dict[str, Any]]) -> str:
         ("restore s", "restore_s", 2),
         ("restore stall ms", "restore_stall_ms", 0),
         ("restart s", "restart_s", 2),
-        ("snapshot MB", "snapshot_mb", 1),
+        ("rebuild s", "rebuild_s", 1),
+        ("snapshot MB", "snapshot_mb", 3),
     ]
     goal_of = {
         "rss_mb": "rss_mb",
+        "rss_after_load_mb": "rss_mb",
         "checkpoint_ms": "checkpoint_ms",
         "load_stall_ms": "stall_ms",
         "admission_p99_ms": "admission_p99_ms",
         "restart_s": "restart_s",
+        "rebuild_s": "rebuild_s",
     }
     head = "| backend | messages | load avg | " + " | ".join(c[0] for c in columns) + " |"
     lines = [head, "| --- " * (3 + len(columns)) + "|"]
@@ -502,7 +621,9 @@ def table(results: list[dict[str, Any]]) -> str:
         for _, key, digits in columns:
             value = r.get(key)
             cell = _cell(value, digits=digits)
-            if r["size"] and value is not None and base.get(key):
+            if key == "rebuild_s" and r["backend"] == "embedded":
+                cell = "n/a"  # no changelog: the store is the log's own file
+            if r["size"] and value is not None and base.get(key) and key not in BUILT:
                 ratio = value / base[key]
                 cell += f" ({ratio:,.1f}x)" if ratio < 10 else f" ({ratio:,.0f}x)"
             cells.append(cell)
@@ -531,7 +652,7 @@ def main() -> int:
         default=LogSettings().session_timeout_ms,
         help="Kafka: a member whose loop stalls longer than this loses its partitions",
     )
-    parser.add_argument("--role", choices=["build", "serve", "restart", "load"])
+    parser.add_argument("--role", choices=["build", "serve", "restart", "rebuild", "load"])
     parser.add_argument("--backend", help=argparse.SUPPRESS)
     parser.add_argument("--size", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--path", help=argparse.SUPPRESS)
@@ -543,7 +664,13 @@ def main() -> int:
         if args.role != "load":
             limit = int(args.memory_limit_gb * 2**30)
             resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        roles = {"build": build, "serve": serve, "restart": restart, "load": load}
+        roles = {
+            "build": build,
+            "serve": serve,
+            "restart": restart,
+            "rebuild": rebuild,
+            "load": load,
+        }
         print(json.dumps(asyncio.run(roles[args.role](args))))
         return 0
     results: list[dict[str, Any]] = []
@@ -555,8 +682,6 @@ def main() -> int:
             fresh = next((r for r in results if r["backend"] == backend and r["size"] == 0), None)
             if size and fresh and "rss_mb" in result:
                 result["bytes_per_message"] = (result["rss_mb"] - fresh["rss_mb"]) * 2**20 / size
-            if size and "built_rss_mb" in result:
-                result["built_bytes_per_message"] = result["built_rss_mb"] * 2**20 / size
             results.append(result)
             print(json.dumps(result), flush=True)
     print(table(results))

@@ -12,7 +12,7 @@ import pytest
 from service.domain.index import Index
 from service.domain.records import recipient_hash
 from service.domain.rules import ZBS_2026
-from service.domain.state import SCHEMA_VERSION, OAState, index_key
+from service.domain.state import SCHEMA_VERSION, OAState, index_key, store_entry
 from service.log.base import Record
 from service.processor.snapshots import Restorer, encode_mark, encode_state, mark_key
 from tests import feed
@@ -97,6 +97,27 @@ def test_a_checkpoint_takes_the_index_entries_changed_since_the_last_one_and_onl
     assert oa.state.index_changes(48 * 3_600_000) == {
         index_key(oa.state.oa_id, "messages", "m1"): (None, 0)
     }
+
+
+def test_an_entry_written_straight_into_the_store_is_what_a_checkpoint_writes() -> None:
+    """`store_entry` gives a value and expiry day equal to those a checkpoint takes for
+    the same entry, so that entries written without a fold (a bulk load) read back and
+    expire as the fold's own."""
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 5, vn(D, 9), key="k-1"))
+    oa.apply(feed.send("t1", "tr-1", vn(D, 9, 5), msg_id="m1", tag=2, recipient=OTHER))
+    ttl_ms = 48 * 3_600_000
+    state = oa.state
+    entries = {
+        (name, key): state_index.peek(key)
+        for name in OAState.SHARED_INDEXES
+        for state_index in [getattr(state, name)]
+        for key in state_index.touched
+    }
+    changes = state.index_changes(ttl_ms)
+    assert {"messages", "recipients", "dedup", "idempotency"} == {n for n, _ in entries}
+    for (name, key), value in entries.items():
+        assert store_entry(name, value, ttl_ms) == changes[index_key(state.oa_id, name, key)]
 
 
 @pytest.mark.parametrize(
