@@ -629,7 +629,14 @@ def store_entry(name: str, value: Any, dedup_ttl_ms: int) -> tuple[bytes, int]:
     """An entry of the index `name` as the store holds it: its JSON and the day ordinal
     before which the store may drop it. A bulk load writes entries through this too, so
     that they read back and expire as those a checkpoint writes."""
-    return orjson.dumps(value), _STORE_DAY[name](value, dedup_ttl_ms)
+    return exact(orjson.dumps(value)), _STORE_DAY[name](value, dedup_ttl_ms)
+
+
+def exact(raw: bytes) -> bytes:
+    """`raw` in an object of its own size. orjson's output keeps the few KiB buffer it was
+    written in; a cache of many small values held as they come would use many times the
+    memory it counts."""
+    return bytes(memoryview(raw))
 
 
 @functools.lru_cache(maxsize=65_536)

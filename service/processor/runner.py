@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.domain.fold import Item
-from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes
+from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes, exact
 from service.log.base import (
     EventLog,
     LogConsumer,
@@ -58,6 +58,8 @@ from service.store.versions import VoidRanges
 
 _log = get_logger("processor")
 
+FOLD_PIECE = 200
+"""Records folded between two turns of the event loop (about 10 ms of folding)."""
 RESTORE_BATCH = 500
 """Snapshot records read at a time while restoring (the loop runs between reads)."""
 
@@ -414,7 +416,10 @@ class Processor:
                 seeks = dict(self._seeks)  # as the fetch returned (the consumer's own seeks
                 # before it are reflected in what it returned)
                 async with self._lock:
-                    self._fold(records, seeks)
+                    for start in range(0, len(records), FOLD_PIECE):
+                        if start:
+                            await asyncio.sleep(0)  # requests are answered between pieces
+                        self._fold(records[start : start + FOLD_PIECE], seeks)
                 if self.catching_up:
                     await self._check_caught_up()
                 if self._checkpoint_due():
@@ -522,9 +527,13 @@ class Processor:
                             state = folder.states[oa_id]
                             ttl_ms = self.policies.dedup_ttl_ms(oa_id)
                             taken.append((state.take_changes(), ttl_ms))
-                            cores.append((oa_id, state.position, state.core_json()))
+                            cores.append((oa_id, state.position, exact(state.core_json())))
                             await asyncio.sleep(0)
-                        encoded = await _encode_off_the_loop(folder, taken)
+                        # Only recipients are changed by an admission applied ahead: the
+                        # rest is encoded once admissions may go on (folding still waits).
+                        mutable, settled = _split(taken, "recipients")
+                        encoded = await _encode_off_the_loop(folder, mutable)
+                    encoded.update(await _encode_off_the_loop(folder, settled))
                     changes = {**folder.unwritten, **encoded}
                     for oa_id, _, core in cores:
                         changes[core_key(oa_id)] = (core, CORE_DAY)
@@ -676,6 +685,18 @@ class Processor:
         tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
         for tp, end in (await self.log.end_offsets(tps)).items():
             await self.log.compact(tp, end)
+
+
+def _split(
+    taken: list[tuple[IndexChanges, int]], name: str
+) -> tuple[list[tuple[IndexChanges, int]], list[tuple[IndexChanges, int]]]:
+    """The changes of index `name`, and the others."""
+    chosen: list[tuple[IndexChanges, int]] = []
+    rest: list[tuple[IndexChanges, int]] = []
+    for (oa_id, indexes), ttl_ms in taken:
+        chosen.append(((oa_id, [(n, v) for n, v in indexes if n == name]), ttl_ms))
+        rest.append(((oa_id, [(n, v) for n, v in indexes if n != name]), ttl_ms))
+    return chosen, rest
 
 
 async def _encode_off_the_loop(
