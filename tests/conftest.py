@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -163,6 +164,25 @@ class LogOpener:
     async def close_all(self) -> None:
         for log in reversed(self.opened):
             await log.close()
+        if self.backend == "kafka" and self.opened:
+            await delete_topics(self.where, self.prefix)
+
+
+async def delete_topics(bootstrap: str, prefix: str) -> None:
+    """Delete the topics under `prefix`: a broker that keeps every test's topics runs out
+    of open files after a few runs of the suite."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=10_000)
+    try:
+        await admin.start()
+        names = [t for t in await admin.list_topics() if t.startswith(prefix + ".")]
+        if names:
+            await admin.delete_topics(names)
+    except Exception as exc:  # cleaning up must not fail the test that used them
+        sys.stderr.write(f"could not delete the topics of {prefix}: {exc!r}\n")
+    finally:
+        await admin.close()
 
 
 @pytest.fixture(params=["embedded", pytest.param("kafka", marks=pytest.mark.kafka)])

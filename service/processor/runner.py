@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from service.config import Settings
 from service.domain.fold import Item
+from service.domain.records import AdmissionRecord
 from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes, exact
 from service.log.base import (
     EventLog,
@@ -115,8 +116,9 @@ class Processor:
         self._closing: list[PartitionFolder] = []
         """Folders let go of (`_retake`) whose stores are still to be closed."""
         self._capturing = asyncio.Lock()
-        """Held while a checkpoint takes the states' changes and encodes them, and by an
-        admission applied ahead: the values taken must not change until encoded."""
+        """Held while a checkpoint takes the states' changes and encodes the recipients
+        among them, and by a promotion admission applied ahead (the one that changes
+        recipients in place): the values taken must not change until encoded."""
         self._stopping = asyncio.Event()
         self._assigned_once = False
         self._unrestored: set[TopicPartition] = set()
@@ -222,11 +224,19 @@ class Processor:
 
     async def apply_ahead(self, item: Item, record: Record) -> None:
         """Fold an admission this instance has just appended (`item`, as `record` in the
-        log) into the owner's state at once (once a checkpoint has encoded what it took)."""
-        async with self._capturing:
-            folder = self.folders.get(record.partition)
-            if folder is not None:
-                folder.apply_ahead(item, record, self._output)
+        log) into the owner's state at once. A promotion (tag 3) admission changes its
+        recipients in place: it waits while a checkpoint encodes the recipients it took."""
+        body = item.body
+        if isinstance(body, AdmissionRecord) and body.tag == 3 and body.granted_recipients:
+            async with self._capturing:
+                self._apply_ahead_now(item, record)
+        else:
+            self._apply_ahead_now(item, record)
+
+    def _apply_ahead_now(self, item: Item, record: Record) -> None:
+        folder = self.folders.get(record.partition)
+        if folder is not None:
+            folder.apply_ahead(item, record, self._output)
 
     # --- the group's callbacks ----------------------------------------------------------
 

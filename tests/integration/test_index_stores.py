@@ -31,9 +31,9 @@ from tests.integration.test_processor import (
     caught_up,
     clean_pass,
     fold_to_end,
+    move_to_a_second_and_back,
     options,
     read_topic,
-    second_instance,
     stored,
 )
 
@@ -232,34 +232,10 @@ async def test_a_partition_moved_between_two_instances_while_a_large_oa_folds(
     clean pass's."""
     log = await log_factory(partitions=PARTITIONS)
     raws = feed.stream(seed=16, oas=1, messages=1500)
-    thirds = [raws[: len(raws) // 3], raws[len(raws) // 3 : 2 * len(raws) // 3]]
-    thirds.append(raws[2 * len(raws) // 3 :])
-    everything = set(range(PARTITIONS))
-    await append_all(log, thirds[0])
-    one = Processor(log, SETTINGS, options(log))
-    await one.start()
-    await fold_to_end(one, log, everything)
-
-    opener_two = log_factory  # the same topics, another client: a second instance
-    second_log = await opener_two(partitions=PARTITIONS)
-    two = Processor(second_log, second_instance(), options(second_log))
-    await two.start()
-    moving = asyncio.create_task(append_all(log, thirds[1]))
-    async with asyncio.timeout(60):
-        while not (
-            one.folders and two.folders and set(one.folders) | set(two.folders) == everything
-        ):
-            await asyncio.sleep(0.05)
-    await moving
-    assert not set(one.folders) & set(two.folders), "a partition has one owner"
-    await fold_to_end(one, log, set(one.folders))
-    await fold_to_end(two, log, set(two.folders))
-    await two.close()
-    await append_all(log, thirds[2])
-    async with asyncio.timeout(60):
-        while set(one.folders) != everything:
-            await asyncio.sleep(0.1)
-    await fold_to_end(one, log, everything)
+    cut = len(raws) // 3
+    one = await move_to_a_second_and_back(
+        log_factory, log, [raws[:cut], raws[cut : 2 * cut], raws[2 * cut :]]
+    )
     expected = await clean_pass(log)
     large = next(iter(expected[0]))
     assert len(expected[0][large]["messages"]) > 1000

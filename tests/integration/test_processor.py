@@ -300,24 +300,32 @@ async def test_a_processor_killed_at_random_points_ends_with_a_clean_pass(
 @pytest.mark.parametrize("backend", ["kafka"], indirect=True)
 async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: LogOpener) -> None:
     log = await log_factory(partitions=PARTITIONS)
-    second_log = await log_factory(partitions=PARTITIONS)
     raws = feed.stream(seed=4, oas=12, messages=40)
-    thirds = [raws[i::3] for i in range(3)]
-    everything = set(range(PARTITIONS))
+    one = await move_to_a_second_and_back(log_factory, log, [raws[i::3] for i in range(3)])
+    await one.close()
+    assert_same(await stored(log), await clean_pass(log))
 
+
+async def move_to_a_second_and_back(
+    log_factory: LogOpener, log: EventLog, thirds: list[list[feed.Raw]]
+) -> Processor:
+    """One processor folds the first third; a second one joins while the second third is
+    appended (each partition has one owner), then leaves; the last third is folded by the
+    first, which holds every partition again and is returned running."""
+    everything = set(range(PARTITIONS))
+    await append_all(log, thirds[0])
     one = Processor(log, SETTINGS, options(log))
     await one.start()
-    await append_all(log, thirds[0])
     await fold_to_end(one, log, everything)
 
+    second_log = await log_factory(partitions=PARTITIONS)  # another client: a second instance
     two = Processor(second_log, second_instance(), options(second_log))
     await two.start()
-    await append_all(log, thirds[1])
+    moving = asyncio.create_task(append_all(log, thirds[1]))
     async with asyncio.timeout(60):
-        while not (
-            one.folders and two.folders and set(one.folders) | set(two.folders) == everything
-        ):
-            await asyncio.sleep(0.1)
+        while not (one.folders and two.folders and one.folders.keys() | two.folders == everything):
+            await asyncio.sleep(0.05)
+    await moving
     assert not set(one.folders) & set(two.folders), "a partition has one owner"
     await fold_to_end(one, log, set(one.folders))
     await fold_to_end(two, log, set(two.folders))
@@ -328,8 +336,7 @@ async def test_partitions_move_from_one_processor_to_two_and_back(log_factory: L
         while set(one.folders) != everything:
             await asyncio.sleep(0.1)
     await fold_to_end(one, log, everything)
-    await one.close()
-    assert_same(await stored(log), await clean_pass(log))
+    return one
 
 
 async def test_replay_rebuilds_the_states_live_processing_built(log_factory: LogOpener) -> None:
