@@ -513,6 +513,8 @@ class Processor:
             output, self._output = self._output, Output()
             topics = self.log.topics
             written: list[tuple[PartitionFolder, set[str], tuple[int, VoidRanges]]] = []
+            # The folders whose dirty OAs this checkpoint took: given back if it fails.
+            swapped: list[tuple[PartitionFolder, set[str]]] = []
             try:
                 await self._all(
                     [(topics.decisions, key, value, None) for key, value in output.decisions]
@@ -525,15 +527,16 @@ class Processor:
                     if folder.position < 0:
                         continue
                     dirty, folder.dirty = folder.dirty, set()
+                    swapped.append((folder, dirty))
                     cores: list[tuple[str, int, bytes]] = []
                     taken: list[tuple[IndexChanges, int]] = []
                     async with self._capturing:
                         for oa_id in dirty:
                             # Each OA's core and index changes are taken at one moment. One
                             # OA at a time: requests are answered between them. Folding
-                            # waits (the lock), and so do admissions applied ahead, until
-                            # what was taken is encoded; one applied before is in this
-                            # checkpoint, one after in the next.
+                            # waits (the lock), and so does a promotion admission applied
+                            # ahead until the recipients taken are encoded; one applied
+                            # before is in this checkpoint, one after in the next.
                             state = folder.states[oa_id]
                             ttl_ms = self.policies.dedup_ttl_ms(oa_id)
                             taken.append((state.take_changes(), ttl_ms))
@@ -581,7 +584,7 @@ class Processor:
                 # next checkpoint writes them again (a restart folds the records again).
                 self._output.decisions[:0] = output.decisions
                 self._output.dead_letters[:0] = output.dead_letters
-                for folder, dirty, _ in written:
+                for folder, dirty in swapped:
                     folder.dirty |= dirty
                 raise
             for folder, dirty, _ in written:
