@@ -22,7 +22,7 @@ from service.domain.index import NEVER
 from service.domain.records import DeadLetter, DecisionRecord, Source
 from service.domain.rules import RULE_SETS, Thresholds
 from service.domain.state import Change, OAState, Policy, core_key, index_key
-from service.log.base import LogError, Record
+from service.log.base import LogError, LogUnavailable, Record
 from service.logsetup import get_logger
 from service.processor.snapshots import PartitionMark
 from service.store.stores import IndexStore
@@ -165,12 +165,14 @@ class PartitionFolder:
         """The day (ordinal) before which the store may drop an entry: the local day of
         the partition's clock (none yet: nothing dropped)."""
         if not self.stream_clock:
-            return self.policies.day(self.wall())
-        if self.clock_ms is None:
+            minute = int(self.wall().timestamp()) // 60
+        elif self.clock_ms is None:
             return NEVER
-        minute = self.clock_ms // 60_000
+        else:
+            minute = self.clock_ms // 60_000
         if minute != self._day_of[0]:  # read for every index entry: once a minute suffices
-            self._day_of = (minute, self.policies.day(self.now()))
+            moment = datetime.fromtimestamp(minute * 60, tz=UTC)
+            self._day_of = (minute, self.policies.day(moment))
         return self._day_of[1]
 
     def state_of(self, oa_id: str, *, keep: bool = True) -> OAState | None:
@@ -179,8 +181,8 @@ class PartitionFolder:
         state = self.states.get(oa_id)
         if state is None and oa_id in self.evicted and self.store is not None:
             raw = self.store.get(core_key(oa_id))
-            if raw is None:
-                raise LookupError(f"the store of partition {self.partition} lost OA {oa_id}")
+            if raw is None:  # the partition is taken again from its checkpoint
+                raise LogUnavailable(f"the store of partition {self.partition} lost OA {oa_id}")
             state = self.adopt(OAState.from_document(orjson.loads(raw)))
             if keep:
                 self.evicted.discard(oa_id)
