@@ -207,6 +207,8 @@ class Index(MutableMapping[str, V]):
         drop from memory what has not been touched since (the source holds it)."""
         if self.source is None:
             raise TypeError("an index without a source holds its only copy of each entry")
+        if not self._entries and not self._deleted:
+            return  # an idle OA's: every checkpoint asks each OA of the partition
         touched = self.touched
         for key in [k for k in self._entries if k not in touched]:
             del self._entries[key]

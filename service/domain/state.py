@@ -254,16 +254,14 @@ class OAState:
     paused_templates: list[str] = field(default_factory=list)
     """Ids of the templates zns-gate paused or disabled (and perhaps a few resumed since):
     pause ends visit these, not every template."""
-    messages: Index[Message] = field(default_factory=lambda: Index(_message_expiry))
-    recipients: Index[Recipient] = field(default_factory=lambda: Index(_recipient_expiry))
+    messages: Index[Message] = field(default_factory=lambda: new_index("messages"))
+    recipients: Index[Recipient] = field(default_factory=lambda: new_index("recipients"))
     grants: dict[str, Grant] = field(default_factory=dict)
     open_grants: list[str] = field(default_factory=list)
     """Admission ids of grants that may still have open units, oldest first."""
-    dedup: Index[int] = field(default_factory=lambda: Index(_dedup_expiry, time=_dedup_time))
+    dedup: Index[int] = field(default_factory=lambda: new_index("dedup"))
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
-    idempotency: Index[list[Any]] = field(
-        default_factory=lambda: Index(_idempotency_expiry, time=_idempotency_time)
-    )
+    idempotency: Index[list[Any]] = field(default_factory=lambda: new_index("idempotency"))
     """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
     event_ms: int = 0
     """The newest event time (ms) of a record folded in; it never goes back. Keys are
@@ -521,7 +519,7 @@ class OAState:
         whole: dict[str, Index[Any]] = {}
         for name in self.SHARED_INDEXES:
             live: Index[Any] = getattr(self, name)
-            index = Index(_INDEXES[name], time=_TIMES.get(name))
+            index = new_index(name)
             index.limit, index.keep_from = live.limit, live.keep_from
             index.horizon = live.horizon
             whole[name] = index
@@ -562,6 +560,11 @@ _CORE_CODE = "c"
 def core_key(oa_id: str) -> bytes:
     """The store key of an OA's core document (an OA out of memory is read back from it)."""
     return f"{oa_id}\x00{_CORE_CODE}\x00".encode()
+
+
+def core_entry(oa_id: str, core: bytes) -> tuple[bytes, tuple[bytes, int]]:
+    """The store entry of an OA's core document (`core_json`): key, (value, expiry day)."""
+    return core_key(oa_id), (core, CORE_DAY)
 
 
 IndexChanges = tuple[str, list[tuple[str, dict[str, Any]]]]
@@ -688,6 +691,11 @@ _INDEXES: dict[str, Callable[[Any], int]] = {
 _TIMES: dict[str, Callable[[Any], int]] = {"dedup": _dedup_time, "idempotency": _idempotency_time}
 
 
+def new_index(name: str, entries: Mapping[str, Any] | None = None) -> Index[Any]:
+    """The index `name` of an OA's state, with its expiry and (for keys) its time."""
+    return Index(_INDEXES[name], entries, time=_TIMES.get(name))
+
+
 def _level(value: str | None) -> Level:
     try:
         return Level(value) if value is not None else Level.UNDEFINED
@@ -750,7 +758,7 @@ def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
         elif annotation == "dict[str, DailyCounts]":
             values[f.name] = {k: _counts(DailyCounts, v) for k, v in raw.items()}
         elif f.name in _INDEXES and cls is OAState and isinstance(raw, list):
-            index = Index(_INDEXES[f.name], time=_TIMES.get(f.name))
+            index = new_index(f.name)
             index.limit, index.keep_from = raw
             values[f.name] = index
             continue
@@ -760,5 +768,5 @@ def _decode(cls: type[_T], document: Mapping[str, Any]) -> _T:
         else:
             values[f.name] = raw
         if cls is OAState and f.name in _INDEXES:
-            values[f.name] = Index(_INDEXES[f.name], values[f.name], time=_TIMES.get(f.name))
+            values[f.name] = new_index(f.name, values[f.name])
     return cls(**values)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from service.config import Settings
-from service.domain.state import CORE_DAY, OAState, core_key
+from service.domain.state import OAState, core_entry
 from service.log.base import EventLog, TopicPartition
 from service.processor.folding import Output, PartitionFolder, PolicyBook
 from service.processor.snapshots import encode_mark, encode_state, mark_key
@@ -107,7 +107,7 @@ async def _write(log: EventLog, folder: PartitionFolder, settings: Settings) -> 
             for name in OAState.SHARED_INDEXES:
                 getattr(state, name).touch_all()
             changes = list(state.index_changes(ttl_ms).items())
-            changes.append((core_key(state.oa_id), (state.core_json(), CORE_DAY)))
+            changes.append(core_entry(state.oa_id, state.core_json()))
             for start in range(0, len(changes), 10_000):
                 await store.put(dict(changes[start : start + 10_000]), upto=-1, void=[])
         index_upto, void = store.upto, list(store.void)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from service.config import Settings
 from service.domain.fold import Item
 from service.domain.records import AdmissionRecord
-from service.domain.state import CORE_DAY, IndexChanges, core_key, encode_changes, exact
+from service.domain.state import IndexChanges, core_entry, encode_changes, exact
 from service.log.base import (
     EventLog,
     LogConsumer,
@@ -548,8 +548,7 @@ class Processor:
                         encoded = await _encode_off_the_loop(folder, mutable)
                     encoded.update(await _encode_off_the_loop(folder, settled))
                     changes = {**folder.unwritten, **encoded}
-                    for oa_id, _, core in cores:
-                        changes[core_key(oa_id)] = (core, CORE_DAY)
+                    changes.update(core_entry(oa_id, core) for oa_id, _, core in cores)
                     # Until a mark includes them, they are written again by each checkpoint.
                     folder.unwritten = changes
                     index_upto, void = await self._write_indexes(folder, changes)
@@ -630,19 +629,12 @@ class Processor:
         """Append the marks (one per folder written, in order). A durable mark is what a
         restore of its partition reads, also when another one failed: what its store
         writes next is relative to it, and its index changes need not be written again."""
-        results = await asyncio.gather(
-            *(self.log.append(topic, key, value, partition=p) for topic, key, value, p in marks),
-            return_exceptions=True,
-        )
-        failed: BaseException | None = None
+        results = await self._each(marks)
         for (folder, _, index_mark), result in zip(written, results, strict=True):
-            if isinstance(result, BaseException):
-                failed = failed or result
-                continue
-            folder.index_mark = index_mark
-            folder.unwritten = {}
-        if failed is not None:
-            raise failed if isinstance(failed, LogError) else LogError(repr(failed))
+            if not isinstance(result, BaseException):
+                folder.index_mark = index_mark
+                folder.unwritten = {}
+        _raise_first(results)
 
     def _retake(self, folder: PartitionFolder) -> None:
         """Let the partition go and take it again from its last checkpoint (its snapshots,
@@ -675,16 +667,19 @@ class Processor:
 
     async def _all(self, records: list[tuple[str, bytes | None, bytes, int | None]]) -> None:
         """Append all, concurrently; raise the first failure once every append has ended."""
-        results = await asyncio.gather(
+        _raise_first(await self._each(records))
+
+    async def _each(
+        self, records: list[tuple[str, bytes | None, bytes, int | None]]
+    ) -> list[object]:
+        """Append all, concurrently: each one's position, or its failure."""
+        return await asyncio.gather(
             *(
                 self.log.append(topic, key, value, partition=partition)
                 for topic, key, value, partition in records
             ),
             return_exceptions=True,
         )
-        for result in results:
-            if isinstance(result, BaseException):
-                raise result if isinstance(result, LogError) else LogError(repr(result))
 
     async def _measure_lag(self) -> None:
         events = [TopicPartition(self.log.topics.events, p) for p in self.folders]
@@ -698,6 +693,12 @@ class Processor:
         tps = [TopicPartition(self.log.topics.oa_state, p) for p in self.folders]
         for tp, end in (await self.log.end_offsets(tps)).items():
             await self.log.compact(tp, end)
+
+
+def _raise_first(results: list[object]) -> None:
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result if isinstance(result, LogError) else LogError(repr(result))
 
 
 def _split(

@@ -48,6 +48,14 @@ async def live_outcome(processor: Processor, expected: Outcome) -> Outcome:
     return states, *expected[1:]
 
 
+async def equal_live_then_stored(log: EventLog, processor: Processor, expected: Outcome) -> None:
+    """The processor's states equal the clean pass as they are, and as stored once it has
+    stopped (its last checkpoint)."""
+    assert_same(await live_outcome(processor, expected), expected)
+    await processor.close()
+    assert_same(await stored(log), expected)
+
+
 def local_stores(prefix: str) -> Path:
     return TEST_STATE_DIR / prefix
 
@@ -68,9 +76,7 @@ async def test_a_deleted_local_store_is_rebuilt_from_its_changelog_and_the_state
     expected = await clean_pass(log)
     assert sum(f.folded for f in again.folders.values()) == 0, "nothing folded again"
     assert sum(f.store.records_read for f in again.folders.values() if f.store) > 0
-    assert_same(await live_outcome(again, expected), expected)
-    await again.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, again, expected)
 
 
 @pytest.mark.parametrize("backend", ["kafka"], indirect=True)
@@ -137,9 +143,7 @@ async def test_expired_entries_leave_the_store_by_their_expiry_day(
     assert old_key not in held
     assert not [key for key in held if b"tr-old" in key or b"m-old" in key], "its keys too"
     expected = await clean_pass(log)
-    assert_same(await live_outcome(processor, expected), expected)
-    await processor.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, processor, expected)
 
 
 async def test_an_idle_oa_leaves_memory_and_answers_the_same_when_named_again(
@@ -184,9 +188,7 @@ async def test_an_idle_oa_leaves_memory_and_answers_the_same_when_named_again(
     folder = processor.folders[log.partition_for(oa_id.encode())]
     assert oa_id in folder.states
     expected = await clean_pass(log)
-    assert_same(await live_outcome(processor, expected), expected)
-    await processor.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, processor, expected)
 
 
 async def test_a_snapshot_of_the_old_layout_is_rebuilt_from_the_log(
@@ -217,9 +219,7 @@ async def test_a_snapshot_of_the_old_layout_is_rebuilt_from_the_log(
         )
     processor = await caught_up(log)
     assert sum(f.folded for f in processor.folders.values()) > 0, "folded again from the log"
-    assert_same(await live_outcome(processor, expected), expected)
-    await processor.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, processor, expected)
 
 
 @pytest.mark.parametrize("backend", ["kafka"], indirect=True)
@@ -239,9 +239,7 @@ async def test_a_partition_moved_between_two_instances_while_a_large_oa_folds(
     expected = await clean_pass(log)
     large = next(iter(expected[0]))
     assert len(expected[0][large]["messages"]) > 1000
-    assert_same(await live_outcome(one, expected), expected)
-    await one.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, one, expected)
 
 
 async def _events(log: EventLog, partition: int) -> list[Any]:
@@ -290,6 +288,4 @@ async def test_a_store_write_that_fails_takes_the_partition_again_from_its_check
             await asyncio.sleep(0.05)
     await fold_to_end(processor, log, set(range(PARTITIONS)))
     expected = await clean_pass(log)
-    assert_same(await live_outcome(processor, expected), expected)
-    await processor.close()
-    assert_same(await stored(log), expected)
+    await equal_live_then_stored(log, processor, expected)
