@@ -195,7 +195,7 @@ _ERRORS = {
     415: "Not of type application/json (`unsupported_media_type`)",
     422: "The body does not match its schema (`invalid_request`, `tag_required`)",
     503: "Not answerable now (`restoring`, `not_owner`, `owner_unreachable`, "
-    "`out_of_contact`, `log_unavailable`, ...): ask again after Retry-After",
+    "`out_of_contact`, `log_unavailable`, `busy`, ...): ask again after Retry-After",
 }
 
 

@@ -21,11 +21,14 @@ be mutated by the fold, so it counts as touched; a read that never mutates uses 
 
 `shared()` is a read-only view for the copies the API answers from: it shares the entries
 and the source and, when such a copy is brought past a day change, treats what expired as
-absent instead of removing it from the live state.
+absent instead of removing it from the live state. `layered()` is a writable one for a
+scratch copy that records are folded into: what it reads it copies, what it changes stays
+in it.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, ItemsView, Iterator, Mapping, MutableMapping, ValuesView
 from typing import TypeVar
 
@@ -252,6 +255,20 @@ class Index(MutableMapping[str, V]):
         view.horizon = self.horizon
         view._read_only = True
         return view
+
+    def layered(self) -> Index[V]:
+        """A writable view for a scratch copy (see the module's docstring). A key is read
+        through to this index and its value copied (a value changed in place is a flat
+        record), so nothing done to the view reaches this index; it costs what is read
+        through it, whatever this index's size."""
+        view: Index[V] = Index(self._expiry, time=self._time)
+        view.source = self._copy_of
+        view.limit, view.keep_from, view.horizon = self.limit, self.keep_from, self.horizon
+        return view
+
+    def _copy_of(self, key: str) -> V | None:
+        value = self.peek(key)
+        return None if value is None else copy.copy(value)
 
     def _put(self, key: str, value: V) -> None:
         old = self._entries.get(key)

@@ -406,11 +406,12 @@ class OAState:
     """Large indexes that `fold.advance` only expires and that the admission decision only
     reads: a copy holds read-only views of them."""
 
-    def served_copy(self) -> OAState:
+    def served_copy(self, *, layered: bool = False) -> OAState:
         """A copy that `fold.advance` and `admission.decide` may change freely, at a fraction
         of a deep copy's cost: plain values are not copied, the indexes are shared read-only
         (what a day change expires in the copy reads as absent there and stays in the live
-        state, so a copy costs the same whatever their size), nor are
+        state, so a copy costs the same whatever their size), or with `layered` written
+        in layers of their own (so that records can be folded into the copy), nor are
         the grants (the dict is; advancing replaces an expiring grant, never changes it),
         nor the templates but those zns-gate holds (advancing ends their pauses; a day
         change replaces a template whose windows it prunes). So a copy costs the same
@@ -419,7 +420,7 @@ class OAState:
         for name in _FIELDS:
             value = getattr(self, name)
             if name in self.SHARED_INDEXES:
-                setattr(clone, name, value.shared())
+                setattr(clone, name, value.layered() if layered else value.shared())
                 continue
             if isinstance(value, _PLAIN):
                 continue
@@ -444,7 +445,7 @@ class OAState:
     def to_json(self) -> bytes:
         """The whole state as a JSON document, its index entries included (an OA whose
         indexes are in a store has no whole document in memory: see `core_json`)."""
-        return orjson.dumps(self, default=_counts_as_pairs)
+        return orjson.dumps(self._documented(), default=_counts_as_pairs)
 
     def to_document(self) -> dict[str, Any]:
         """The whole state as plain JSON values."""
@@ -454,7 +455,22 @@ class OAState:
     def core_json(self) -> bytes:
         """The state without its index entries, each index as `[limit, keep_from]`: what a
         snapshot holds beside the index store. Its size does not grow with the indexes."""
-        return orjson.dumps(self, default=_core_value)
+        return orjson.dumps(self._documented(), default=_core_value)
+
+    def _documented(self) -> OAState:
+        """This state as its documents hold it: `open_grants` without the grants closed
+        since they were made, which leave the list only from its front (see
+        `fold.grants.expire_grants`), so that the same records make the same document
+        whatever order the grants were applied and closed in."""
+        grants = self.grants
+        waiting = [
+            key for key in self.open_grants if (g := grants.get(key)) is not None and g.open > 0
+        ]
+        if len(waiting) == len(self.open_grants):
+            return self
+        documented = copy.copy(self)
+        documented.open_grants = waiting
+        return documented
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> OAState:

@@ -176,12 +176,14 @@ class Deadlines:
                 await self._task
             self._task = None
 
-    async def wait(self, done: asyncio.Future[Position], timeout_s: float | None) -> Position:
-        """The append's position, or `LogUnavailable` once `timeout_s` has passed."""
+    def watch(
+        self, done: asyncio.Future[Position], timeout_s: float | None
+    ) -> asyncio.Future[Position]:
+        """`done`, failed with `LogUnavailable` once `timeout_s` has passed."""
         if timeout_s is not None:
             deadline = time.monotonic() + timeout_s
             heapq.heappush(self._heap, (deadline, next(self._serial), done))
-        return await done
+        return done
 
     async def _sweep(self) -> None:
         heap = self._heap
@@ -285,7 +287,6 @@ class EventLog(abc.ABC):
     async def close(self) -> None:
         """Flush what was accepted and release everything. Idempotent."""
 
-    @abc.abstractmethod
     async def append(
         self,
         topic: str,
@@ -302,6 +303,27 @@ class EventLog(abc.ABC):
         `LogUnavailable` or `LogClosed` if it cannot, and `LogUnavailable` once
         `timeout_s` has passed; a record given up on that way may still be
         written later, whole.
+        """
+        return await self.place(topic, key, value, headers, timeout_s, partition)
+
+    @abc.abstractmethod
+    def place(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes,
+        headers: Headers = (),
+        timeout_s: float | None = None,
+        partition: int | None = None,
+    ) -> asyncio.Future[Position]:
+        """`append` in two steps: the record takes its place in its partition's order
+        now, after every record placed before it; the future it returns gives its
+        position once it is durable (or fails as `append` raises). Raises `LogClosed`
+        or `LogUnavailable` at once if the log takes nothing now.
+
+        So a caller can decide under a lock, place the record, let the lock go, and
+        wait: the records keep the order of the decisions, and the next decision does
+        not wait for this one's durable write.
         """
 
     @abc.abstractmethod

@@ -323,7 +323,7 @@ class EmbeddedLog(EventLog):
 
     # -- appending ---------------------------------------------------------------------
 
-    async def append(
+    def place(
         self,
         topic: str,
         key: bytes | None,
@@ -331,7 +331,7 @@ class EmbeddedLog(EventLog):
         headers: Headers = (),
         timeout_s: float | None = None,
         partition: int | None = None,
-    ) -> Position:
+    ) -> asyncio.Future[Position]:
         if self._state != "open":
             raise LogClosed("the embedded log is not open")
         if self._lost is not None:
@@ -344,7 +344,7 @@ class EmbeddedLog(EventLog):
         # A record given up on while still queued is dropped (it was never
         # acknowledged: Zalo sends it again); one already being written lands
         # whole, and the duplicate is removed downstream.
-        return await self._deadlines.wait(done, timeout_s)
+        return self._deadlines.watch(done, timeout_s)
 
     async def _write_loop(self) -> None:
         stopping = False

@@ -324,7 +324,7 @@ class KafkaLog(EventLog):
             configs.update({"cleanup.policy": "delete", "retention.ms": str(self._retention_ms)})
         return NewTopic(name, self.partitions, self._replication_factor, topic_configs=configs)
 
-    async def append(
+    def place(
         self,
         topic: str,
         key: bytes | None,
@@ -332,7 +332,7 @@ class KafkaLog(EventLog):
         headers: Headers = (),
         timeout_s: float | None = None,
         partition: int | None = None,
-    ) -> Position:
+    ) -> asyncio.Future[Position]:
         if self._state != "open":
             raise LogClosed("the kafka log is not open")
         check_record(key, value, headers)
@@ -343,7 +343,7 @@ class KafkaLog(EventLog):
         sender = self._senders.get(tp)
         if sender is None or sender.done():
             self._senders[tp] = asyncio.create_task(self._send_partition(tp))
-        return await self._deadlines.wait(done, timeout_s)
+        return self._deadlines.watch(done, timeout_s)
 
     async def _send_partition(self, tp: tuple[str, int]) -> None:
         """Send a partition's pending records, one batch at a time, until none are left.

@@ -11,10 +11,9 @@ forwarding, headers) stays in the API.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import uuid
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -23,10 +22,10 @@ from aiohttp import web
 
 from service.domain.admission import AdmissionRequest, decide
 from service.domain.events import as_datetime
-from service.domain.fold import Item, advance
+from service.domain.fold import Item, advance, fold_ahead
 from service.domain.records import AdmissionAnswer, AdmissionRecord, SendOutcome, SendRecord
 from service.domain.state import OAState, Policy
-from service.log.base import Headers, Position, Record
+from service.log.base import Headers, LogError, Position, Record
 from service.metrics import ADMISSION_UNITS
 
 if TYPE_CHECKING:
@@ -119,11 +118,39 @@ class Listing:
     oas: list[Any]
 
 
+BUSY = Unserved("busy", "the OA's earlier requests were still being decided and written; ask again")
+"""A request that waited its whole deadline for the OA's earlier ones: the log or this
+instance is behind, and queueing more would only make every answer later."""
+
+
 @dataclass(frozen=True)
 class _Held:
     folder: PartitionFolder
     staleness_ms: int | None
 
+
+@dataclass(frozen=True)
+class _Placed:
+    """An admission decided and placed in the log, not applied to the owner's state yet."""
+
+    item: Item
+    value: bytes
+    landing: asyncio.Future[Position]
+    key: str
+    """Its idempotency key."""
+    answer: dict[str, Any]
+    now: datetime
+    policy: Policy
+
+
+_Send = tuple[str, str | None, "asyncio.Future[Position]"]
+"""A send outcome placed in the log: its tracking key, its message key if it sent one,
+and its record's durable write."""
+
+AHEAD_AT_MOST = 8
+"""Admissions of one OA placed in the log and not durable yet, at most: each decision folds
+them all into its copy of the state, so a log that falls behind slows the decisions down
+instead of making each one cost more."""
 
 PREFETCH_FROM = 100
 """An admission naming more recipients than this reads them off the loop first (a point
@@ -141,6 +168,12 @@ class OwnedStates:
         )
         """Per partition: the dedup keys of sends appended here that the processor has not
         folded yet -> their offset. A repeat that arrives before the fold is a duplicate too."""
+        self._writing: weakref.WeakKeyDictionary[
+            PartitionFolder, dict[str, asyncio.Future[Position]]
+        ] = weakref.WeakKeyDictionary()
+        """Per partition: the dedup keys of sends placed in the log, not durable yet."""
+        self._placed: dict[str, list[_Placed]] = {}
+        """Per OA: the admissions placed in the log, in order, not applied yet."""
 
     # --- where and what -------------------------------------------------------------------
 
@@ -190,51 +223,118 @@ class OwnedStates:
         """Decide the request, append the decision, apply it to the owner's state, answer.
 
         One decision of the OA at a time, so concurrent requests never grant more than
-        remains. The same idempotency key with the same request gets the first answer
-        again (also after a restart: the key is kept in the OA's state)."""
-        async with self._deciding(oa_id, oa_id) as held:
-            if not isinstance(held, _Held):
-                return held
-            if len(ask.recipients) > PREFETCH_FROM:
-                await held.folder.prefetch(oa_id, "recipients", ask.recipients)
-            view = self._view(oa_id, held)
-            state, now, policy = view.state, view.now, view.policy
-            earlier = state.idempotency.peek(ask.idempotency_key)
-            if earlier is not None:
-                if earlier[1] != ask.request_hash:
-                    return Refused(
-                        409,
-                        "idempotency_conflict",
-                        "this idempotency_key was used with another body",
-                    )
-                return Admitted(earlier[2], now, policy)
-            template = state.templates.get(ask.template_id)
-            tag = ask.tag or (template.tag if template is not None else None)
-            if tag is None:
-                return Refused(422, "tag_required", "the template's tag is not known: give `tag`")
-            units = len(ask.recipients) or ask.count or 1
-            admission_id = uuid.uuid4().hex
-            wanted = AdmissionRequest(ask.template_id, tag, ask.recipients, units)
-            decided = decide(state, wanted, now, policy, admission_id)
-            _count_units(decided.answer)
-            record = AdmissionRecord(
-                oa_id=oa_id,
-                admission_id=admission_id,
-                idempotency_key=ask.idempotency_key,
-                request_hash=ask.request_hash,
-                template_id=ask.template_id,
-                tag=tag,
-                granted_recipients=decided.granted_recipients,
-                at=str(int(now.timestamp() * 1000)),
-                answer=decided.answer,
-            )
-            value = record.model_dump_json().encode()
-            position = await self._append(oa_id, "admission", value, timeout_s)
-            # The grant counts from now on, not when the processor folds the record: it
-            # recognises the admission by its id then and does not count it again.
-            item = Item("admission", oa_id, record, as_datetime(record.at))
-            await self._processor.apply_ahead(item, _as_record(position, oa_id, value, "admission"))
-        return Admitted(decided.answer.model_dump(mode="json"), now, policy)
+        remains; but a decision does not wait for the durable write of the one before:
+        each is placed in the log in the order decided, and the next decides on a copy
+        of the state with the admissions placed but not durable yet folded in. The
+        answer comes once the record is durable. The same idempotency key with the same
+        request gets the first answer again (also after a restart: the key is kept in
+        the OA's state); a repeat of one still being written waits for it."""
+        partition = self._processor.log.partition_for(oa_id.encode())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            # The partition's guard lasts until the record is durable: a revocation waits
+            # for it, so that the next owner reads it.
+            async with self._processor.admitting(partition):
+                lock = await self._acquire(oa_id, deadline)
+                if lock is None:
+                    return BUSY
+                try:
+                    step = await self._decide(oa_id, ask, _left(deadline))
+                finally:
+                    lock.release()
+                if isinstance(step, asyncio.Future):
+                    # The same request placed before, or the first of too many placed,
+                    # is being written: once it is, decide again (a repeat then finds
+                    # the first answer, or nothing if that write failed).
+                    done, _ = await asyncio.wait([step], timeout=_left(deadline))
+                    if not done:
+                        return BUSY
+                    continue
+                if not isinstance(step, _Placed):
+                    return step
+                try:
+                    await step.landing
+                finally:
+                    async with self._lock(oa_id):
+                        await self._settle(oa_id)
+                return Admitted(step.answer, step.now, step.policy)
+
+    async def _decide(
+        self, oa_id: str, ask: Ask, timeout_s: float
+    ) -> _Placed | Admitted | Refused | Unserved | asyncio.Future[Position]:
+        """Under the OA's lock: the decision on `ask`, placed in the log (or the first
+        answer again, or why it cannot be decided, or the durable write of the same
+        request placed before, to wait for)."""
+        held = self._where(oa_id, admit=True)
+        if isinstance(held, Owner):
+            return Unserved("not_owner", "the OA's partition moved; ask again")
+        if isinstance(held, Unserved):
+            return held
+        await self._settle(oa_id)
+        placed = self._placed.get(oa_id, [])
+        for earlier_one in placed:
+            if earlier_one.key == ask.idempotency_key:
+                return earlier_one.landing
+        if len(placed) >= AHEAD_AT_MOST:
+            return placed[0].landing
+        if len(ask.recipients) > PREFETCH_FROM:
+            await held.folder.prefetch(oa_id, "recipients", ask.recipients)
+        view = self._view(oa_id, held, ahead=placed)
+        state, now, policy = view.state, view.now, view.policy
+        earlier = state.idempotency.peek(ask.idempotency_key)
+        if earlier is not None:
+            if earlier[1] != ask.request_hash:
+                return Refused(
+                    409, "idempotency_conflict", "this idempotency_key was used with another body"
+                )
+            return Admitted(earlier[2], now, policy)
+        template = state.templates.get(ask.template_id)
+        tag = ask.tag or (template.tag if template is not None else None)
+        if tag is None:
+            return Refused(422, "tag_required", "the template's tag is not known: give `tag`")
+        units = len(ask.recipients) or ask.count or 1
+        admission_id = uuid.uuid4().hex
+        wanted = AdmissionRequest(ask.template_id, tag, ask.recipients, units)
+        decided = decide(state, wanted, now, policy, admission_id)
+        record = AdmissionRecord(
+            oa_id=oa_id,
+            admission_id=admission_id,
+            idempotency_key=ask.idempotency_key,
+            request_hash=ask.request_hash,
+            template_id=ask.template_id,
+            tag=tag,
+            granted_recipients=decided.granted_recipients,
+            at=str(int(now.timestamp() * 1000)),
+            answer=decided.answer,
+        )
+        value = record.model_dump_json().encode()
+        log = self._processor.log
+        landing = log.place(
+            log.topics.events, oa_id.encode(), value, _headers("admission"), timeout_s
+        )
+        _count_units(decided.answer)
+        item = Item("admission", oa_id, record, as_datetime(record.at))
+        answer = decided.answer.model_dump(mode="json")
+        mine = _Placed(item, value, landing, ask.idempotency_key, answer, now, policy)
+        self._placed.setdefault(oa_id, []).append(mine)
+        return mine
+
+    async def _settle(self, oa_id: str) -> None:
+        """Under the OA's lock: apply to the owner's state, in the order placed, the
+        admissions whose records are durable now, and forget the failed ones (a record
+        given up on may still land: the processor folds it then). The grant counts from
+        its durable write on, not when the processor folds the record: it recognises the
+        admission by its id then and does not count it again."""
+        placed = self._placed.get(oa_id)
+        while placed and placed[0].landing.done():
+            first = placed[0]
+            landing = first.landing
+            if not landing.cancelled() and landing.exception() is None:
+                record = _as_record(landing.result(), oa_id, first.value, "admission")
+                await self._processor.apply_ahead(first.item, record)
+            placed.pop(0)
+        if not placed:
+            self._placed.pop(oa_id, None)
 
     async def record_sends(
         self, oa_id: str, outcomes: Iterable[SendOutcome], *, timeout_s: float
@@ -244,48 +344,106 @@ class OwnedStates:
         A duplicate (by tracking id, or by message for a successful send) is one in the
         OA's dedup index, among the sends appended here but not folded yet, or earlier in
         `outcomes`; it is not appended, the fold would drop it anyway. One call of the
-        OA at a time, so that concurrent repeats find each other."""
-        async with self._deciding(oa_id, "sends:" + oa_id) as held:
-            if not isinstance(held, _Held):
-                return held
-            unfolded = self._unfolded_sends(held.folder)
-            state = held.folder.state_of(oa_id)
-            seen: set[str] = set()  # this call's own keys
-            new: list[tuple[str, str | None, bytes]] = []
-            duplicates = 0
-            for outcome in outcomes:
-                tracking, message = _send_keys(oa_id, outcome)
-                if (
-                    tracking in unfolded
-                    or tracking in seen
-                    or (message is not None and (message in unfolded or message in seen))
-                    or _recorded(state, outcome)
-                ):
-                    duplicates += 1
+        OA decides at a time, so that concurrent repeats find each other; the records are
+        placed in the log under the lock and waited for outside it, and a call naming a
+        send still being written waits for it first."""
+        outcomes = list(outcomes)
+        partition = self._processor.log.partition_for(oa_id.encode())
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            async with self._processor.admitting(partition):
+                lock = await self._acquire("sends:" + oa_id, deadline)
+                if lock is None:
+                    return BUSY
+                try:
+                    held = self._where(oa_id, admit=True)
+                    if isinstance(held, Owner):
+                        return Unserved("not_owner", "the OA's partition moved; ask again")
+                    if isinstance(held, Unserved):
+                        return held
+                    writing = self._writing.setdefault(held.folder, {})
+                    waits = _being_written(oa_id, outcomes, writing)
+                    placed: list[_Send] = []
+                    duplicates = 0
+                    if not waits:
+                        placed, duplicates = self._place_sends(
+                            oa_id, outcomes, held, _left(deadline)
+                        )
+                finally:
+                    lock.release()
+                if waits:
+                    done, _ = await asyncio.wait(waits, timeout=_left(deadline))
+                    if len(done) < len(waits):
+                        return BUSY
                     continue
-                sent = message if outcome.error == 0 else None  # a failed send sends no message
-                seen.update(key for key in (tracking, sent) if key is not None)
-                record = SendRecord(oa_id=oa_id, send=outcome)
-                new.append((tracking, sent, record.model_dump_json(exclude_unset=True).encode()))
-            # Appended together: each append takes its place in the log before it waits, so
-            # the records keep their order and a report of many sends costs about one
-            # durable write.
-            results = await asyncio.gather(
-                *(self._append(oa_id, "send", value, timeout_s) for _, _, value in new),
-                return_exceptions=True,
-            )
-            failed: BaseException | None = None
-            accepted = 0
-            for (tracking, sent, _), result in zip(new, results, strict=True):
-                if isinstance(result, BaseException):
-                    failed = failed or result
-                    continue
-                unfolded[tracking] = result.offset
-                if sent is not None:
-                    unfolded[sent] = result.offset
-                accepted += 1
-            if failed is not None:
-                raise failed  # what did land is known now: a retry finds it a duplicate
+                return await self._sends_landed(held.folder, placed, duplicates)
+
+    def _place_sends(
+        self, oa_id: str, outcomes: list[SendOutcome], held: _Held, timeout_s: float
+    ) -> tuple[list[_Send], int]:
+        """Under the OA's sends lock: place the new outcomes in the log, in order."""
+        unfolded = self._unfolded_sends(held.folder)
+        writing = self._writing[held.folder]
+        state = held.folder.state_of(oa_id)
+        seen: set[str] = set()  # this call's own keys
+        placed: list[_Send] = []
+        duplicates = 0
+        log = self._processor.log
+        for outcome in outcomes:
+            tracking, message = _send_keys(oa_id, outcome)
+            if (
+                tracking in unfolded
+                or tracking in seen
+                or (message is not None and (message in unfolded or message in seen))
+                or _recorded(state, outcome)
+            ):
+                duplicates += 1
+                continue
+            sent = message if outcome.error == 0 else None  # a failed send sends no message
+            seen.update(key for key in (tracking, sent) if key is not None)
+            value = SendRecord(oa_id=oa_id, send=outcome).model_dump_json(exclude_unset=True)
+            try:
+                landing = log.place(
+                    log.topics.events, oa_id.encode(), value.encode(), _headers("send"), timeout_s
+                )
+            except LogError as exc:  # the ones placed already are written and waited for
+                landing = asyncio.get_running_loop().create_future()
+                landing.set_exception(exc)
+            placed.append((tracking, sent, landing))
+            for key in (tracking, sent):
+                if key is not None:
+                    writing[key] = landing
+        return placed, duplicates
+
+    async def _sends_landed(
+        self,
+        folder: PartitionFolder,
+        placed: list[_Send],
+        duplicates: int,
+    ) -> Recorded:
+        """The sends placed, once each is durable or failed: durable ones count among the
+        unfolded sends (a repeat is a duplicate from then on), failed ones may be sent
+        again."""
+        results = await asyncio.gather(
+            *(landing for _, _, landing in placed), return_exceptions=True
+        )
+        unfolded = self._unfolded_sends(folder)
+        writing = self._writing.get(folder, {})
+        failed: BaseException | None = None
+        accepted = 0
+        for (tracking, sent, _), result in zip(placed, results, strict=True):
+            for key in (tracking, sent):
+                if key is not None:
+                    writing.pop(key, None)
+            if isinstance(result, BaseException):
+                failed = failed or result
+                continue
+            unfolded[tracking] = result.offset
+            if sent is not None:
+                unfolded[sent] = result.offset
+            accepted += 1
+        if failed is not None:
+            raise failed  # what did land is known now: a retry finds it a duplicate
         return Recorded(accepted, duplicates)
 
     # --- inside ---------------------------------------------------------------------------
@@ -309,26 +467,30 @@ class OwnedStates:
             return Unserved("restoring", f"partition {partition} is not served yet")
         return Owner(owner, partition)
 
-    def _view(self, oa_id: str, held: _Held) -> View:
+    def _view(self, oa_id: str, held: _Held, ahead: list[_Placed] | None = None) -> View:
+        """A copy of the OA's state brought to now, with the admissions `ahead` (placed,
+        not applied yet) folded in."""
         policy = self._processor.policies.for_oa(oa_id)
         live = held.folder.state_of(oa_id)
-        state = live.served_copy() if live is not None else OAState.new(oa_id, policy.rules)
+        if live is not None:
+            state = live.served_copy(layered=bool(ahead))
+        else:
+            state = OAState.new(oa_id, policy.rules)
         now = held.folder.now()
+        for placed in ahead or ():
+            fold_ahead(state, placed.item, now, policy)
         advance(state, now, policy)
         return View(state, now, policy, held.staleness_ms)
 
-    @contextlib.asynccontextmanager
-    async def _deciding(self, oa_id: str, lock: str) -> AsyncIterator[_Held | Unserved]:
-        """Under the OA's lock `lock` and the partition's guard (a revocation waits for the
-        appends made under it, so the next owner reads them): the partition as it is once
-        both are held, since the wait may have moved it."""
-        partition = self._processor.log.partition_for(oa_id.encode())
-        async with self._lock(lock), self._processor.admitting(partition):
-            found = self._where(oa_id, admit=True)
-            if isinstance(found, Owner):
-                yield Unserved("not_owner", "the OA's partition moved; ask again")
-            else:
-                yield found
+    async def _acquire(self, name: str, deadline: float) -> asyncio.Lock | None:
+        """The lock `name`, held, or None if it could not be had by `deadline` (loop time)."""
+        lock = self._lock(name)
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            return None
+        return lock
 
     def _lock(self, name: str) -> asyncio.Lock:
         """A lock held weakly: it lives while callers hold or wait for it, then goes, so
@@ -350,11 +512,11 @@ class OwnedStates:
             del unfolded[key]
         return unfolded
 
-    async def _append(self, oa_id: str, kind: str, value: bytes, timeout_s: float) -> Position:
-        log = self._processor.log
-        return await log.append(
-            log.topics.events, oa_id.encode(), value, _headers(kind), timeout_s=timeout_s
-        )
+
+def _left(deadline: float) -> float:
+    """The time left until `deadline` (loop time), a little at least: an append given no
+    time at all would fail even when the log is quick."""
+    return max(0.05, deadline - asyncio.get_running_loop().time())
 
 
 def _headers(kind: str) -> Headers:
@@ -379,6 +541,18 @@ def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:
     """The keys of a send among the unfolded ones: its tracking id, and its message."""
     message = None if item.msg_id is None else f"{oa_id}/msg:{item.msg_id}"
     return f"{oa_id}/send:{item.tracking_id}", message
+
+
+def _being_written(
+    oa_id: str, outcomes: list[SendOutcome], writing: dict[str, asyncio.Future[Position]]
+) -> list[asyncio.Future[Position]]:
+    """The durable writes under way of sends among `outcomes` (by either key)."""
+    waits = []
+    for outcome in outcomes:
+        for key in _send_keys(oa_id, outcome):
+            if key is not None and key in writing:
+                waits.append(writing[key])
+    return waits
 
 
 def _recorded(state: OAState | None, item: SendOutcome) -> bool:

@@ -16,16 +16,16 @@ async def test_an_overdue_append_fails_and_a_timely_one_succeeds() -> None:
     try:
         never: asyncio.Future[Position] = loop.create_future()
         with pytest.raises(LogUnavailable):
-            await deadlines.wait(never, timeout_s=0.05)
+            await deadlines.watch(never, timeout_s=0.05)
 
         timely: asyncio.Future[Position] = loop.create_future()
         loop.call_soon(timely.set_result, Position("t", 0, 7))
-        assert await deadlines.wait(timely, timeout_s=0.05) == Position("t", 0, 7)
+        assert await deadlines.watch(timely, timeout_s=0.05) == Position("t", 0, 7)
         await asyncio.sleep(0.1)  # its deadline passes: nothing happens to a done future
         assert timely.result() == Position("t", 0, 7)
 
         unbounded: asyncio.Future[Position] = loop.create_future()
         loop.call_later(0.1, unbounded.set_result, Position("t", 0, 8))
-        assert await deadlines.wait(unbounded, timeout_s=None) == Position("t", 0, 8)
+        assert await deadlines.watch(unbounded, timeout_s=None) == Position("t", 0, 8)
     finally:
         await deadlines.stop()

@@ -345,6 +345,36 @@ def test_grants_consume_sends_settle_failures_and_expiry_give_back() -> None:
     assert oa.state.granted_on(2, D.toordinal()) == 3
 
 
+def test_grants_folded_out_of_order_make_the_state_the_log_order_makes() -> None:
+    """An admission whose record was written late is folded after a newer one that was
+    applied ahead: the grants still wait, expire and settle in the order of their times,
+    and the state's document is the one the log's order gives."""
+    records = [
+        feed.admission("a1", "t1", 2, 1, vn(D, 10)),
+        feed.admission("a2", "t1", 2, 1, vn(D, 10, 1)),
+        feed.admission("a3", "t1", 2, 1, vn(D, 10, 2)),
+    ]
+    in_order, late = Oa(), Oa()
+    in_order.apply_all(records)
+    late.apply_all([records[1], records[2], records[0]])
+    assert late.state.open_grants == in_order.state.open_grants == ["a1", "a2", "a3"]
+    # A receipt with no send settles the oldest open grant of the day in both.
+    for oa in (in_order, late):
+        oa.apply(feed.receipt("m1", vn(D, 10, 3)))
+        assert oa.state.messages["m1"].settled == "a1"
+    assert late.state.to_document() == in_order.state.to_document()
+
+
+def test_a_document_leaves_out_the_grants_closed_since_they_were_made() -> None:
+    oa = Oa()
+    oa.apply(feed.admission("a1", "t1", 2, 1, vn(D, 10)))
+    oa.apply(feed.admission("a2", "t1", 2, 1, vn(D, 10, 1)))
+    oa.apply(feed.send("t1", "s2", vn(D, 10, 2), msg_id="m2", admission_id="a2"))
+    assert oa.state.open_grants == ["a1", "a2"]  # a2 leaves the list when it is at its front
+    assert oa.state.to_document()["open_grants"] == ["a1"]
+    assert orjson.loads(oa.state.core_json())["open_grants"] == ["a1"]
+
+
 def test_minus_144_sets_todays_remaining_to_zero_until_the_next_day() -> None:
     oa = Oa()
     oa.apply(feed.admission("a1", "t1", 1, 1, vn(D, 10)))

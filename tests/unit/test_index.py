@@ -111,3 +111,27 @@ def test_a_shared_view_never_changes_the_live_index_and_reads_what_it_expired_as
     assert len(live) == 2
     live["c"] = 9
     assert view.peek("c") == 9, "a view shares the live entries"
+
+
+def test_a_layered_view_reads_through_and_keeps_its_changes_to_itself() -> None:
+    live = Index(lambda v: v.day, {"a": Seen(10), "b": Seen(11)})
+    live.source = lambda key: Seen(12) if key == "c" else None  # what the store holds
+    view = live.layered()
+
+    view["a"].day = 20  # changed in place, as a fold changes a recipient
+    view["d"] = Seen(13)
+    del view["b"]
+
+    assert view["a"].day == 20
+    assert view.peek("c") is not None
+    assert "d" in view
+    assert "b" not in view
+    live_a = live.peek("a")
+    assert live_a is not None
+    assert live_a.day == 10
+    assert "d" not in live
+    assert "b" in live
+    assert live.touched == set()
+    view.expire_before(15)  # a day change in the view hides there what it expired
+    assert "c" not in view
+    assert "c" in live

@@ -3,7 +3,8 @@
 `read_item` turns a record (kind, key, value, headers) into an `Item`, or
 raises `Unprocessable` with the reason the processor puts in `zns.dlq`.
 `fold(state, item, now, policy)` applies it and returns the changes that
-become decision records. The fold is deterministic: given the same state,
+become decision records; `fold_ahead` folds an admission not durable yet into a scratch
+copy, for the next decision. The fold is deterministic: given the same state,
 item and `now` it makes the same changes, which is what makes a replay equal
 to live processing. It changes `state` in place (copying a large OA per record
 would cost more than the rest of the work) and does no I/O.
@@ -22,7 +23,7 @@ Where each rule is:
 - `context`: the run of one record that all of them share.
 """
 
-from service.domain.fold.core import advance, fold
+from service.domain.fold.core import advance, fold, fold_ahead
 from service.domain.fold.decoding import Item, Unprocessable, read_item
 
-__all__ = ["Item", "Unprocessable", "advance", "fold", "read_item"]
+__all__ = ["Item", "Unprocessable", "advance", "fold", "fold_ahead", "read_item"]

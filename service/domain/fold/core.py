@@ -5,6 +5,7 @@ levels are checked after it. The rules themselves are in the modules beside this
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -49,6 +50,20 @@ def fold(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Chan
         rule(run, item.body, at)
     check_oa_levels(run)
     return run.changes
+
+
+def fold_ahead(state: OAState, item: Item, now: datetime, policy: Policy) -> None:
+    """Fold an admission decided but not durable yet into a scratch copy of the state
+    (`OAState.served_copy(layered=True)`), so that the next decision counts its units;
+    its changes are dropped (the live state makes them once the record is durable). The
+    copy shares its templates with the live state, and an admission teaches the one it
+    names its tag if it has none: that one is copied first."""
+    body = item.body
+    if isinstance(body, AdmissionRecord):
+        held = state.templates.get(body.template_id)
+        if held is not None and held.tag is None:
+            state.templates[body.template_id] = copy.deepcopy(held)
+    fold(state, item, now, policy)
 
 
 def advance(state: OAState, now: datetime, policy: Policy) -> list[Change]:

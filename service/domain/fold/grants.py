@@ -13,7 +13,7 @@ from service.domain.admission import compact
 from service.domain.fold.context import Run, to_ms
 from service.domain.fold.tier import first_send
 from service.domain.records import AdmissionRecord
-from service.domain.state import Grant, Message
+from service.domain.state import Grant, Message, OAState
 from service.domain.windows import DailyCounts, month_index
 
 
@@ -33,7 +33,7 @@ def admission(run: Run, record: AdmissionRecord, at: datetime) -> None:
     state.grants[record.admission_id] = Grant(
         day, record.tag, record.template_id, granted, to_ms(at)
     )
-    state.open_grants.append(record.admission_id)
+    wait_in_turn(state, record.admission_id)
     consume(run, day, granted)
     state.granted.setdefault(str(record.tag), DailyCounts()).add(day, granted)
     template = state.template(record.template_id)
@@ -68,9 +68,8 @@ def promotion_used(run: Run, day: int, units: int, recipients: list[str]) -> Non
 def expire_grants(run: Run) -> None:
     """Granted units no send has reported within `grant_ttl` go back.
 
-    `open_grants` is in the order the grants were made, which is their time order
-    (one owner decides an OA's admissions one after the other), so only its front
-    is looked at: closed grants leave it there, expired ones give their units back.
+    `open_grants` is in the order of the grants' times (`wait_in_turn`), so only its
+    front is looked at: closed grants leave it there, expired ones give their units back.
     """
     state = run.state
     cutoff = to_ms(run.now - run.thresholds.grant_ttl)
@@ -89,12 +88,27 @@ def expire_grants(run: Run) -> None:
 
 def reopen(run: Run, admission_id: str, grant: Grant) -> None:
     """A grant has an open unit again: it expires in its turn, by its time."""
-    waiting = run.state.open_grants
-    if admission_id in waiting:
+    if admission_id not in run.state.open_grants:
+        wait_in_turn(run.state, admission_id)
+
+
+def wait_in_turn(state: OAState, admission_id: str) -> None:
+    """Put a grant among the open ones in the order of its time (and id, for grants made
+    in the same millisecond). A new grant is almost always the newest; one folded after
+    newer ones (its record was written late, or the processor met it after a newer one
+    was applied ahead) still goes where the same records in log order put it."""
+    waiting, grants = state.open_grants, state.grants
+
+    def turn(key: str) -> tuple[int, str]:
+        found = grants.get(key)
+        return (found.at_ms if found is not None else 0, key)
+
+    mine = turn(admission_id)
+    if not waiting or turn(waiting[-1]) <= mine:
+        waiting.append(admission_id)
         return
-    grants = run.state.grants
-    times = [grants[k].at_ms if k in grants else 0 for k in waiting]
-    waiting.insert(bisect.bisect_right(times, grant.at_ms), admission_id)
+    turns = [turn(key) for key in waiting]
+    waiting.insert(bisect.bisect_right(turns, mine), admission_id)
 
 
 def give_back(run: Run, grant: Grant, units: int) -> None:
