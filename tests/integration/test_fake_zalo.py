@@ -29,6 +29,7 @@ from service.receiver.signature import verify
 from service.zalo.fake import build_fake_app, default_scenario
 from service.zalo.fake.scenario import DEFAULT_APP_ID, DEFAULT_OA_ID, Scenario, parse_scenario
 from service.zalo.fake.server import FAKE_KEY, FakeZaloServer
+from tests.conftest import ServiceFactory
 from tests.serve import environment, free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -561,6 +562,22 @@ async def test_stopping_cancels_pending_webhooks(gate: Gate) -> None:
     await server.close()
     assert app[FAKE_KEY].webhooks.counts()["cancelled"] == 1
     assert gate.received == []
+
+
+async def test_a_real_gate_accepts_the_fakes_webhooks(
+    fake_factory: FakeFactory, service_factory: ServiceFactory
+) -> None:
+    service = await service_factory(apps=[{"app_id": DEFAULT_APP_ID, "secrets": [OA_SECRET]}])
+    url = str(service.client.make_url("")).rstrip("/")
+    fake = await fake_factory(scenario(receipt_delay_s=0.0, rating_rate=1.0), gate=Gate(url))
+    msg_id = (await fake.send(OTP))["data"]["msg_id"]
+    drained = await fake.control("/webhooks/drain", {"timeout_s": 10})
+    assert drained["counts"]["delivered"] == 2, await fake.control("/webhooks")
+    records = await service.events()
+    names = sorted((r.header("event_name") or b"").decode() for r in records)
+    assert names == ["user_feedback", "user_received_message"]
+    assert all(orjson.loads(r.value)["message"]["msg_id"] == msg_id for r in records)
+    assert all(r.key == DEFAULT_OA_ID.encode() for r in records)
 
 
 # The command
