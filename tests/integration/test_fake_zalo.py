@@ -29,6 +29,7 @@ from service.receiver.signature import verify
 from service.zalo.fake import build_fake_app, default_scenario
 from service.zalo.fake.scenario import DEFAULT_APP_ID, DEFAULT_OA_ID, Scenario, parse_scenario
 from service.zalo.fake.server import FAKE_KEY, FakeZaloServer
+from service.zalo.fake.state import fingerprint
 from tests.conftest import ServiceFactory
 from tests.serve import environment, free_port
 
@@ -394,6 +395,32 @@ async def test_bad_control_input_is_400_and_changes_nothing(fake: Fake) -> None:
     assert after["oas"] == before["oas"]
     assert after["scripted_errors"] == []
     assert after["clock_offset_s"] == 0
+
+
+async def test_tokens_are_shown_by_fingerprint_with_their_state(fake: Fake) -> None:
+    pair = await fake.refresh(REFRESH)
+    tokens = await fake.control("/tokens")
+    refresh = {t["token"]: t["used"] for t in tokens["refresh_tokens"]}
+    assert refresh == {fingerprint(REFRESH): True, fingerprint(pair["refresh_token"]): False}
+    access = {t["token"]: t["valid"] for t in tokens["access_tokens"]}
+    assert access == {fingerprint(ACCESS): True, fingerprint(pair["access_token"]): True}
+    assert pair["access_token"] not in orjson.dumps(tokens).decode()
+    oauth = await fake.control("/oauth")
+    assert oauth[0]["used"] == fingerprint(REFRESH)
+    assert oauth[0]["refresh_token"] == fingerprint(pair["refresh_token"])
+
+
+async def test_what_the_fake_remembers_is_bounded(fake_factory: FakeFactory) -> None:
+    fake = await fake_factory(scenario(history_limit=2))
+    ids = [(await fake.send({**OTP, "tracking_id": f"t-{i}"}))["data"]["msg_id"] for i in range(3)]
+    assert [s["body"]["tracking_id"] for s in await fake.control("/sends")] == ["t-1", "t-2"]
+    assert len(await fake.control("/sends?limit=1")) == 1
+    await fake.control("/sends?limit=0", status=400)
+    await fake.control("/clock", {"advance_s": 1})
+    statuses = [(await fake.get("/message/status", message_id=i))["data"]["status"] for i in ids]
+    assert statuses == [-1, 1, 1]
+    counts = (await fake.control("/webhooks"))["counts"]
+    assert counts["unsent"] == 3
 
 
 # Reading

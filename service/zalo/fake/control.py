@@ -64,6 +64,17 @@ def _json_error(code: str, detail: str, status: int) -> web.HTTPException:
     )
 
 
+READ_LIMIT = 1000
+"""At most this many entries per read (`?limit=`, newest last), so one answer stays small."""
+
+
+def _newest(request: web.Request, entries: list[Any]) -> list[Any]:
+    raw = request.query.get("limit", str(READ_LIMIT))
+    if not raw.isdigit() or not 1 <= int(raw) <= READ_LIMIT:
+        raise _json_error("invalid_request", f"limit must be 1 to {READ_LIMIT}", 400)
+    return entries[-int(raw) :]
+
+
 async def _body(request: web.Request) -> Any:
     if not request.can_read_body:
         return {}
@@ -118,14 +129,16 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
             }
         )
 
-    async def sends(_: web.Request) -> web.Response:
-        return web.json_response(zalo.sends)
+    async def sends(request: web.Request) -> web.Response:
+        return web.json_response(_newest(request, list(zalo.sends)))
 
-    async def oauth(_: web.Request) -> web.Response:
-        return web.json_response(zalo.oauth)
+    async def oauth(request: web.Request) -> web.Response:
+        return web.json_response(_newest(request, list(zalo.oauth)))
 
-    async def tokens(_: web.Request) -> web.Response:
+    async def tokens(request: web.Request) -> web.Response:
         now = zalo.clock.now()
+        access = _newest(request, list(zalo.access_tokens.items()))
+        refresh = _newest(request, list(zalo.refresh_tokens.items()))
         return web.json_response(
             {
                 "access_tokens": [
@@ -135,7 +148,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
                         "expires_at_ms": int(held.expires_at * 1000),
                         "valid": held.expires_at > now,
                     }
-                    for token, held in zalo.access_tokens.items()
+                    for token, held in access
                 ],
                 "refresh_tokens": [
                     {
@@ -144,17 +157,15 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
                         "expires_at_ms": int(held.expires_at * 1000),
                         "used": held.used_at is not None,
                     }
-                    for token, held in zalo.refresh_tokens.items()
+                    for token, held in refresh
                 ],
             }
         )
 
-    async def webhooks(_: web.Request) -> web.Response:
+    async def webhooks(request: web.Request) -> web.Response:
+        newest = _newest(request, list(fake.webhooks.deliveries))
         return web.json_response(
-            {
-                "counts": fake.webhooks.counts(),
-                "deliveries": [d.summary() for d in fake.webhooks.deliveries],
-            }
+            {"counts": fake.webhooks.counts(), "deliveries": [d.summary() for d in newest]}
         )
 
     async def drain(request: web.Request) -> web.Response:

@@ -180,6 +180,9 @@ class Scenario(_Model):
     timezone: str = "Asia/Ho_Chi_Minh"
     """Where the daily quota's day ends."""
     seed: int = 1
+    history_limit: int = Field(default=10_000, ge=1)
+    """How many sends, token calls, tokens, messages and webhooks are remembered (the
+    newest); memory stays bounded however long the fake runs."""
     oauth_errors: OAuthErrors = OAuthErrors()
     send_errors: SendErrors = SendErrors()
 

@@ -13,7 +13,8 @@ import random
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections import deque
+from collections.abc import Callable, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -187,12 +188,13 @@ class FakeZalo:
 
     scenario: Scenario
     clock: FakeClock = field(default_factory=FakeClock)
-    sends: list[dict[str, Any]] = field(default_factory=list)
-    """Every send call: what came in and what was answered."""
-    oauth: list[dict[str, Any]] = field(default_factory=list)
-    """Every token call: grant type, outcome, fingerprints of tokens used and issued."""
 
     def __post_init__(self) -> None:
+        limit = self.scenario.history_limit
+        self.sends: deque[dict[str, Any]] = deque(maxlen=limit)
+        """The newest send calls: what came in and what was answered."""
+        self.oauth: deque[dict[str, Any]] = deque(maxlen=limit)
+        """The newest token calls: grant type, outcome, fingerprints of tokens used and issued."""
         self._rng = random.Random(self.scenario.seed)  # noqa: S311 (repeatable, not secrets)
         self._zone = ZoneInfo(self.scenario.timezone)
         self.apps: dict[str, FakeApp] = {a.app_id: a for a in self.scenario.apps}
@@ -318,6 +320,8 @@ class FakeZalo:
         self.refresh_tokens[refresh] = RefreshToken(
             oa_id, app_id, now + self.scenario.refresh_token_ttl_s
         )
+        self._bound(self.access_tokens)
+        self._bound(self.refresh_tokens)
         return TokenPair(access, refresh, self.scenario.expires_in)
 
     def _note(self, grant_type: str, used: str | None, outcome: TokenPair | Refusal) -> None:
@@ -472,7 +476,13 @@ class FakeZalo:
             sending_mode=str(body.get("sending_mode") or "1"),
         )
         self.messages[sent.msg_id] = sent
+        self._bound(self.messages)
         return sent
+
+    def _bound(self, held: MutableMapping[str, Any]) -> None:
+        # Dicts keep insertion order: the first entries are the oldest.
+        while len(held) > self.scenario.history_limit:
+            del held[next(iter(held))]
 
     def _check_data(self, params: list[TemplateParam], data: dict[str, Any]) -> None:
         codes = self.scenario.send_errors

@@ -9,6 +9,7 @@ request that caused it.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +52,9 @@ class WebhookPoster:
         self._url = gate.rstrip("/") + "/webhooks/zalo" if gate else None
         self._session: aiohttp.ClientSession | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self.deliveries: list[Delivery] = []
+        self.deliveries: deque[Delivery] = deque(maxlen=scenario.history_limit)
+        """The newest webhooks; `counts()` counts every one since the start."""
+        self._counts: Counter[str] = Counter()
 
     async def start(self) -> None:
         if self._url is not None:
@@ -67,10 +70,13 @@ class WebhookPoster:
             self._session = None
 
     def counts(self) -> dict[str, int]:
-        counts = {"pending": 0, "delivered": 0, "dropped": 0, "cancelled": 0, "unsent": 0}
-        for delivery in self.deliveries:
-            counts[delivery.outcome] += 1
-        return counts
+        outcomes = ("pending", "delivered", "dropped", "cancelled", "unsent")
+        return {outcome: self._counts[outcome] for outcome in outcomes}
+
+    def _settle(self, delivery: Delivery, outcome: str) -> None:
+        self._counts[delivery.outcome] -= 1
+        self._counts[outcome] += 1
+        delivery.outcome = outcome
 
     def post(self, app: FakeApp, body: dict[str, Any], delay_s: float, zns: bool) -> Delivery:
         """Post `body` (with `app_id` and `timestamp` already in it) after `delay_s`.
@@ -78,8 +84,9 @@ class WebhookPoster:
         `zns` adds the `X-ZEvent-Server: ZNS` header of phone-channel events."""
         delivery = Delivery(str(body.get("event_name")), body)
         self.deliveries.append(delivery)
+        self._counts["pending"] += 1
         if self._url is None:
-            delivery.outcome = "unsent"
+            self._settle(delivery, "unsent")
             return delivery
         task = asyncio.create_task(self._deliver(app, delivery, delay_s, zns))
         self._tasks.add(task)
@@ -114,9 +121,9 @@ class WebhookPoster:
                 status = await self._attempt(raw, headers)
                 delivery.statuses.append(status)
                 if status == 200:
-                    delivery.outcome = "delivered"
+                    self._settle(delivery, "delivered")
                     return
-            delivery.outcome = "dropped"
+            self._settle(delivery, "dropped")
             _log.warning(
                 "webhook dropped after every retry",
                 event_name=delivery.event_name,
@@ -124,7 +131,7 @@ class WebhookPoster:
                 last=delivery.statuses[-1],
             )
         except asyncio.CancelledError:
-            delivery.outcome = "cancelled"
+            self._settle(delivery, "cancelled")
             raise
 
     async def _attempt(self, raw: bytes, headers: dict[str, str]) -> int | str:
