@@ -107,7 +107,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
     zalo = fake.zalo
 
     def oa_named(request: web.Request) -> OaState:
-        oa = zalo.oas.get(request.match_info["oa_id"])
+        oa = zalo.oa_now(request.match_info["oa_id"])
         if oa is None:
             raise _json_error("unknown_oa", "no such OA in the scenario", 404)
         return oa
@@ -123,7 +123,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
             {
                 "now_ms": zalo.clock.now_ms(),
                 "clock_offset_s": zalo.clock.offset_s,
-                "oas": [_oa_view(fake, oa) for oa in zalo.oas.values()],
+                "oas": [_oa_view(fake, oa) for oa in map(zalo.oa_now, list(zalo.oas)) if oa],
                 "scripted_errors": zalo.scripts(),
                 "webhooks": fake.webhooks.counts(),
             }

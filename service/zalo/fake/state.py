@@ -392,6 +392,13 @@ class FakeZalo:
 
     # Quotas
 
+    def oa_now(self, oa_id: str) -> OaState | None:
+        """An OA with its quotas as they are at the fake's time (a day or month may have ended)."""
+        oa = self.oas.get(oa_id)
+        if oa is not None:
+            self._roll_over(oa)
+        return oa
+
     def _roll_over(self, oa: OaState) -> None:
         """A new day (in Zalo's zone) gives the daily quota back; a new month the promotion's."""
         local = datetime.fromtimestamp(self.clock.now(), self._zone)
