@@ -345,6 +345,33 @@ async def test_template_state_tag_and_promotion_quota(fake_factory: FakeFactory)
     assert (await fake.send(body))["error"] == -145
 
 
+async def test_a_body_that_is_not_json_or_lacks_fields_is_100(fake: Fake) -> None:
+    async with fake.http.post(
+        f"{fake.url}/message/template", data=b"{not json", headers={"access_token": ACCESS}
+    ) as answer:
+        assert (await answer.json())["error"] == -100
+    assert (await fake.send({**OTP, "tracking_id": ""}))["error"] == -100
+    assert (await fake.send({k: v for k, v in OTP.items() if k != "template_data"}))[
+        "error"
+    ] == -100
+    huge = {**OTP, "template_data": {"otp": "1234", "n": 10**30}}
+    assert (await fake.send(huge))["error"] == 0
+    assert len(await fake.control("/sends")) == 4
+    assert (await fake.get("/message/quota"))["data"]["remainingQuota"] == 499
+
+
+async def test_oauth_wants_a_form_and_a_known_grant(fake: Fake) -> None:
+    async with fake.http.post(
+        f"{fake.url}/v4/oa/access_token",
+        json={"grant_type": "refresh_token", "refresh_token": REFRESH, "app_id": DEFAULT_APP_ID},
+        headers={"secret_key": APP_SECRET},
+    ) as answer:
+        assert (await answer.json())["error"] == -14001
+    assert (await fake.token({"grant_type": "password", "app_id": DEFAULT_APP_ID}))["error"] == (
+        -14001
+    )
+
+
 async def test_a_development_send_is_accepted_and_noted(fake: Fake) -> None:
     assert (await fake.send({**OTP, "mode": "development"}))["error"] == 0
     assert (await fake.control("/sends"))[0]["body"]["mode"] == "development"

@@ -16,7 +16,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from service.zalo.fake.scenario import Quality, ScriptedError, TemplateStatus
-from service.zalo.fake.server import FakeZaloServer
+from service.zalo.fake.server import FakeZaloServer, json_answer
 from service.zalo.fake.state import OaState, TemplateState, fingerprint
 
 
@@ -79,8 +79,8 @@ async def _body(request: web.Request) -> Any:
     if not request.can_read_body:
         return {}
     try:
-        return await request.json()
-    except ValueError as exc:
+        return orjson.loads(await request.read())
+    except orjson.JSONDecodeError as exc:
         raise _json_error("invalid_json", "the body is not JSON", 400) from exc
 
 
@@ -119,7 +119,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
         return template
 
     async def state(_: web.Request) -> web.Response:
-        return web.json_response(
+        return json_answer(
             {
                 "now_ms": zalo.clock.now_ms(),
                 "clock_offset_s": zalo.clock.offset_s,
@@ -130,16 +130,16 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
         )
 
     async def sends(request: web.Request) -> web.Response:
-        return web.json_response(_newest(request, list(zalo.sends)))
+        return json_answer(_newest(request, list(zalo.sends)))
 
     async def oauth(request: web.Request) -> web.Response:
-        return web.json_response(_newest(request, list(zalo.oauth)))
+        return json_answer(_newest(request, list(zalo.oauth)))
 
     async def tokens(request: web.Request) -> web.Response:
         now = zalo.clock.now()
         access = _newest(request, list(zalo.access_tokens.items()))
         refresh = _newest(request, list(zalo.refresh_tokens.items()))
-        return web.json_response(
+        return json_answer(
             {
                 "access_tokens": [
                     {
@@ -164,7 +164,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
 
     async def webhooks(request: web.Request) -> web.Response:
         newest = _newest(request, list(fake.webhooks.deliveries))
-        return web.json_response(
+        return json_answer(
             {"counts": fake.webhooks.counts(), "deliveries": [d.summary() for d in newest]}
         )
 
@@ -174,7 +174,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
         except ValidationError as exc:
             raise _json_error("invalid_request", str(exc), 400) from exc
         done = await fake.webhooks.drain(wanted.timeout_s)
-        return web.json_response({"drained": done, "counts": fake.webhooks.counts()})
+        return json_answer({"drained": done, "counts": fake.webhooks.counts()})
 
     async def errors(request: web.Request) -> web.Response:
         try:
@@ -183,7 +183,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
             raise _json_error("invalid_request", str(exc), 400) from exc
         for one in scripted if isinstance(scripted, list) else [scripted]:
             zalo.script(one)
-        return web.json_response({"scripted_errors": zalo.scripts()})
+        return json_answer({"scripted_errors": zalo.scripts()})
 
     async def set_oa(request: web.Request) -> web.Response:
         oa = oa_named(request)
@@ -207,7 +207,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
                 0.0,
                 zns=False,
             )
-        return web.json_response(_oa_view(fake, oa))
+        return json_answer(_oa_view(fake, oa))
 
     async def set_template(request: web.Request) -> web.Response:
         oa = oa_named(request)
@@ -247,7 +247,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
                     0.0,
                     zns=False,
                 )
-        return web.json_response(_oa_view(fake, oa)["templates"][template.template_id])
+        return json_answer(_oa_view(fake, oa)["templates"][template.template_id])
 
     async def clock(request: web.Request) -> web.Response:
         try:
@@ -255,7 +255,7 @@ def add_control_routes(app: web.Application, fake: FakeZaloServer) -> None:
         except ValidationError as exc:
             raise _json_error("invalid_request", str(exc), 400) from exc
         zalo.clock.advance(move.advance_s)
-        return web.json_response({"now_ms": zalo.clock.now_ms(), "offset_s": zalo.clock.offset_s})
+        return json_answer({"now_ms": zalo.clock.now_ms(), "offset_s": zalo.clock.offset_s})
 
     app.router.add_get("/_fake/state", state)
     app.router.add_get("/_fake/sends", sends)
