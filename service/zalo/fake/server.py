@@ -31,9 +31,6 @@ from service.zalo.fake.state import (
 from service.zalo.fake.webhooks import WebhookPoster
 
 _log = get_logger("fake_zalo")
-OAUTH_DOC = (
-    "https://developers.zalo.me/docs/official-account/bat-dau/xac-thuc-va-uy-quyen-cho-ung-dung-new"
-)
 
 Handler = Callable[[web.Request, OaState], Awaitable[Any]]
 
@@ -110,7 +107,6 @@ class FakeZaloServer:
                     "error_name": refusal.message,
                     "error_reason": refusal.message,
                     "error_description": refusal.message,
-                    "ref_doc": OAUTH_DOC,
                 }
             )
         _log.info(
