@@ -637,7 +637,8 @@ async def test_a_real_gate_accepts_the_fakes_webhooks(
 # The command
 
 
-async def test_the_command_serves_the_example_scenario_and_stops_on_sigterm() -> None:
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+async def test_the_command_serves_the_example_scenario_and_stops_on_a_signal(signum: int) -> None:
     port = free_port()
     command = ["fake-zalo", "--port", str(port), "--config", str(EXAMPLE)]
     process = subprocess.Popen(
@@ -661,7 +662,7 @@ async def test_the_command_serves_the_example_scenario_and_stops_on_sigterm() ->
                 pytest.fail("fake-zalo did not answer")
         assert answer["data"]["dailyQuota"] == 2000
     finally:
-        process.send_signal(signal.SIGTERM)
+        process.send_signal(signum)
         output, _ = process.communicate(timeout=10)
     assert process.returncode == 0, output
     assert '"stopped"' in output

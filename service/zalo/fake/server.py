@@ -170,7 +170,7 @@ class FakeZaloServer:
         body = await self._read_json(request)
         sent = self.zalo.send(oa, body, hashed)
         mode = body.get("mode") if isinstance(body, dict) else None
-        _log.info("sent", oa_id=oa.oa_id, msg_id=sent.msg_id, mode=mode or "production")
+        _log.debug("sent", oa_id=oa.oa_id, msg_id=sent.msg_id, mode=mode or "production")
         self._after_send(sent)
         return {
             "msg_id": sent.msg_id,
