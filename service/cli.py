@@ -80,12 +80,18 @@ def _parser() -> argparse.ArgumentParser:
     fake.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
     fake.add_argument("--port", type=int, default=9100, help="default 9100")
     fake.add_argument(
-        "--gate", metavar="URL", help="post webhooks to URL/webhooks/zalo, e.g. http://127.0.0.1:8080"
+        "--gate",
+        metavar="URL",
+        help="post webhooks to URL/webhooks/zalo, e.g. http://127.0.0.1:8080",
     )
+    fake.add_argument("--config", metavar="FILE", help="scenario TOML (default: a built-in one)")
     fake.add_argument(
-        "--config", metavar="FILE", help="scenario TOML (default: a built-in one)"
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO (DEBUG logs every send)",
     )
-    fake.add_argument("--log-level", default="INFO", help="default INFO")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
