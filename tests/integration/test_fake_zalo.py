@@ -596,7 +596,13 @@ async def test_status_and_quota_changes_post_zalos_webhooks(
         {"status": "REJECT", "reason": "Logo không hợp lệ", "notify": True},
     )
     await fake.control(f"/oas/{DEFAULT_OA_ID}", {"daily_quota": 2000, "notify": True})
-    status, quota = await gate.wait_for(2)
+    await fake.control(f"/oas/{DEFAULT_OA_ID}/templates/231458", {"quality": "LOW", "notify": True})
+    # Without notify, a change posts nothing.
+    await fake.control(f"/oas/{DEFAULT_OA_ID}/templates/231459", {"status": "DISABLE"})
+    status, quota, quality = await gate.wait_for(3)
+    assert quality["body"]["event_name"] == "change_template_quality"
+    assert (quality["body"]["template_id"], quality["body"]["quality"]) == ("231458", "LOW")
+    assert (await fake.control("/webhooks/drain", {}))["counts"]["delivered"] == 3
     assert status["body"]["event_name"] == "change_template_status"
     assert status["body"]["template_id"] == "231457"
     assert status["body"]["status"] == {"prev_status": "ENABLE", "new_status": "REJECT"}
