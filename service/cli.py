@@ -1,6 +1,7 @@
 """The `zns-gate` command: `serve` runs the receiver, processor and API in one process;
 `replay` rebuilds every OA's state from the event log; `simulate` sends realistic traffic
-to a running service; `schemas` writes the JSON Schemas.
+to a running service; `schemas` writes the JSON Schemas; `fake-zalo` serves a local Zalo
+to develop and test against.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
 was started), 1 when the service could not start or stopped on an error.
@@ -73,6 +74,24 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--token", help="bearer token for /v1 (scope send)")
     simulate.add_argument("--record", metavar="FILE", help="one JSON line per request and answer")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    fake = commands.add_parser(
+        "fake-zalo", help="serve a local Zalo (OAuth, sends, reads, webhooks) to develop against"
+    )
+    fake.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1")
+    fake.add_argument("--port", type=int, default=9100, help="default 9100")
+    fake.add_argument(
+        "--gate",
+        metavar="URL",
+        help="post webhooks to URL/webhooks/zalo, e.g. http://127.0.0.1:8080",
+    )
+    fake.add_argument("--config", metavar="FILE", help="scenario TOML (default: a built-in one)")
+    fake.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default INFO (DEBUG logs every send)",
+    )
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
@@ -214,10 +233,48 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def _fake_zalo(args: argparse.Namespace) -> int:
+    from service.zalo.fake import ScenarioError, build_fake_app, default_scenario, load_scenario
+
+    try:
+        scenario = default_scenario() if args.config is None else load_scenario(args.config)
+    except ScenarioError as exc:
+        print(f"zns-gate: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
+    configure_logging(args.log_level)
+    log = get_logger("fake_zalo")
+    log.info(
+        "starting",
+        host=args.host,
+        port=args.port,
+        gate=args.gate,
+        oas=[oa.oa_id for oa in scenario.oas],
+        templates=len(scenario.templates),
+    )
+    try:
+        # run_app stops on SIGINT/SIGTERM and runs the cleanup that cancels pending webhooks.
+        web.run_app(
+            build_fake_app(scenario, gate=args.gate),
+            host=args.host,
+            port=args.port,
+            access_log=None,
+            print=None,
+            handle_signals=True,
+            shutdown_timeout=2.0,
+        )
+    except OSError as exc:
+        return _failed(exc, "could not start")
+    log.info("stopped")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schemas":
         return _schemas(args.out, args.check)
+    if args.command == "fake-zalo":
+        # The fake reads a scenario, not the gate's settings.
+        return _fake_zalo(args)
     try:
         settings = load_settings(args.config)
     except ConfigError as exc:
