@@ -9,6 +9,8 @@ into exit status 2 before anything listens.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 import os
 import tomllib
@@ -140,6 +142,9 @@ class AppSettings(_Section):
     oa_ids: list[ZaloId] | None = None
     """The OAs of this app; when given, a webhook for another OA signed by this app is
     refused (`unknown_app`). An OA listed here is refused for every other app."""
+    app_secret: SecretStr | None = None
+    """The app's secret key for Zalo's OAuth (sent as the `secret_key` header): needed
+    to refresh the tokens of its OAs and to connect new ones (`[zalo]`)."""
 
     @field_validator("secrets")
     @classmethod
@@ -148,6 +153,69 @@ class AppSettings(_Section):
         if any(len(s.get_secret_value()) < 8 for s in secrets):
             raise ValueError("a secret must have at least 8 characters")
         return secrets
+
+
+class ZaloSettings(_Section):
+    """The connection to Zalo: its tokens, poller and send proxy. Off unless `enabled`;
+    the admission-only API works the same either way."""
+
+    enabled: bool = False
+    api_url: str = "https://business.openapi.zalo.me"
+    """Zalo's business API (a local `zns-gate fake-zalo` in tests)."""
+    oauth_url: str = "https://oauth.zaloapp.com"
+    permission_url: str = "https://oauth.zaloapp.com/v4/oa/permission"
+    """The page an OA admin grants the app access on (`GET /zalo/connect` sends them there)."""
+    callback_url: str | None = None
+    """This service's `/zalo/callback` as Zalo redirects to it (the app's registered
+    callback URL); needed by `GET /zalo/connect`."""
+    request_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    mode: Literal["development", "production"] = "development"
+    """`development`: Zalo delivers sends only to the app's admins."""
+    send_concurrency: int = Field(default=8, ge=1, le=256)
+    """Zalo calls in flight per OA."""
+    refresh_margin_s: int = Field(default=18_000, ge=60)
+    """Refresh an access token when less than this remains."""
+    refresh_at_least_every_s: int = Field(default=30 * 86_400, ge=3_600)
+    """Refresh an idle OA's token at least this often, so its refresh token never dies
+    unused (Zalo's lasts 3 months)."""
+    poll_quota_s: int = Field(default=3_600, ge=10)
+    poll_quality_s: int = Field(default=900, ge=10)
+    poll_templates_s: int = Field(default=3_600, ge=10)
+    token_key: SecretStr | None = None
+    """Base64 of 32 random bytes: encrypts the stored tokens (AES-GCM); set it with the
+    environment (`ZNS_GATE_ZALO__TOKEN_KEY`) rather than in a file."""
+
+    @field_validator("api_url", "oauth_url", "permission_url", "callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return None if value is None else value.rstrip("/")
+
+    @field_validator("token_key")
+    @classmethod
+    def _key_of_32_bytes(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value.get_secret_value(), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be base64") from None
+        if len(raw) != 32:
+            raise ValueError("must be base64 of 32 bytes (e.g. `openssl rand -base64 32`)")
+        return value
+
+    @model_validator(mode="after")
+    def _key_when_enabled(self) -> ZaloSettings:
+        if self.enabled and self.token_key is None:
+            raise ValueError("zalo.enabled needs zalo.token_key to encrypt the stored tokens")
+        return self
+
+    def key(self) -> bytes:
+        """The token key's 32 bytes."""
+        if self.token_key is None:
+            raise ConfigError("zalo.token_key is not set")
+        return base64.b64decode(self.token_key.get_secret_value())
 
 
 class RulesSettings(_Section):
@@ -232,6 +300,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = RulesSettings()
     oas: list[OaSettings] = Field(default_factory=list)
     api: ApiSettings = ApiSettings()
+    zalo: ZaloSettings = ZaloSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("apps")

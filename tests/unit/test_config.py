@@ -140,6 +140,10 @@ def test_ids_given_as_numbers_stay_their_digits(tmp_path: Path) -> None:
         # Without a port the address could not be published to the group: never forwarded to.
         ('[api]\nadvertised_url = "http://10.0.0.7"\n', "api.advertised_url"),
         ('[api]\nadvertised_url = "http://10.0.0.7:8080/path"\n', "api.advertised_url"),
+        ('[zalo]\ntoken_key = "not base64!"\n', "zalo.token_key"),
+        ('[zalo]\ntoken_key = "c2hvcnQ="\n', "zalo.token_key"),
+        ("[zalo]\nenabled = true\n", "zalo"),
+        ('[zalo]\napi_url = "ftp://zalo"\n', "zalo.api_url"),
         ("[log\n", "config"),
     ],
 )
