@@ -8,6 +8,7 @@ modules; nothing here knows about Zalo's payloads.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -104,3 +105,12 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
     add_receiver_routes(app)
     add_api_routes(app)
     return app
+
+
+async def freeze_what_started(_: web.Application) -> None:
+    """An `on_startup` hook of a process that runs one application (`zns-gate serve`):
+    leave what start-up made (modules, classes, settings, clients) out of every later
+    garbage collection. A full collection walks every object it tracks with the event
+    loop stopped, and these live as long as the process. (Not for a process that starts
+    many applications, as a test run does: what it freezes is never collected.)"""
+    gc.freeze()

@@ -137,7 +137,7 @@ def _failed(exc: Exception, what: str) -> int:
 
 
 def _serve(settings: Settings) -> int:
-    from service.app import build_app
+    from service.app import build_app, freeze_what_started
 
     log = get_logger("cli")
     if not settings.api.tokens:
@@ -150,6 +150,7 @@ def _serve(settings: Settings) -> int:
             "forwarding_disabled; set the same secret on every instance to forward them"
         )
     app = build_app(settings)
+    app.on_startup.append(freeze_what_started)
     log.info(
         "starting",
         version=__version__,

@@ -76,7 +76,7 @@ class Index(MutableMapping[str, V]):
         until that bucket is visited: a list costs a third of a set per key."""
         self._deleted: set[str] = set()
         """Keys deleted here that the source may still hold (until a checkpoint writes
-        the deletion)."""
+        the deletion), and keys found absent from the source (`offer`)."""
         self._expiry = expiry
         self._time = time
         self._read_only = False
@@ -157,14 +157,19 @@ class Index(MutableMapping[str, V]):
         return set(self._entries) | self._deleted
 
     def offer(self, key: str, value: V | None, releases: int) -> None:
-        """Hold `value`, read from the source off the loop when `releases` was the count,
-        unless the key was set or deleted here meanwhile, or entries were released since
-        (then what is here, or what was dropped, is newer)."""
-        if value is None or self.source is None or releases != self.releases:
+        """Hold `value` (None: the source holds no such key), read from the source off the
+        loop when `releases` was the count, unless the key was set or deleted here
+        meanwhile, or entries were released since (then what is here, or what was dropped,
+        is newer). A key known to be absent reads as absent without asking the source
+        again, until the next `release`."""
+        if self.source is None or releases != self.releases:
             return
         if key in self._entries or key in self._deleted:
             return
-        self._put(key, value)
+        if value is None:
+            self._deleted.add(key)
+        else:
+            self._put(key, value)
 
     # --- changes ------------------------------------------------------------------------
 

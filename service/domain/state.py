@@ -523,8 +523,8 @@ class OAState:
         index: Index[Any] = getattr(self, name)
         start = len(index_key(self.oa_id, name, ""))
         for raw_key, raw in found.items():
-            if raw is not None:
-                index.offer(raw_key[start:].decode(), _decode_entry(name, raw), releases)
+            value = None if raw is None else _decode_entry(name, raw)
+            index.offer(raw_key[start:].decode(), value, releases)
 
     def with_entries(self, stored: Mapping[bytes, bytes]) -> OAState:
         """A copy whose indexes hold, in memory, `stored` (the OA's entries as the store

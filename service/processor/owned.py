@@ -148,9 +148,9 @@ _Send = tuple[str, str | None, "asyncio.Future[Position]"]
 and its record's durable write."""
 
 AHEAD_AT_MOST = 8
-"""Admissions of one OA placed in the log and not durable yet, at most: each decision folds
-them all into its copy of the state, so a log that falls behind slows the decisions down
-instead of making each one cost more."""
+"""Admissions of one OA under way at most (from the decision until the record is durable):
+each decision folds the ones placed before it into its copy of the state, so a log that
+falls behind slows the decisions down instead of making each one cost more."""
 
 PREFETCH_FROM = 100
 """An admission naming more recipients than this reads them off the loop first (a point
@@ -163,6 +163,9 @@ class OwnedStates:
     def __init__(self, processor: Processor) -> None:
         self._processor = processor
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._semaphores: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
+            weakref.WeakValueDictionary()
+        )
         self._unfolded: weakref.WeakKeyDictionary[PartitionFolder, dict[str, int]] = (
             weakref.WeakKeyDictionary()
         )
@@ -232,32 +235,39 @@ class OwnedStates:
         partition = self._processor.log.partition_for(oa_id.encode())
         deadline = asyncio.get_running_loop().time() + timeout_s
         while True:
-            # The partition's guard lasts until the record is durable: a revocation waits
-            # for it, so that the next owner reads it.
-            async with self._processor.admitting(partition):
-                lock = await self._acquire(oa_id, deadline)
-                if lock is None:
-                    return BUSY
-                try:
-                    step = await self._decide(oa_id, ask, _left(deadline))
-                finally:
-                    lock.release()
-                if isinstance(step, asyncio.Future):
-                    # The same request placed before, or the first of too many placed,
-                    # is being written: once it is, decide again (a repeat then finds
-                    # the first answer, or nothing if that write failed).
-                    done, _ = await asyncio.wait([step], timeout=_left(deadline))
-                    if not done:
+            # A place among the OA's admissions being written, then the OA's lock: each
+            # waits its turn, and one whose turn does not come by the deadline is told
+            # to come back instead of making every later answer later.
+            slot = await _within(self._slots(oa_id), deadline)
+            if slot is None:
+                return BUSY
+            try:
+                # The partition's guard lasts until the record is durable: a revocation
+                # waits for it, so that the next owner reads it.
+                async with self._processor.admitting(partition):
+                    lock = await _within(self._lock(oa_id), deadline)
+                    if lock is None:
                         return BUSY
-                    continue
-                if not isinstance(step, _Placed):
-                    return step
-                try:
-                    await step.landing
-                finally:
-                    async with self._lock(oa_id):
-                        await self._settle(oa_id)
-                return Admitted(step.answer, step.now, step.policy)
+                    try:
+                        step = await self._decide(oa_id, ask, _left(deadline))
+                    finally:
+                        lock.release()
+                    if isinstance(step, _Placed):
+                        try:
+                            await step.landing
+                        finally:
+                            async with self._lock(oa_id):
+                                await self._settle(oa_id)
+                        return Admitted(step.answer, step.now, step.policy)
+                    if not isinstance(step, asyncio.Future):
+                        return step
+            finally:
+                slot.release()
+            # The same request placed before is being written: once it is, decide again
+            # (this one then finds the first answer, or nothing if that write failed).
+            done, _ = await asyncio.wait([step], timeout=_left(deadline))
+            if not done:
+                return BUSY
 
     async def _decide(
         self, oa_id: str, ask: Ask, timeout_s: float
@@ -275,8 +285,6 @@ class OwnedStates:
         for earlier_one in placed:
             if earlier_one.key == ask.idempotency_key:
                 return earlier_one.landing
-        if len(placed) >= AHEAD_AT_MOST:
-            return placed[0].landing
         if len(ask.recipients) > PREFETCH_FROM:
             await held.folder.prefetch(oa_id, "recipients", ask.recipients)
         view = self._view(oa_id, held, ahead=placed)
@@ -350,9 +358,12 @@ class OwnedStates:
         outcomes = list(outcomes)
         partition = self._processor.log.partition_for(oa_id.encode())
         deadline = asyncio.get_running_loop().time() + timeout_s
+        found = self._where(oa_id, admit=True)
+        if isinstance(found, _Held) and len(outcomes) > 1:
+            await _prefetch_sends(found.folder, oa_id, outcomes)
         while True:
             async with self._processor.admitting(partition):
-                lock = await self._acquire("sends:" + oa_id, deadline)
+                lock = await _within(self._lock("sends:" + oa_id), deadline)
                 if lock is None:
                     return BUSY
                 try:
@@ -482,15 +493,12 @@ class OwnedStates:
         advance(state, now, policy)
         return View(state, now, policy, held.staleness_ms)
 
-    async def _acquire(self, name: str, deadline: float) -> asyncio.Lock | None:
-        """The lock `name`, held, or None if it could not be had by `deadline` (loop time)."""
-        lock = self._lock(name)
-        try:
-            async with asyncio.timeout_at(deadline):
-                await lock.acquire()
-        except TimeoutError:
-            return None
-        return lock
+    def _slots(self, oa_id: str) -> asyncio.Semaphore:
+        """The places among an OA's admissions being written, held weakly as the locks."""
+        slots = self._semaphores.get(oa_id)
+        if slots is None:
+            slots = self._semaphores[oa_id] = asyncio.Semaphore(AHEAD_AT_MOST)
+        return slots
 
     def _lock(self, name: str) -> asyncio.Lock:
         """A lock held weakly: it lives while callers hold or wait for it, then goes, so
@@ -511,6 +519,19 @@ class OwnedStates:
                 break
             del unfolded[key]
         return unfolded
+
+
+Held = TypeVar("Held", asyncio.Lock, asyncio.Semaphore)
+
+
+async def _within(held: Held, deadline: float) -> Held | None:
+    """`held` acquired, or None if it could not be by `deadline` (loop time)."""
+    try:
+        async with asyncio.timeout_at(deadline):
+            await held.acquire()
+    except TimeoutError:
+        return None
+    return held
 
 
 def _left(deadline: float) -> float:
@@ -541,6 +562,16 @@ def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:
     """The keys of a send among the unfolded ones: its tracking id, and its message."""
     message = None if item.msg_id is None else f"{oa_id}/msg:{item.msg_id}"
     return f"{oa_id}/send:{item.tracking_id}", message
+
+
+async def _prefetch_sends(
+    folder: PartitionFolder, oa_id: str, outcomes: list[SendOutcome]
+) -> None:
+    """Read off the loop what checking these sends and folding them will read: their
+    dedup keys and messages (most are new: absent), and their recipients."""
+    await folder.prefetch(oa_id, "dedup", ["send:" + o.tracking_id for o in outcomes])
+    await folder.prefetch(oa_id, "messages", [o.msg_id for o in outcomes if o.msg_id])
+    await folder.prefetch(oa_id, "recipients", [o.recipient for o in outcomes if o.recipient])
 
 
 def _being_written(

@@ -57,7 +57,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from service.app import PROCESSOR, build_app
+from service.app import PROCESSOR, build_app, freeze_what_started
 from service.config import LogSettings, Settings
 from service.domain.state import (
     HOUR_MS,
@@ -295,6 +295,7 @@ class Served:
     def __init__(self, args: argparse.Namespace) -> None:
         self.settings = settings_for(args)
         self.app = build_app(self.settings)
+        self.app.on_startup.append(freeze_what_started)  # as `zns-gate serve` does
         self.runner = web.AppRunner(self.app)
         self.url = f"http://127.0.0.1:{args.port}"
 

@@ -135,3 +135,27 @@ def test_a_layered_view_reads_through_and_keeps_its_changes_to_itself() -> None:
     view.expire_before(15)  # a day change in the view hides there what it expired
     assert "c" not in view
     assert "c" in live
+
+
+def test_a_key_offered_as_absent_reads_as_absent_without_asking_the_source_until_released() -> None:
+    asked: list[str] = []
+
+    def source(key: str) -> Seen | None:
+        asked.append(key)
+        return None
+
+    index: Index[Seen] = Index(lambda v: v.day)
+    index.source = source
+    index.offer("new", None, index.releases)
+    assert index.peek("new") is None
+    assert asked == []
+    index["new"] = Seen(3)  # set later: it reads as set
+    assert index.peek("new") is not None
+    assert index.take_changes().keys() == {"new"}
+    index.offer("other", None, index.releases)
+    index.release()
+    assert index.peek("other") is None
+    assert asked == ["other"]  # asked again once released
+    index.offer("stale", None, index.releases - 1)  # read before a release: not taken
+    assert index.peek("stale") is None
+    assert asked == ["other", "stale"]
