@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Protocol
 
 import orjson
+import rbloom
 import rocksdict
 
 from service.log.embedded import transaction
@@ -236,6 +237,12 @@ _BY_DAY = b"d"  # d<day, 4 bytes big-endian><key> -> empty: the entries in expir
 _WRITE_ID = struct.Struct(">q")
 _DAY = struct.Struct(">I")
 _WRITE_PIECE = 1_000
+_CHANGE_HEAD = 9
+"""Bytes of a changelog value before `before`: its expiry day (4, big-endian), flags, length."""
+_REBUILD_KEYS_MAX = 50_000_000
+"""A rebuild's filter of keys written is sized for at most this many (about 60 MB); past
+that it answers "maybe" more often, which costs lookups, never correctness."""
+_REBUILD_FALSE_POSITIVES = 0.01
 
 
 class RocksEntries:
@@ -250,6 +257,9 @@ class RocksEntries:
         self._db = self._open()
         self._expiring: tuple[int, bytes] = (-1, b"")
         """(before_day, day key to go on from) of the expiry running."""
+        self._written: rbloom.Bloom | None = None
+        """While a rebuild into a store reset empty runs: every key it wrote is in here (and
+        some it did not). A key not in it has nothing stored to look up."""
 
     def _open(self) -> rocksdict.Rdict:
         options = rocksdict.Options(raw_mode=True)
@@ -269,14 +279,29 @@ class RocksEntries:
         shutil.rmtree(self.path, ignore_errors=True)
         self._db = self._open()
         self._db.put(_META, orjson.dumps({"source": source, "next_id": 0}))
+        self._written = None
+
+    def rebuild(self, source: str, records: int) -> None:
+        """`reset`, for a rebuild: about `records` changelog records follow, through
+        `apply_changelog`, until any other write. In a store that was empty, a record's
+        key needs a lookup of what is stored (to delete its old by-day key) only if an
+        earlier record of the rebuild wrote it: a filter of the keys written says which
+        ones surely were not, in bounded memory."""
+        self.reset(source)
+        expected = min(max(records, 1_000), _REBUILD_KEYS_MAX)
+        self._written = rbloom.Bloom(expected, _REBUILD_FALSE_POSITIVES)
 
     def put_rows(self, rows: Sequence[Row], next_id: int) -> None:
+        self._written = None  # keys written past the filter: lookups for every key again
         self._expiring = (-1, b"")  # a new entry may expire before where an expiry went on from
         self._write_pieces([(row[0], row) for row in rows], next_id)
 
     def apply_changelog(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
         self._expiring = (-1, b"")
-        self._write_pieces(list(last_per_key(records).items()), next_id)
+        if self._written is not None:
+            self._rebuild_pieces(records, next_id, self._written)
+        else:
+            self._write_pieces(list(last_per_key(records).items()), next_id)
 
     def read_row(self, key: bytes) -> Stored | None:
         value = self._db.get(_ENTRY + key)
@@ -310,9 +335,11 @@ class RocksEntries:
         return out
 
     def delete_keys(self, keys: Sequence[bytes], next_id: int | None) -> None:
+        self._written = None
         self._write_pieces([(key, None) for key in keys], next_id)
 
     def close(self) -> None:
+        self._written = None
         self._db.close()
 
     def _old_day(self, key: bytes) -> int | None:
@@ -332,6 +359,43 @@ class RocksEntries:
         if old_day is not None:
             batch.delete(_ENTRY + key)
             batch.delete(_BY_DAY + _DAY.pack(old_day) + key)
+
+    def _rebuild_pieces(
+        self, records: Sequence[tuple[int, bytes, bytes]], next_id: int, written: rbloom.Bloom
+    ) -> None:
+        """`apply_changelog` in a rebuild (`rebuild`): what `_write_pieces` writes, with a
+        lookup only for a key the filter may have seen, and the changelog value stored as
+        it is (the entry's layout is the write id, then that value)."""
+        final: dict[bytes, tuple[int, bytes]] = {}
+        for offset, key, value in records:
+            final[key] = (offset, value)  # the newest record of a key wins
+        changes = list(final.items())
+        pack_id = _WRITE_ID.pack
+        for start in range(0, max(1, len(changes)), _WRITE_PIECE):
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for key, (offset, value) in changes[start : start + _WRITE_PIECE]:
+                if key in written:
+                    old = self._db.get(_ENTRY + key)
+                    if old is not None:
+                        old_day = old[_WRITE_ID.size : _WRITE_ID.size + _DAY.size]
+                        if not value or value[: _DAY.size] != old_day:
+                            batch.delete(_BY_DAY + old_day + key)
+                        if not value:
+                            batch.delete(_ENTRY + key)
+                if value:
+                    # The by-day key takes the day's 4 bytes as they are: as `_DAY` packs
+                    # them, for a day that is not negative; a value too short or of a
+                    # negative day is no change this store ever wrote.
+                    if len(value) < _CHANGE_HEAD or value[0] & 0x80:
+                        raise ValueError(f"changelog record {offset} is not an index change")
+                    batch.put(_ENTRY + key, pack_id(offset) + value)
+                    batch.put(_BY_DAY + value[: _DAY.size] + key, b"")
+                    written.add(key)
+            if start + _WRITE_PIECE >= len(changes):
+                found = self.find()
+                source = found[0] if found is not None else ""
+                batch.put(_META, orjson.dumps({"source": source, "next_id": next_id}))
+            self._db.write(batch)
 
     def _write_pieces(
         self, changes: Sequence[tuple[bytes, Row | None]], next_id: int | None

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from service.log.base import EventLog, LogError, LogUnavailable, TopicPartition
 from service.log.embedded import EmbeddedLog
-from service.log.kafka import KafkaLog
+from service.log.kafka import KafkaLog, StreamedRecord
 from service.logsetup import get_logger
 from service.store.cache import ValueCache
 from service.store.changelog import ChangelogWriter, encode_change
@@ -395,23 +395,38 @@ class KafkaIndexStore(IndexStore):
                 local=reason,
                 records=end,
             )
-            await self._on_thread(partial(entries.reset, self._source))
+            if isinstance(entries, RocksEntries):
+                await self._on_thread(partial(entries.rebuild, self._source, end))
+            else:
+                await self._on_thread(partial(entries.reset, self._source))
             self._next_offset = 0
         await self._read_changelog(entries, tp, end)
         return end - 1
 
     async def _read_changelog(self, entries: LocalEntries, tp: TopicPartition, end: int) -> None:
+        """Apply the changelog from `_next_offset` up to `end`: one stream of pieces, each
+        applied on the store's thread while the loop reads the next one."""
         self.records_read = 0
-        while self._next_offset < end:
-            records = await self._log.read(tp, self._next_offset, PIECE)
-            if not records:
-                break
-            piece = [(r.offset, r.key or b"", r.value) for r in records]
-            nxt = records[-1].offset + 1
-            await self._on_thread(partial(entries.apply_changelog, piece, nxt))
-            self._next_offset = nxt
-            self.records_read += len(records)
-            await asyncio.sleep(0)  # the loop runs heartbeats between pieces
+
+        def apply(records: list[StreamedRecord], nxt: int) -> int:
+            piece = [(offset, key or b"", value or b"") for offset, key, value in records]
+            entries.apply_changelog(piece, nxt)
+            return nxt
+
+        applying: asyncio.Future[int] | None = None
+        stream = self._log.stream(tp, self._next_offset, end, PIECE)
+        async with contextlib.aclosing(stream) as pieces:
+            try:
+                async for records in pieces:
+                    if applying is not None:
+                        self._next_offset = await applying
+                    applying = asyncio.ensure_future(
+                        self._on_thread(partial(apply, records, records[-1][0] + 1))
+                    )
+                    self.records_read += len(records)
+            finally:
+                if applying is not None:
+                    self._next_offset = await applying
 
     async def _put(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
         records = await self._on_thread(
