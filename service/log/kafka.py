@@ -67,8 +67,9 @@ def _from_kafka(tp: KafkaTopicPartition) -> TopicPartition:
 # Large enough for many webhooks (at most 256 KiB each), within Kafka's default request size.
 _MAX_BATCH_BYTES = 1_000_000
 
-StreamedRecord = tuple[int, bytes | None, bytes | None]
-"""(offset, key, value or None for a tombstone) of a record read by `KafkaLog.stream`."""
+StreamedRecord = tuple[int, bytes, bytes]
+"""(offset, key, value) of a record read by `KafkaLog.stream`; a missing key or value
+(a tombstone) reads as empty bytes."""
 
 # A stream's fetches: large, so that a whole partition takes few round trips, and
 # prefetched by aiokafka while the caller works on the piece before.
@@ -510,12 +511,12 @@ class KafkaLog(EventLog):
                 position = messages[-1].offset + 1
                 if position > end:  # records appended since `end` was asked
                     messages = [m for m in messages if m.offset < end]
-                out.extend((m.offset, m.key, m.value) for m in messages)
+                out.extend((m.offset, m.key or b"", m.value or b"") for m in messages)
                 if len(out) >= piece or position >= end:
                     yield out
                     out = []
-                else:
-                    await asyncio.sleep(0)  # the loop runs between the steps of a piece
+                # A fetch already here is handed out without a pause: let the loop run.
+                await asyncio.sleep(0)
             if out:
                 yield out
         except KafkaError as exc:

@@ -42,6 +42,8 @@ Changes = Mapping[bytes, tuple[bytes | None, bytes | None, int]]
 
 PIECE = 5_000
 """Entries per piece of bulk work on the store's thread (rebuild, expiry)."""
+INDEX_PIECE = 50_000
+"""Entries given their by-day keys per call on the store's thread, after a rebuild."""
 LOOP_PIECE = 1_000
 """Entries handled on the loop (cache updates) between yields to it."""
 
@@ -377,6 +379,9 @@ class KafkaIndexStore(IndexStore):
         return RocksEntries(self.path)
 
     async def _restore(self, entries: LocalEntries) -> int:
+        rocks = entries
+        if not isinstance(rocks, RocksEntries):
+            raise TypeError(f"a Kafka index store keeps its entries in RocksDB, not {rocks!r}")
         tp = TopicPartition(self.topic, self.partition)
         end = (await self._log.end_offsets([tp]))[tp]
         found = await self._on_thread(entries.find)
@@ -395,12 +400,11 @@ class KafkaIndexStore(IndexStore):
                 local=reason,
                 records=end,
             )
-            if isinstance(entries, RocksEntries):
-                await self._on_thread(partial(entries.rebuild, self._source, end))
-            else:
-                await self._on_thread(partial(entries.reset, self._source))
+            await self._on_thread(partial(rocks.rebuild, self._source))
             self._next_offset = 0
         await self._read_changelog(entries, tp, end)
+        while not await self._on_thread(partial(rocks.index_days, INDEX_PIECE)):
+            pass  # between pieces the loop runs
         return end - 1
 
     async def _read_changelog(self, entries: LocalEntries, tp: TopicPartition, end: int) -> None:
@@ -409,8 +413,7 @@ class KafkaIndexStore(IndexStore):
         self.records_read = 0
 
         def apply(records: list[StreamedRecord], nxt: int) -> int:
-            piece = [(offset, key or b"", value or b"") for offset, key, value in records]
-            entries.apply_changelog(piece, nxt)
+            entries.apply_changelog(records, nxt)
             return nxt
 
         applying: asyncio.Future[int] | None = None
