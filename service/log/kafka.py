@@ -476,6 +476,8 @@ class KafkaLog(EventLog):
         """
         if self._state != "open":
             raise LogClosed("the kafka log is not open")
+        if piece < 1:
+            raise ValueError(f"a stream's pieces hold at least one record, not {piece}")
         if start >= end:
             return
         ktp = _to_kafka(tp)
@@ -497,7 +499,9 @@ class KafkaLog(EventLog):
             position = start
             while position < end:
                 batches = await consumer.getmany(
-                    ktp, timeout_ms=self._request_timeout_ms, max_records=_STREAM_STEP
+                    ktp,
+                    timeout_ms=self._request_timeout_ms,
+                    max_records=min(_STREAM_STEP, piece - len(out)),
                 )
                 messages = batches.get(ktp, [])
                 if not messages:

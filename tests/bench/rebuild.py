@@ -27,7 +27,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
@@ -145,31 +145,36 @@ async def old_path(log: KafkaLog, entries: RocksEntries, topic: str, end: int) -
     return count
 
 
+def contents(path: Path) -> Iterator[tuple[bytes, bytes]]:
+    """Every key and value of a closed RocksDB store, in key order, meta included."""
+    local = RocksEntries(path)
+    try:
+        for key, value in local._db.items():
+            assert isinstance(key, bytes)
+            assert isinstance(value, bytes)
+            yield key, value
+    finally:
+        local.close()
+
+
 def differences(one: Path, other: Path) -> int:
     """How many keys differ between two RocksDB stores (a key missing counts once)."""
-    a, b = RocksEntries(one), RocksEntries(other)
-    try:
-        left = a._db.items()
-        right = b._db.items()
-        diff = 0
-        sentinel = (None, None)
-        x, y = next(left, sentinel), next(right, sentinel)
-        while x is not sentinel or y is not sentinel:
-            if x == y:
-                x, y = next(left, sentinel), next(right, sentinel)
-            elif y is sentinel or (x is not sentinel and x[0] < y[0]):
-                diff += 1
-                x = next(left, sentinel)
-            elif x is sentinel or y[0] < x[0]:
-                diff += 1
-                y = next(right, sentinel)
-            else:
-                diff += 1
-                x, y = next(left, sentinel), next(right, sentinel)
-        return diff
-    finally:
-        a.close()
-        b.close()
+    left, right = contents(one), contents(other)
+    diff = 0
+    x, y = next(left, None), next(right, None)
+    while x is not None or y is not None:
+        if x is not None and y is not None and x == y:
+            x, y = next(left, None), next(right, None)
+        elif y is None or (x is not None and x[0] < y[0]):
+            diff += 1
+            x = next(left, None)
+        elif x is None or y[0] < x[0]:
+            diff += 1
+            y = next(right, None)
+        else:  # the same key, another value
+            diff += 1
+            x, y = next(left, None), next(right, None)
+    return diff
 
 
 def meta_free(path: Path) -> None:

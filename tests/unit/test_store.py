@@ -208,8 +208,13 @@ def _pieces(
 def _contents(path: Path) -> dict[bytes, bytes]:
     """Every key and value of a closed RocksDB store, meta included."""
     entries = RocksEntries(path)
+    out: dict[bytes, bytes] = {}
     try:
-        return {key: value for key, value in entries._db.items()}
+        for key, value in entries._db.items():
+            assert isinstance(key, bytes)
+            assert isinstance(value, bytes)
+            out[key] = value
+        return out
     finally:
         entries.close()
 
