@@ -406,14 +406,13 @@ class RocksEntries:
             batch.delete(_BY_DAY + _DAY.pack(old_day) + key)
 
     def _write_entries(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
-        """`apply_changelog` during a rebuild: the newest record of each key as its entry
-        (a tombstone deletes it), no by-day keys, nothing looked up."""
-        final = {key: (offset, value) for offset, key, value in records}
-        changes = list(final.items())
+        """`apply_changelog` during a rebuild: each record as its key's entry (a tombstone
+        deletes it), no by-day keys, nothing looked up. RocksDB applies the writes in
+        order, so a key's newest record wins without finding it first."""
         pack_id = _WRITE_ID.pack
-        for start in range(0, max(1, len(changes)), _WRITE_PIECE):
+        for start in range(0, max(1, len(records)), _WRITE_PIECE):
             batch = rocksdict.WriteBatch(raw_mode=True)
-            for key, (offset, value) in changes[start : start + _WRITE_PIECE]:
+            for offset, key, value in records[start : start + _WRITE_PIECE]:
                 if not value:
                     batch.delete(_ENTRY + key)
                     continue
@@ -423,7 +422,7 @@ class RocksEntries:
                 if len(value) < _CHANGE_HEAD or value[0] & 0x80:
                     raise ValueError(f"changelog record {offset} is not an index change")
                 batch.put(_ENTRY + key, pack_id(offset) + value)
-            if start + _WRITE_PIECE >= len(changes):
+            if start + _WRITE_PIECE >= len(records):
                 batch.put(_META, self._meta(next_id))
             self._db.write(batch)
 

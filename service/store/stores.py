@@ -353,7 +353,9 @@ class KafkaIndexStore(IndexStore):
     offset after it (`next_id`); write ids are changelog offsets. On open the
     database reads only the changelog's tail; one missing, made from another
     cluster or topic, or ahead of the changelog's end is rebuilt from the
-    changelog, never trusted.
+    changelog, never trusted. The changelog is read as one stream (`KafkaLog.stream`),
+    and a rebuild writes the entries alone, their by-day keys once at the end
+    (`RocksEntries.rebuild`); one cut short goes on the same way when opened again.
     """
 
     def __init__(

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from functools import partial
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
@@ -183,7 +184,7 @@ def meta_free(path: Path) -> None:
     try:
         found = local.find()
         assert found is not None
-        local._db.put(b"m", str(found[1]).encode())
+        local._db.put(b"m", orjson.dumps({"source": "bench", "next_id": found[1]}))
     finally:
         local.close()
 
