@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +66,17 @@ def _from_kafka(tp: KafkaTopicPartition) -> TopicPartition:
 
 # Large enough for many webhooks (at most 256 KiB each), within Kafka's default request size.
 _MAX_BATCH_BYTES = 1_000_000
+
+StreamedRecord = tuple[int, bytes, bytes]
+"""(offset, key, value) of a record read by `KafkaLog.stream`; a missing key or value
+(a tombstone) reads as empty bytes."""
+
+# A stream's fetches: large, so that a whole partition takes few round trips, and
+# prefetched by aiokafka while the caller works on the piece before.
+_STREAM_FETCH_BYTES = 16 * 1024 * 1024
+# Records turned into tuples on the loop at a time (about a microsecond each), so
+# that no step of a stream holds the loop for more than a few milliseconds.
+_STREAM_STEP = 1_000
 
 
 @dataclass(slots=True)
@@ -452,6 +463,70 @@ class KafkaLog(EventLog):
                 # and cut a restore or a replay short. The caller may try again.
                 raise LogUnavailable(f"no records of {tp} from {start} arrived in time")
             return out
+
+    async def stream(
+        self, tp: TopicPartition, start: int, end: int, piece: int = 5_000
+    ) -> AsyncGenerator[list[StreamedRecord], None]:
+        """Every record of `tp` from `start` up to `end` (an end offset asked for before),
+        in order, in pieces of up to `piece` records.
+
+        For reading a whole partition once (a store's rebuild): one consumer of its
+        own, assigned and positioned once, reads on; `read` asks for the offsets and
+        seeks again for every call. Records are plain tuples: no headers, no timestamp.
+        """
+        if self._state != "open":
+            raise LogClosed("the kafka log is not open")
+        if piece < 1:
+            raise ValueError(f"a stream's pieces hold at least one record, not {piece}")
+        if start >= end:
+            return
+        ktp = _to_kafka(tp)
+        consumer: AIOKafkaConsumer[bytes, bytes] = AIOKafkaConsumer(
+            **self._common(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_bytes=_STREAM_FETCH_BYTES,
+            max_partition_fetch_bytes=_STREAM_FETCH_BYTES,
+            fetch_max_wait_ms=20,
+        )
+        try:
+            await consumer.start()
+            consumer.assign([ktp])
+            # A start that retention removed reads from the first record kept ("earliest").
+            consumer.seek(ktp, start)
+            out: list[StreamedRecord] = []
+            position = start
+            while position < end:
+                batches = await consumer.getmany(
+                    ktp,
+                    timeout_ms=self._request_timeout_ms,
+                    max_records=min(_STREAM_STEP, piece - len(out)),
+                )
+                messages = batches.get(ktp, [])
+                if not messages:
+                    # Below `end` there are records (or the offsets compaction left): a
+                    # stream cut short here would read as "nothing more". The caller
+                    # may try again from where its last piece ended.
+                    position = await consumer.position(ktp)
+                    if position >= end:
+                        break
+                    raise LogUnavailable(f"no records of {tp} from {position} arrived in time")
+                position = messages[-1].offset + 1
+                if position > end:  # records appended since `end` was asked
+                    messages = [m for m in messages if m.offset < end]
+                out.extend((m.offset, m.key or b"", m.value or b"") for m in messages)
+                if len(out) >= piece or position >= end:
+                    yield out
+                    out = []
+                # A fetch already here is handed out without a pause: let the loop run.
+                await asyncio.sleep(0)
+            if out:
+                yield out
+        except KafkaError as exc:
+            raise LogUnavailable(f"cannot read {tp}: {exc}") from exc
+        finally:
+            await consumer.stop()
 
     def consumer(
         self,

@@ -230,12 +230,14 @@ class SqliteEntries:
 
 # --- RocksDB ------------------------------------------------------------------------------
 
-_META = b"m"
+_META = b"m"  # -> {"source", "next_id", "days_indexed"}
 _ENTRY = b"e"  # e<key> -> write id, then the changelog encoding (before, after, day)
 _BY_DAY = b"d"  # d<day, 4 bytes big-endian><key> -> empty: the entries in expiry order
 _WRITE_ID = struct.Struct(">q")
 _DAY = struct.Struct(">I")
 _WRITE_PIECE = 1_000
+_CHANGE_HEAD = 9
+"""Bytes of a changelog value before `before`: its expiry day (4, big-endian), flags, length."""
 
 
 class RocksEntries:
@@ -243,6 +245,13 @@ class RocksEntries:
 
     Writes go through RocksDB's write-ahead log without an fsync of their own: a
     write lost to a power cut is read again from the changelog.
+
+    A rebuild (`rebuild`, then `apply_changelog`, then `index_days`) writes only the
+    entries, each changelog value stored as it is behind its write id, with no
+    lookup of what a key held before: keeping the by-day keys right as a key moves
+    from day to day needs that lookup, and a store made from nothing needs none if
+    its by-day keys are made once, from the entries as they end up. Until then the
+    meta says `days_indexed: false`, so a rebuild cut short goes on the same way.
     """
 
     def __init__(self, path: Path) -> None:
@@ -250,6 +259,12 @@ class RocksEntries:
         self._db = self._open()
         self._expiring: tuple[int, bytes] = (-1, b"")
         """(before_day, day key to go on from) of the expiry running."""
+        self._source = ""
+        self._days_indexed = True
+        """False from `rebuild` until `index_days` has made every by-day key."""
+        self._indexing_from: bytes | None = None
+        """The entry key `index_days` goes on from, once it has begun."""
+        self.find()
 
     def _open(self) -> rocksdict.Rdict:
         options = rocksdict.Options(raw_mode=True)
@@ -261,14 +276,35 @@ class RocksEntries:
         if meta is None:
             return None
         found = orjson.loads(meta)
-        return str(found["source"]), int(found["next_id"])
+        self._source = str(found["source"])
+        self._days_indexed = bool(found.get("days_indexed", True))
+        return self._source, int(found["next_id"])
 
     def reset(self, source: str) -> None:
+        self._reset(source, days_indexed=True)
+
+    def rebuild(self, source: str) -> None:
+        """`reset`, for a rebuild from the changelog's start: the records that follow
+        write entries alone, until `index_days` makes their by-day keys."""
+        self._reset(source, days_indexed=False)
+
+    def _reset(self, source: str, *, days_indexed: bool) -> None:
         # Dropping the directory costs nothing, deleting a million keys would.
         self._db.close()
         shutil.rmtree(self.path, ignore_errors=True)
         self._db = self._open()
-        self._db.put(_META, orjson.dumps({"source": source, "next_id": 0}))
+        self._source, self._days_indexed, self._indexing_from = source, days_indexed, None
+        self._db.put(_META, self._meta(0))
+
+    @property
+    def days_indexed(self) -> bool:
+        return self._days_indexed
+
+    def _meta(self, next_id: int) -> bytes:
+        meta: dict[str, object] = {"source": self._source, "next_id": next_id}
+        if not self._days_indexed:
+            meta["days_indexed"] = False
+        return orjson.dumps(meta)
 
     def put_rows(self, rows: Sequence[Row], next_id: int) -> None:
         self._expiring = (-1, b"")  # a new entry may expire before where an expiry went on from
@@ -276,7 +312,41 @@ class RocksEntries:
 
     def apply_changelog(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
         self._expiring = (-1, b"")
-        self._write_pieces(list(last_per_key(records).items()), next_id)
+        if self._days_indexed:
+            self._write_pieces(list(last_per_key(records).items()), next_id)
+        else:
+            self._write_entries(records, next_id)
+
+    def index_days(self, limit: int) -> bool:
+        """Make the by-day keys of up to `limit` entries, after a rebuild; True once every
+        entry has its by-day key (then it is a store like any other)."""
+        if self._days_indexed:
+            return True
+        batch = rocksdict.WriteBatch(raw_mode=True)
+        if self._indexing_from is None:
+            # A rebuild cut short while indexing may have left by-day keys of entries
+            # that changed since: every one is made again.
+            batch.delete_range(_BY_DAY, _ENTRY)
+            self._indexing_from = _ENTRY
+        skip, day_end = len(_ENTRY), _WRITE_ID.size + _DAY.size
+        done = True
+        for count, (key, value) in enumerate(self._db.items(from_key=self._indexing_from)):
+            if not isinstance(key, bytes) or not key.startswith(_ENTRY):
+                break
+            if count == limit:
+                self._indexing_from, done = key, False
+                break
+            if count and count % _WRITE_PIECE == 0:  # as `_write_pieces` does, for the GIL
+                self._db.write(batch)
+                batch = rocksdict.WriteBatch(raw_mode=True)
+            batch.put(_BY_DAY + value[_WRITE_ID.size : day_end] + key[skip:], b"")
+        if done:
+            meta = self._db.get(_META)
+            next_id = 0 if meta is None else int(orjson.loads(meta)["next_id"])
+            self._days_indexed, self._indexing_from = True, None
+            batch.put(_META, self._meta(next_id))
+        self._db.write(batch)
+        return done
 
     def read_row(self, key: bytes) -> Stored | None:
         value = self._db.get(_ENTRY + key)
@@ -286,6 +356,8 @@ class RocksEntries:
         return _WRITE_ID.unpack_from(value)[0], before, after
 
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
+        if not self._days_indexed:
+            raise RuntimeError("the store's by-day keys are not made yet (index_days)")
         end = _BY_DAY + _DAY.pack(max(0, before_day))
         # An expiry deletes what one call returns before it asks for more, and an
         # iterator started at the beginning would step over every key deleted so
@@ -333,6 +405,27 @@ class RocksEntries:
             batch.delete(_ENTRY + key)
             batch.delete(_BY_DAY + _DAY.pack(old_day) + key)
 
+    def _write_entries(self, records: Sequence[tuple[int, bytes, bytes]], next_id: int) -> None:
+        """`apply_changelog` during a rebuild: each record as its key's entry (a tombstone
+        deletes it), no by-day keys, nothing looked up. RocksDB applies the writes in
+        order, so a key's newest record wins without finding it first."""
+        pack_id = _WRITE_ID.pack
+        for start in range(0, max(1, len(records)), _WRITE_PIECE):
+            batch = rocksdict.WriteBatch(raw_mode=True)
+            for offset, key, value in records[start : start + _WRITE_PIECE]:
+                if not value:
+                    batch.delete(_ENTRY + key)
+                    continue
+                # The by-day key will take the day's 4 bytes as they are, as `_DAY` packs
+                # a day that is not negative: a value too short or of a negative day is
+                # no change this store ever wrote.
+                if len(value) < _CHANGE_HEAD or value[0] & 0x80:
+                    raise ValueError(f"changelog record {offset} is not an index change")
+                batch.put(_ENTRY + key, pack_id(offset) + value)
+            if start + _WRITE_PIECE >= len(records):
+                batch.put(_META, self._meta(next_id))
+            self._db.write(batch)
+
     def _write_pieces(
         self, changes: Sequence[tuple[bytes, Row | None]], next_id: int | None
     ) -> None:
@@ -352,7 +445,5 @@ class RocksEntries:
                 else:
                     self._put(batch, row)
             if start + _WRITE_PIECE >= len(changes) and next_id is not None:
-                found = self.find()
-                source = found[0] if found is not None else ""
-                batch.put(_META, orjson.dumps({"source": source, "next_id": next_id}))
+                batch.put(_META, self._meta(next_id))
             self._db.write(batch)

@@ -28,7 +28,7 @@ from typing import TypeVar
 
 from service.log.base import EventLog, LogError, LogUnavailable, TopicPartition
 from service.log.embedded import EmbeddedLog
-from service.log.kafka import KafkaLog
+from service.log.kafka import KafkaLog, StreamedRecord
 from service.logsetup import get_logger
 from service.store.cache import ValueCache
 from service.store.changelog import ChangelogWriter, encode_change
@@ -42,6 +42,8 @@ Changes = Mapping[bytes, tuple[bytes | None, bytes | None, int]]
 
 PIECE = 5_000
 """Entries per piece of bulk work on the store's thread (rebuild, expiry)."""
+INDEX_PIECE = 50_000
+"""Entries given their by-day keys per call on the store's thread, after a rebuild."""
 LOOP_PIECE = 1_000
 """Entries handled on the loop (cache updates) between yields to it."""
 
@@ -351,7 +353,9 @@ class KafkaIndexStore(IndexStore):
     offset after it (`next_id`); write ids are changelog offsets. On open the
     database reads only the changelog's tail; one missing, made from another
     cluster or topic, or ahead of the changelog's end is rebuilt from the
-    changelog, never trusted.
+    changelog, never trusted. The changelog is read as one stream (`KafkaLog.stream`),
+    and a rebuild writes the entries alone, their by-day keys once at the end
+    (`RocksEntries.rebuild`); one cut short goes on the same way when opened again.
     """
 
     def __init__(
@@ -377,6 +381,9 @@ class KafkaIndexStore(IndexStore):
         return RocksEntries(self.path)
 
     async def _restore(self, entries: LocalEntries) -> int:
+        rocks = entries
+        if not isinstance(rocks, RocksEntries):
+            raise TypeError(f"a Kafka index store keeps its entries in RocksDB, not {rocks!r}")
         tp = TopicPartition(self.topic, self.partition)
         end = (await self._log.end_offsets([tp]))[tp]
         found = await self._on_thread(entries.find)
@@ -395,23 +402,36 @@ class KafkaIndexStore(IndexStore):
                 local=reason,
                 records=end,
             )
-            await self._on_thread(partial(entries.reset, self._source))
+            await self._on_thread(partial(rocks.rebuild, self._source))
             self._next_offset = 0
         await self._read_changelog(entries, tp, end)
+        while not await self._on_thread(partial(rocks.index_days, INDEX_PIECE)):
+            pass  # between pieces the loop runs
         return end - 1
 
     async def _read_changelog(self, entries: LocalEntries, tp: TopicPartition, end: int) -> None:
+        """Apply the changelog from `_next_offset` up to `end`: one stream of pieces, each
+        applied on the store's thread while the loop reads the next one."""
         self.records_read = 0
-        while self._next_offset < end:
-            records = await self._log.read(tp, self._next_offset, PIECE)
-            if not records:
-                break
-            piece = [(r.offset, r.key or b"", r.value) for r in records]
-            nxt = records[-1].offset + 1
-            await self._on_thread(partial(entries.apply_changelog, piece, nxt))
-            self._next_offset = nxt
-            self.records_read += len(records)
-            await asyncio.sleep(0)  # the loop runs heartbeats between pieces
+
+        def apply(records: list[StreamedRecord], nxt: int) -> int:
+            entries.apply_changelog(records, nxt)
+            return nxt
+
+        applying: asyncio.Future[int] | None = None
+        stream = self._log.stream(tp, self._next_offset, end, PIECE)
+        async with contextlib.aclosing(stream) as pieces:
+            try:
+                async for records in pieces:
+                    if applying is not None:
+                        self._next_offset = await applying
+                    applying = asyncio.ensure_future(
+                        self._on_thread(partial(apply, records, records[-1][0] + 1))
+                    )
+                    self.records_read += len(records)
+            finally:
+                if applying is not None:
+                    self._next_offset = await applying
 
     async def _put(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
         records = await self._on_thread(

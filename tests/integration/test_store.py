@@ -18,8 +18,11 @@ from typing import Any, TypeVar
 import pytest
 
 from service.log.base import EventLog, LogUnavailable, TopicPartition
+from service.log.kafka import KafkaLog
 from service.store import IndexStore, IndexStoreError, IndexStores, KafkaIndexStore
+from service.store.changelog import ChangelogWriter
 from service.store.local import RocksEntries
+from service.store.stores import PIECE
 from tests.conftest import LogOpener
 
 DAY = 740_000
@@ -404,3 +407,111 @@ async def test_a_value_the_store_holds_already_is_not_written_again(reopen: Open
     store, _ = await reopen()
     marked = await store.put({A: (b"a1", DAY)}, upto=-1, void=[])
     assert await store.put({A: (b"a1", DAY)}, upto=marked, void=[]) == marked
+
+
+def contents(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of a closed local store: entries, by-day keys and meta."""
+    local = RocksEntries(path)
+    out: dict[bytes, bytes] = {}
+    try:
+        for found, value in local._db.items():
+            assert isinstance(found, bytes)
+            assert isinstance(value, bytes)
+            out[found] = value
+        return out
+    finally:
+        local.close()
+
+
+MANY = [key(f"oa{i % 3}", "rcp", f"{i:05d}") for i in range(7_000)]
+
+
+async def fill_across_pieces(store: IndexStore) -> None:
+    """More changelog records than two pieces of a rebuild, keys written again in later
+    pieces on other days, tombstones, and keys written again after their tombstones."""
+    await store.write({k: (None, b"v1", DAY - i % 3) for i, k in enumerate(MANY)})
+    await store.write({k: (b"v1", b"v2", DAY + 1 + i % 2) for i, k in enumerate(MANY[::2])})
+    assert await store.expire(DAY - 1) > 0  # the odd keys still on DAY - 2 and DAY - 1
+    assert await store.drop_oa("oa2") > 0
+    await store.write({k: (None, b"v3", DAY - 2) for k in MANY[:600]})
+
+
+@kafka_only
+async def test_kafka_a_rebuilt_store_equals_the_live_one_key_by_key(
+    reopen: Opener, stores: IndexStores, log: EventLog
+) -> None:
+    store, _ = await reopen()
+    await fill_across_pieces(store)
+    upto = store.upto
+    values = await all_values(store, MANY)
+    await reopen.close()
+    live = contents(local_dir(stores, log))
+    shutil.rmtree(local_dir(stores, log))
+    store, void = await reopen(upto=upto)
+    assert store.records_read == upto + 1 > 2 * PIECE  # three pieces
+    assert void == []
+    assert await all_values(store, MANY) == values
+    await reopen.close()
+    assert contents(local_dir(stores, log)) == live
+    store, _ = await reopen(upto=upto)
+    assert store.records_read == 0
+    # Its by-day keys are whole: an expiry of every day finds every entry once.
+    assert await store.expire(DAY + 3) == sum(v is not None for v in values.values())
+
+
+@kafka_only
+async def test_kafka_a_rebuild_stopped_midway_goes_on_when_opened_again_and_ends_equal(
+    reopen: Opener, stores: IndexStores, log: EventLog
+) -> None:
+    store, _ = await reopen()
+    await fill_across_pieces(store)
+    upto = store.upto
+    await reopen.close()
+    live = contents(local_dir(stores, log))
+    shutil.rmtree(local_dir(stores, log))
+    store = stores.store(1)
+    opening = asyncio.create_task(store.open(upto=upto, void=[]))
+    while store.records_read < PIECE and not opening.done():
+        await asyncio.sleep(0)
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    await store.close()
+    cut = RocksEntries(local_dir(stores, log))
+    try:
+        found = cut.find()
+        assert found is not None
+        assert 0 < found[1] <= upto  # stopped after a piece, before the end
+        assert not cut.days_indexed
+    finally:
+        cut.close()
+    store, void = await reopen(upto=upto)
+    assert store.records_read == upto + 1 - found[1]  # only what it had not read yet
+    assert void == []
+    await reopen.close()
+    assert contents(local_dir(stores, log)) == live
+
+
+@kafka_only
+async def test_kafka_a_stream_reads_every_record_of_a_partition_once_in_order(
+    log: EventLog,
+) -> None:
+    assert isinstance(log, KafkaLog)
+    tp = TopicPartition(log.topics.oa_index, 1)
+    writer = ChangelogWriter(log.bootstrap_servers)
+    await writer.start()
+    try:
+        sent = [(b"k%05d" % i, None if i % 7 == 0 else b"v%d" % i) for i in range(12_000)]
+        offsets = await writer.send(tp.topic, tp.partition, sent)
+        end = offsets[-1] + 1
+        pieces = [piece async for piece in log.stream(tp, 0, end, piece=5_000)]
+        assert [len(piece) for piece in pieces] == [5_000, 5_000, 2_000]
+        expected = [(o, k, v or b"") for o, (k, v) in zip(offsets, sent, strict=True)]
+        assert [record for piece in pieces for record in piece] == expected
+        # From the middle, to an end the partition has gone past since: up to the end only.
+        await writer.send(tp.topic, tp.partition, [(b"later", b"x")])
+        middle = [r async for piece in log.stream(tp, 4_321, 9_000, piece=999) for r in piece]
+        assert middle == expected[4_321:9_000]
+        assert [piece async for piece in log.stream(tp, end + 1, end + 1)] == []
+    finally:
+        await writer.close()

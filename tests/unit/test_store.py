@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -178,3 +179,125 @@ def test_an_expiry_in_pieces_finds_every_expired_key_once(entries: LocalEntries)
             entries.put_rows([(b"late", 20, None, b"v", 1)], 21)
     assert sorted(found) == sorted([b"k%02d" % i for i in range(20)] + [b"late"])
     assert entries.keys_expiring(100, limit=10) == []
+
+
+def _changelog(seed: int, records: int, keys: int) -> list[tuple[int, bytes, bytes]]:
+    """A changelog where keys come back many times, on changing days, and are tombstoned."""
+    rng = random.Random(seed)
+    out: list[tuple[int, bytes, bytes]] = []
+    for offset in range(records):
+        key = b"oa%d\x00rcp\x00%04d" % (rng.randrange(3), rng.randrange(keys))
+        if rng.random() < 0.2:
+            out.append((offset, key, b""))
+        else:
+            before = None if rng.random() < 0.5 else b"b%d" % offset
+            out.append((offset, key, encode_change(before, b"a%d" % offset, 5 + rng.randrange(6))))
+    return out
+
+
+def _pieces(
+    records: list[tuple[int, bytes, bytes]], rng: random.Random
+) -> Iterator[list[tuple[int, bytes, bytes]]]:
+    start = 0
+    while start < len(records):
+        size = rng.randrange(1, 400)
+        yield records[start : start + size]
+        start += size
+
+
+def _contents(path: Path) -> dict[bytes, bytes]:
+    """Every key and value of a closed RocksDB store, meta included."""
+    entries = RocksEntries(path)
+    out: dict[bytes, bytes] = {}
+    try:
+        for key, value in entries._db.items():
+            assert isinstance(key, bytes)
+            assert isinstance(value, bytes)
+            out[key] = value
+        return out
+    finally:
+        entries.close()
+
+
+def _applied(path: Path, records: list[tuple[int, bytes, bytes]], seed: int) -> None:
+    """The changelog applied the way every other write is, a lookup for each key."""
+    entries = RocksEntries(path)
+    entries.reset("kafka:test")
+    for piece in _pieces(records, random.Random(seed)):
+        entries.apply_changelog(piece, piece[-1][0] + 1)
+    entries.close()
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_rebuild_writes_the_same_store_as_applying_every_record_with_lookups(
+    tmp_path: Path, seed: int
+) -> None:
+    records = _changelog(seed, 3_000, keys=150)  # each key about 20 times, in many pieces
+    _applied(tmp_path / "looked-up", records, seed)
+    rebuilt = RocksEntries(tmp_path / "rebuilt")
+    rebuilt.rebuild("kafka:test")
+    for piece in _pieces(records, random.Random(seed)):
+        rebuilt.apply_changelog(piece, piece[-1][0] + 1)
+    assert not rebuilt.days_indexed
+    while not rebuilt.index_days(37):
+        pass
+    assert rebuilt.days_indexed
+    assert rebuilt.find() == ("kafka:test", len(records))
+    rebuilt.close()
+    expected = _contents(tmp_path / "looked-up")
+    assert _contents(tmp_path / "rebuilt") == expected
+    assert any(key.startswith(b"d") for key in expected)  # by-day keys were compared too
+
+
+def test_a_rebuild_cut_short_goes_on_after_a_reopen_and_ends_the_same(tmp_path: Path) -> None:
+    records = _changelog(9, 3_000, keys=150)
+    _applied(tmp_path / "looked-up", records, 9)
+    path = tmp_path / "rebuilt"
+    rebuilt = RocksEntries(path)
+    rebuilt.rebuild("kafka:test")
+    rebuilt.apply_changelog(records[:1_000], 1_000)
+    rebuilt.close()  # stopped while reading the changelog
+    rebuilt = RocksEntries(path)
+    assert rebuilt.find() == ("kafka:test", 1_000)
+    assert not rebuilt.days_indexed
+    rebuilt.apply_changelog(records[1_000:2_000], 2_000)
+    assert not rebuilt.index_days(50)
+    rebuilt.close()  # stopped while making the by-day keys, which later records then change
+    rebuilt = RocksEntries(path)
+    assert not rebuilt.days_indexed
+    rebuilt.apply_changelog(records[2_000:], len(records))
+    while not rebuilt.index_days(50):
+        pass
+    rebuilt.close()
+    assert _contents(path) == _contents(tmp_path / "looked-up")
+
+
+def test_a_rebuilt_store_expires_and_drops_like_any_other(tmp_path: Path) -> None:
+    a, b, c = b"oa\x00m\x00a", b"oa\x00m\x00b", b"ob\x00m\x00c"
+    rebuilt = RocksEntries(tmp_path / "rebuilt")
+    rebuilt.rebuild("kafka:test")
+    rebuilt.apply_changelog([(0, a, encode_change(None, b"1", 5))], 1)
+    rebuilt.apply_changelog(
+        [(1, b, encode_change(None, b"1", 5)), (2, a, encode_change(b"1", b"2", 9))], 3
+    )
+    rebuilt.apply_changelog([(3, c, encode_change(None, b"1", 7)), (4, b, b"")], 5)
+    with pytest.raises(RuntimeError, match="by-day"):
+        rebuilt.keys_expiring(8, limit=100)  # not before its by-day keys are made
+    assert rebuilt.index_days(100)
+    assert rebuilt.keys_expiring(8, limit=100) == [c]  # a moved to day 9, b is deleted
+    assert rebuilt.read_row(a) == (2, b"1", b"2")
+    assert rebuilt.read_row(b) is None
+    rebuilt.delete_keys([c], next_id=6)
+    assert rebuilt.keys_expiring(10, limit=100) == [a]
+    assert rebuilt.find() == ("kafka:test", 6)
+    rebuilt.close()
+
+
+def test_a_rebuild_refuses_a_record_that_is_no_index_change(tmp_path: Path) -> None:
+    rebuilt = RocksEntries(tmp_path / "rebuilt")
+    rebuilt.rebuild("kafka:test")
+    with pytest.raises(ValueError, match="record 7"):
+        rebuilt.apply_changelog([(7, b"k", b"short")], 8)
+    with pytest.raises(ValueError, match="record 8"):
+        rebuilt.apply_changelog([(8, b"k", encode_change(None, b"v", -1))], 9)
+    rebuilt.close()
