@@ -30,6 +30,9 @@ so that a size too large for the machine fails alone instead of starving it.
         [--kafka 127.0.0.1:19092] [--seconds 20] [--memory-limit-gb 16]
         [--session-timeout-ms 10000]
 
+The load's rates can be set with ZNS_BENCH_REPORTS_PER_S (reports of 100 sends, default
+20) and ZNS_BENCH_ADMISSIONS_PER_S (default 100): to find where a machine saturates.
+
 The Kafka backend uses the broker given (topics under a fresh prefix, deleted afterwards).
 """
 
@@ -463,6 +466,11 @@ async def rebuild(args: argparse.Namespace) -> dict[str, Any]:
 
 # --- the load (its own process) --------------------------------------------------------------
 
+ADMISSIONS_PER_S = float(os.environ.get("ZNS_BENCH_ADMISSIONS_PER_S", "100"))
+REPORTS_PER_S = float(os.environ.get("ZNS_BENCH_REPORTS_PER_S", "20"))
+"""The load's rates (reports carry 100 sends each): 100 admissions and 2,000 sends a second
+unless the environment says otherwise."""
+
 
 async def load(args: argparse.Namespace) -> dict[str, Any]:
     """2,000 sends a second (20 reports of 100) and 100 admissions a second, open loop."""
@@ -477,7 +485,7 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
 
         async def admission(n: int) -> None:
             nonlocal failures
-            due = start + n / 100
+            due = start + n / ADMISSIONS_PER_S
             await asyncio.sleep(max(0.0, due - time.perf_counter()))
             # A recipient the state already holds (a lookup in the large index).
             who = recipient_hash((n * 7919) % args.size) if args.size else recipient_hash(n)
@@ -496,7 +504,7 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
             latencies.append(time.perf_counter() - due)
 
         async def report(n: int) -> None:
-            await asyncio.sleep(max(0.0, start + n / 20 - time.perf_counter()))
+            await asyncio.sleep(max(0.0, start + n / REPORTS_PER_S - time.perf_counter()))
             try:
                 status = str(await post_sends(session, args.url, n * 100, 100))
             except aiohttp.ClientError as exc:
@@ -505,15 +513,15 @@ async def load(args: argparse.Namespace) -> dict[str, Any]:
                 refused[status] = refused.get(status, 0) + 1
 
         await asyncio.gather(
-            *(admission(n) for n in range(int(100 * seconds))),
-            *(report(n) for n in range(int(20 * seconds))),
+            *(admission(n) for n in range(int(ADMISSIONS_PER_S * seconds))),
+            *(report(n) for n in range(int(REPORTS_PER_S * seconds))),
         )
         elapsed = time.perf_counter() - start
     return {
         "admission_p50_ms": percentile(latencies, 50) * 1000,
         "admission_p99_ms": percentile(latencies, 99) * 1000,
         "admissions_non_200": failures,
-        "sends_per_s": (2000 * seconds - 100 * sum(refused.values())) / elapsed,
+        "sends_per_s": (REPORTS_PER_S * 100 * seconds - 100 * sum(refused.values())) / elapsed,
         "send_reports_refused": refused,
     }
 
