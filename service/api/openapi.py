@@ -244,7 +244,7 @@ _ERRORS = {
     400: "Malformed JSON (`malformed_json`) or a bad id in the path (`bad_request`)",
     401: "No valid bearer token (`unauthenticated`)",
     403: "The token lacks the scope (`forbidden`)",
-    404: "Not found (`unknown_template`; `zalo_disabled` on the Zalo routes when zalo.enabled is false)",
+    404: "Not found (`unknown_template`; `zalo_disabled`: zalo.enabled is false)",
     408: "The body arrived too slowly (`request_timeout`)",
     409: "The idempotency_key was used with another body (`idempotency_conflict`)",
     413: "The body is too large",
