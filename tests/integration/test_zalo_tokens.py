@@ -13,6 +13,7 @@ import base64
 import io
 import sqlite3
 import sys
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,13 @@ from urllib.parse import parse_qs, urlsplit
 import aiohttp
 import orjson
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 
 from service.api.zalo import TOKENS
-from service.log.base import EventLog, TopicPartition
+from service.app import PROCESSOR, build_app
+from service.log.base import EventLog, TopicPartition, Topics
+from service.log.kafka import KafkaLog
 from service.logsetup import configure_logging
 from service.zalo.connect import Connector
 from service.zalo.fake import build_fake_app, default_scenario
@@ -32,7 +36,8 @@ from service.zalo.fake.server import FAKE_KEY, FakeZaloServer
 from service.zalo.fake.state import fingerprint
 from service.zalo.tokens import TokenKeeper
 from tests import zalo
-from tests.conftest import LogOpener, RunningService, ServiceFactory
+from tests.conftest import LogOpener, RunningService, ServiceFactory, delete_topics, make_settings
+from tests.serve import free_port
 
 APP_SECRET = "fake-app-secret"
 REFRESH = "fake-refresh-token"
@@ -514,3 +519,64 @@ async def test_token_status_prints_each_oa_without_a_token(
     status, printed = await run_cli("token", "status", "--config", str(config), "--oa", "42")
     assert status == 0
     assert orjson.loads(printed)["state"] == "missing"
+
+
+# --- two instances ----------------------------------------------------------------------------
+
+
+async def test_only_the_owner_of_the_oas_partition_refreshes(
+    kafka_bootstrap: str, fake: Fake
+) -> None:
+    """Two instances in one group on Kafka: a PUT through either reaches the owner, only the
+    owner refreshes (its background task), and the other follows the tokens topic."""
+    prefix = f"t{uuid.uuid4().hex[:12]}"
+    clients: list[TestClient[web.Request, web.Application]] = []
+    try:
+        for _ in range(2):
+            port = free_port()
+            settings = make_settings(
+                **zalo_sections(fake),
+                log={"backend": "kafka", "session_timeout_ms": 6000, "partitions": 3},
+                api={
+                    "cluster_secret": "the-two-instances-secret",
+                    "advertised_url": f"http://127.0.0.1:{port}",
+                },
+            )
+            log = KafkaLog(kafka_bootstrap, Topics(prefix), 3, session_timeout_ms=6000)
+            client = TestClient(TestServer(build_app(settings, log), host="127.0.0.1", port=port))
+            await client.start_server()
+            clients.append(client)
+        keepers = [c.app[TOKENS] for c in clients]
+
+        async with asyncio.timeout(60):
+            while sorted(k.owns(OA) for k in keepers) != [False, True] or any(
+                len(c.app[PROCESSOR].owners()) < 3 for c in clients
+            ):
+                await asyncio.sleep(0.2)
+        owner, other = (0, 1) if keepers[0].owns(OA) else (1, 0)
+
+        body = orjson.dumps({"app_id": zalo.APP_ID, "refresh_token": REFRESH})
+        async with clients[other].put(
+            f"/v1/oas/{OA}/zalo/token", data=body, headers={"Content-Type": "application/json"}
+        ) as answer:
+            assert answer.status == 200, await answer.text()
+        assert keepers[owner].status(OA).state == "valid"
+        assert await keepers[other].access_token(OA) is None
+        assert keepers[other].callable_oas() == []
+        assert keepers[owner].callable_oas() == [OA]
+        first = keepers[owner].status(OA).refreshed_at
+
+        for keeper in keepers:  # both find the token old enough to refresh
+            later(keeper, 30 * 86_400 + 1)
+        async with asyncio.timeout(20):
+            while keepers[other].status(OA).refreshed_at == first:
+                await asyncio.sleep(0.2)  # the other sees the owner's refresh in the topic
+        await asyncio.sleep(keepers[other].options.tail_every_s * 3)
+        refreshes = await fake.refreshes()
+        assert len(refreshes) == 2
+        assert all(c["error"] == 0 for c in refreshes)
+        assert keepers[other].status(OA).refreshed_at == keepers[owner].status(OA).refreshed_at
+    finally:
+        for client in clients:
+            await client.close()
+        await delete_topics(kafka_bootstrap, prefix)
