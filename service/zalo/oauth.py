@@ -130,7 +130,9 @@ async def _token_call(
     except (aiohttp.ClientError, TimeoutError) as exc:
         raise OAuthRefused(TRANSPORT, type(exc).__name__) from None
     if status != 200:
-        refusal = RETRY_LATER_STATUSES.get(status, Refusal(f"http_{status}", retry=status >= 500))
+        # Zalo refuses a token with HTTP 200 and an `error`: any other status is a proxy, a
+        # wrong oauth_url or an outage, never a verdict on the token.
+        refusal = RETRY_LATER_STATUSES.get(status, Refusal(f"http_{status}", retry=True))
         raise OAuthRefused(refusal, f"HTTP {status}")
     try:
         body = orjson.loads(raw)

@@ -65,10 +65,14 @@ async def read_tokens(
     and where to read on next time. A record that does not open is skipped and logged."""
     found: dict[str, StoredToken | None] = {}
     nexts = dict(since or {})
-    for partition in range(log.partitions):
-        tp = TopicPartition(log.topics.tokens, partition)
-        start = nexts.get(partition, 0)
-        while batch := await log.read(tp, start, 500):
+    # One question for every partition's end, then reads only where something is new: the
+    # tail is followed every second, and it seldom changes.
+    tps = [TopicPartition(log.topics.tokens, p) for p in range(log.partitions)]
+    ends = await log.end_offsets(tps)
+    for tp in tps:
+        start = nexts.get(tp.partition, 0)
+        end = ends.get(tp, 0)
+        while start < end and (batch := await log.read(tp, start, 500)):
             for record in batch:
                 if record.key is None:
                     continue
@@ -78,7 +82,7 @@ async def read_tokens(
                 except VaultError as exc:
                     _log.error("token record skipped", oa_id=oa_id, error=str(exc))
             start = batch[-1].offset + 1
-        nexts[partition] = start
+        nexts[tp.partition] = max(start, nexts.get(tp.partition, 0))
     return found, nexts
 
 
@@ -146,7 +150,9 @@ class TokenKeeper:
         if token is None or token.state == "dead" or not self.owns(oa_id):
             return None
         if token.state_at(self._now_ms(), self.zalo.refresh_margin_s) == "expiring":
-            with contextlib.suppress(TokenUnavailable):
+            # A refresh put off (rate limit, Zalo or the log unreachable) leaves the current
+            # access token, usable until it expires.
+            with contextlib.suppress(TokenUnavailable, LogError):
                 await self._refresh(oa_id)
             token = self._tokens.get(oa_id)
         return self._usable(token)
@@ -158,7 +164,7 @@ class TokenKeeper:
         if current.access_token == token:
             try:
                 await self._refresh(oa_id, replacing=token)
-            except TokenUnavailable:
+            except (TokenUnavailable, LogError):
                 return None
         after = self._tokens.get(oa_id)
         if after is None or after.access_token == token:
@@ -439,8 +445,8 @@ class TokenKeeper:
             await asyncio.sleep(self.options.tail_every_s)
             try:
                 await self._catch_up()
-            except LogError as exc:
-                _log.warning("the tokens topic could not be read", error=str(exc))
+            except Exception as exc:  # the keeper must outlive one bad read; try next tick
+                _log.warning("the tokens topic could not be read", error=repr(exc))
                 continue
             now = self.clock()
             for oa_id, token in list(self._tokens.items()):
