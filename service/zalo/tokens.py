@@ -25,7 +25,7 @@ import orjson
 
 from service.config import Settings
 from service.domain.records import DecisionRecord, Source
-from service.log.base import EventLog, LogError, Position, TopicPartition
+from service.log.base import EventLog, LogError, Position, Record, TopicPartition
 from service.logsetup import get_logger
 from service.metrics import ZALO_TOKEN_EXPIRES_SECONDS, ZALO_TOKEN_REFRESHES, ZALO_TOKEN_STATE
 from service.zalo import oauth
@@ -58,6 +58,21 @@ class KeeperOptions:
     append_timeout_s: float = 10.0
 
 
+def _open_all(vault: Vault, records: list[Record]) -> dict[str, StoredToken | None]:
+    """The tokens of `records`, in order (the newest of an OA last); a record that does not
+    open is skipped and logged."""
+    out: dict[str, StoredToken | None] = {}
+    for record in records:
+        if record.key is None:
+            continue
+        oa_id = record.key.decode("utf-8", "replace")
+        try:
+            out[oa_id] = vault.open(oa_id, record.value)
+        except VaultError as exc:
+            _log.error("token record skipped", oa_id=oa_id, error=str(exc))
+    return out
+
+
 async def read_tokens(
     log: EventLog, vault: Vault, since: dict[int, int] | None = None
 ) -> tuple[dict[str, StoredToken | None], dict[int, int]]:
@@ -73,14 +88,10 @@ async def read_tokens(
         start = nexts.get(tp.partition, 0)
         end = ends.get(tp, 0)
         while start < end and (batch := await log.read(tp, start, 500)):
-            for record in batch:
-                if record.key is None:
-                    continue
-                oa_id = record.key.decode("utf-8", "replace")
-                try:
-                    found[oa_id] = vault.open(oa_id, record.value)
-                except VaultError as exc:
-                    _log.error("token record skipped", oa_id=oa_id, error=str(exc))
+            if len(batch) > 20:  # a restart's whole topic: decrypting it would hold the loop
+                found.update(await asyncio.to_thread(_open_all, vault, batch))
+            else:
+                found.update(_open_all(vault, batch))
             start = batch[-1].offset + 1
         nexts[tp.partition] = max(start, nexts.get(tp.partition, 0))
     return found, nexts
@@ -212,6 +223,7 @@ class TokenKeeper:
                 ),
             )
             token = self._token_of(oa_id, app_id, pair, now_ms)
+            ZALO_TOKEN_REFRESHES.labels("refreshed").inc()
         else:
             token = StoredToken(
                 oa_id=oa_id,
@@ -449,12 +461,16 @@ class TokenKeeper:
                 _log.warning("the tokens topic could not be read", error=repr(exc))
                 continue
             now = self.clock()
-            for oa_id, token in list(self._tokens.items()):
+            for n, (oa_id, token) in enumerate(list(self._tokens.items()), 1):
                 if self._due(token, now) and self.owns(oa_id) and oa_id not in self._flights:
                     task = asyncio.create_task(self._quietly(oa_id))
                     self._background.add(task)
                     task.add_done_callback(self._background.discard)
-            self._show_all()
+                self._show(oa_id)
+                if n % 500 == 0:
+                    await asyncio.sleep(0)  # many OAs: let requests in between
+            for oa_id in self._shown - self._tokens.keys():
+                self._show(oa_id)
 
     async def _quietly(self, oa_id: str) -> None:
         with contextlib.suppress(TokenUnavailable, LogError):
@@ -482,6 +498,3 @@ class TokenKeeper:
         left = 0.0 if token.access_expires_at is None else token.access_expires_at - now_ms
         ZALO_TOKEN_EXPIRES_SECONDS.labels(oa_id).set(max(left, 0.0) / 1000)
 
-    def _show_all(self) -> None:
-        for oa_id in set(self._tokens) | self._shown:
-            self._show(oa_id)

@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.api.zalo import TOKENS
 from service.app import PROCESSOR, build_app
 from service.log.base import EventLog, TopicPartition, Topics
+from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
 from service.logsetup import configure_logging
 from service.zalo.connect import Connector
@@ -37,7 +38,7 @@ from service.zalo.fake.state import fingerprint
 from service.zalo.tokens import TokenKeeper
 from tests import zalo
 from tests.conftest import LogOpener, RunningService, ServiceFactory, delete_topics, make_settings
-from tests.serve import free_port
+from tests.serve import Served, free_port
 
 APP_SECRET = "fake-app-secret"
 REFRESH = "fake-refresh-token"
@@ -189,6 +190,18 @@ async def test_a_stored_refresh_token_is_refreshed_at_once_and_never_shown(
     assert token is not None
     assert await fake.accepts(token)
     assert keeper.callable_oas() == [OA]
+    async with service.client.get("/metrics") as answer:
+        metrics = await answer.text()
+    assert 'zns_gate_zalo_token_refreshes_total{outcome="refreshed"}' in metrics
+    assert f'zns_gate_zalo_token_state{{oa_id="{OA}",state="valid"}} 1.0' in metrics
+    assert f'zns_gate_zalo_token_state{{oa_id="{OA}",state="dead"}} 0.0' in metrics
+    [left] = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith(f'zns_gate_zalo_token_expires_seconds{{oa_id="{OA}"}}')
+    ]
+    assert 89_000 < left <= 90_000
+    assert not any(secret in metrics for secret in fake.secrets())
 
 
 async def test_a_pair_with_its_access_token_is_used_as_given(gate: Started, fake: Fake) -> None:
@@ -580,3 +593,55 @@ async def test_only_the_owner_of_the_oas_partition_refreshes(
         for client in clients:
             await client.close()
         await delete_topics(kafka_bootstrap, prefix)
+
+
+async def test_a_service_killed_right_after_a_refresh_leaves_a_usable_pair(
+    fake: Fake, tmp_path: Path
+) -> None:
+    """`zns-gate serve` refreshes (the PUT answers once the new pair is appended) and is
+    killed with SIGKILL at once; a service started on its log file uses the new pair."""
+    database = tmp_path / "log.db"
+    config = tmp_path / "gate.toml"
+    config.write_text(
+        f'[log]\nbackend = "embedded"\npath = "{database}"\npartitions = 3\n'
+        f'[processor]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[apps]]\napp_id = "{zalo.APP_ID}"\nsecrets = ["{zalo.SECRET}"]\n'
+        f'app_secret = "{APP_SECRET}"\n'
+        f'[zalo]\nenabled = true\noauth_url = "{fake.url}"\napi_url = "{fake.url}"\n'
+        f'token_key = "{TOKEN_KEY}"\n',
+        encoding="utf-8",
+    )
+    served = Served(tmp_path, "killed", ZNS_GATE_CONFIG=str(config))
+    try:
+        await served.wait_ready(path="/readyz")
+        async with aiohttp.ClientSession() as http:
+            body = {"app_id": zalo.APP_ID, "refresh_token": REFRESH}
+            async with http.put(f"{served.url}/v1/oas/{OA}/zalo/token", json=body) as answer:
+                assert answer.status == 200, await answer.text()
+                served.process.kill()
+        served.process.wait(timeout=30)
+    finally:
+        served.stop()
+    [issued] = await fake.refreshes()
+
+    settings = make_settings(**zalo_sections(fake), processor={"state_dir": tmp_path / "state"})
+    log = EmbeddedLog(database, Topics("zns"), 3)
+    client = TestClient(TestServer(build_app(settings, log), host="127.0.0.1"))
+    await client.start_server()
+    try:
+        keeper = client.app[TOKENS]
+        async with asyncio.timeout(30):
+            while not keeper.owns(OA):
+                await asyncio.sleep(0.05)
+        token = await keeper.access_token(OA)
+        assert token is not None
+        assert fingerprint(token) == issued["access_token"]
+        assert await fake.accepts(token)
+        newer = await keeper.refused(OA, token)  # the stored refresh token still works
+        assert newer is not None
+        assert await fake.accepts(newer)
+        refreshes = await fake.refreshes()
+        assert [c["error"] for c in refreshes] == [0, 0]
+        assert refreshes[1]["used"] == issued["refresh_token"]
+    finally:
+        await client.close()
