@@ -204,70 +204,81 @@ class TokenKeeper:
     ) -> TokenStatus:
         """Keep a pair given by an admin; without an access token, refresh it first (a
         refresh token Zalo refuses is not stored). Raises `TokenUnavailable`."""
-        now_ms = self._now_ms()
-        if access_token is None:
-            flight = self._flights.get(oa_id)
-            if flight is not None:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(flight)
-            pair = await self._call_zalo(
-                oa_id,
-                app_id,
-                lambda session, secret: oauth.refresh(
-                    session,
-                    self.zalo.oauth_url,
+
+        async def work() -> StoredToken | None:
+            now_ms = self._now_ms()
+            if access_token is not None:
+                token = StoredToken(
+                    oa_id=oa_id,
+                    app_id=app_id,
+                    access_token=access_token,
+                    refresh_token=refresh_token,
+                    access_expires_at=now_ms + (expires_in or 0) * 1000,
+                    refresh_expires_at=now_ms + REFRESH_TOKEN_LIFETIME_S * 1000,
+                    refreshed_at=now_ms,
+                )
+            else:
+                pair = await self._call_zalo(
+                    oa_id,
                     app_id,
-                    secret,
-                    refresh_token,
-                    self.zalo.request_timeout_s,
-                ),
-            )
-            token = self._token_of(oa_id, app_id, pair, now_ms)
-            ZALO_TOKEN_REFRESHES.labels("refreshed").inc()
-        else:
-            token = StoredToken(
-                oa_id=oa_id,
-                app_id=app_id,
-                access_token=access_token,
-                refresh_token=refresh_token,
-                access_expires_at=now_ms + (expires_in or 0) * 1000,
-                refresh_expires_at=now_ms + REFRESH_TOKEN_LIFETIME_S * 1000,
-                refreshed_at=now_ms,
-            )
-        await self._write(token)
-        _log.info("token stored", oa_id=oa_id, app_id=app_id)
+                    lambda session, secret: oauth.refresh(
+                        session,
+                        self.zalo.oauth_url,
+                        app_id,
+                        secret,
+                        refresh_token,
+                        self.zalo.request_timeout_s,
+                    ),
+                )
+                ZALO_TOKEN_REFRESHES.labels("refreshed").inc()
+                token = self._token_of(oa_id, app_id, pair, now_ms)
+            if access_token is None:
+                await self._write_surely(token)  # Zalo rotated the pair: keep the new one
+            else:
+                await self._write(token)
+            _log.info("token stored", oa_id=oa_id, app_id=app_id)
+            return token
+
+        await self._alone(oa_id, work)
         return self.status(oa_id)
 
     async def exchange(self, oa_id: str, app_id: str, code: str, verifier: str) -> TokenStatus:
         """Keep the pair a permission page's code gives (`GET /zalo/callback`)."""
-        now_ms = self._now_ms()
-        pair = await self._call_zalo(
-            oa_id,
-            app_id,
-            lambda session, secret: oauth.exchange_code(
-                session,
-                self.zalo.oauth_url,
+
+        async def work() -> StoredToken | None:
+            now_ms = self._now_ms()
+            pair = await self._call_zalo(
+                oa_id,
                 app_id,
-                secret,
-                code,
-                verifier,
-                self.zalo.request_timeout_s,
-            ),
-        )
-        await self._write(self._token_of(oa_id, app_id, pair, now_ms))
-        _log.info("token connected", oa_id=oa_id, app_id=app_id)
+                lambda session, secret: oauth.exchange_code(
+                    session,
+                    self.zalo.oauth_url,
+                    app_id,
+                    secret,
+                    code,
+                    verifier,
+                    self.zalo.request_timeout_s,
+                ),
+            )
+            token = self._token_of(oa_id, app_id, pair, now_ms)
+            await self._write_surely(token)
+            _log.info("token connected", oa_id=oa_id, app_id=app_id)
+            return token
+
+        await self._alone(oa_id, work)
         return self.status(oa_id)
 
     async def forget(self, oa_id: str) -> TokenStatus:
         """Delete the OA's token (`DELETE`): later reads find none."""
-        flight = self._flights.get(oa_id)
-        if flight is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.shield(flight)
-        await self._append(oa_id, DELETED)
-        self._tokens.pop(oa_id, None)
-        self._show(oa_id)
-        _log.info("token deleted", oa_id=oa_id)
+
+        async def work() -> StoredToken | None:
+            await self._append(oa_id, DELETED)
+            self._tokens.pop(oa_id, None)
+            self._show(oa_id)
+            _log.info("token deleted", oa_id=oa_id)
+            return None
+
+        await self._alone(oa_id, work)
         return self.status(oa_id)
 
     # --- inside -------------------------------------------------------------------------
@@ -341,14 +352,31 @@ class TokenKeeper:
                 self._show(oa_id)
 
     async def _refresh(self, oa_id: str, replacing: str | None = None) -> StoredToken | None:
-        """One refresh of the OA's token at a time: a caller that comes while one runs
-        waits for it instead of starting another."""
+        """One refresh of the OA's token at a time: a caller that comes while one runs (or
+        while a new token is being stored) waits for it instead of starting another."""
         flight = self._flights.get(oa_id)
         if flight is None or flight.done():
-            flight = asyncio.create_task(self._refresh_now(oa_id, replacing))
-            self._flights[oa_id] = flight
-            flight.add_done_callback(lambda done: self._landed(oa_id, done))
+            flight = self._fly(oa_id, lambda: self._refresh_now(oa_id, replacing))
         return await asyncio.shield(flight)
+
+    async def _alone(
+        self, oa_id: str, work: Callable[[], Coroutine[Any, Any, StoredToken | None]]
+    ) -> StoredToken | None:
+        """Run `work` as the OA's one change of its token in flight: after the one running,
+        and before any refresh asked for meanwhile (which then waits for it). Shielded: a
+        caller that goes away does not cut a change in half."""
+        while (flight := self._flights.get(oa_id)) is not None and not flight.done():
+            with contextlib.suppress(Exception):
+                await asyncio.shield(flight)
+        return await asyncio.shield(self._fly(oa_id, work))
+
+    def _fly(
+        self, oa_id: str, work: Callable[[], Coroutine[Any, Any, StoredToken | None]]
+    ) -> asyncio.Task[StoredToken | None]:
+        flight = asyncio.create_task(work())
+        self._flights[oa_id] = flight
+        flight.add_done_callback(lambda done: self._landed(oa_id, done))
+        return flight
 
     def _landed(self, oa_id: str, flight: asyncio.Task[StoredToken | None]) -> None:
         if self._flights.get(oa_id) is flight:

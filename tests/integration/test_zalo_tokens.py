@@ -33,6 +33,7 @@ from service.log.kafka import KafkaLog
 from service.logsetup import configure_logging
 from service.zalo.connect import Connector
 from service.zalo.fake import build_fake_app, default_scenario
+from service.zalo.fake.scenario import parse_scenario
 from service.zalo.fake.server import FAKE_KEY, FakeZaloServer
 from service.zalo.fake.state import fingerprint
 from service.zalo.tokens import TokenKeeper
@@ -645,3 +646,36 @@ async def test_a_service_killed_right_after_a_refresh_leaves_a_usable_pair(
         assert refreshes[1]["used"] == issued["refresh_token"]
     finally:
         await client.close()
+
+
+async def test_a_delete_while_a_refresh_runs_is_not_undone_by_it(
+    service_factory: ServiceFactory,
+) -> None:
+    """Zalo answers slowly: a DELETE that comes while a refresh is in flight waits for it,
+    so the refresh's new pair does not bring the deleted token back."""
+    values = default_scenario().model_dump()
+    values["behaviour"] = {"oauth": {"delay_s": 0.5}}
+    server = TestServer(build_fake_app(parse_scenario(values)), host="127.0.0.1")
+    await server.start_server()
+    slow = Fake(server)
+    try:
+        service = await service_factory(**zalo_sections(slow))
+        await until_owner(service)
+        assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
+        keeper = keeper_of(service)
+        old = await keeper.access_token(OA)
+        assert old is not None
+        refreshing = asyncio.create_task(keeper.refused(OA, old))
+        await asyncio.sleep(0.1)  # the refresh is waiting for Zalo now
+        status, answer = await call(service, "DELETE", f"/v1/oas/{OA}/zalo/token")
+        assert (status, answer["state"]) == (200, "missing")
+        assert refreshing.done()  # the delete came after it
+        assert await refreshing is not None
+        await asyncio.sleep(keeper.options.tail_every_s * 1.5)
+        assert keeper.status(OA).state == "missing"
+        assert await keeper.access_token(OA) is None
+        records = await all_records(service.log, service.log.topics.tokens)
+        assert records[-1].value == b""
+    finally:
+        await slow.http.close()
+        await server.close()
