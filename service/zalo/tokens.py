@@ -160,7 +160,8 @@ class TokenKeeper:
         token = self._tokens.get(oa_id)
         if token is None or token.state == "dead" or not self.owns(oa_id):
             return None
-        if token.state_at(self._now_ms(), self.zalo.refresh_margin_s) == "expiring":
+        expiring = token.state_at(self._now_ms(), self.zalo.refresh_margin_s) == "expiring"
+        if expiring and not self._backing_off(oa_id):
             # A refresh put off (rate limit, Zalo or the log unreachable) leaves the current
             # access token, usable until it expires.
             with contextlib.suppress(TokenUnavailable, LogError):
@@ -173,6 +174,8 @@ class TokenKeeper:
         if current is None or current.state == "dead" or not self.owns(oa_id):
             return None
         if current.access_token == token:
+            if self._backing_off(oa_id):
+                return None  # Zalo asked us to wait (or did not answer): no call before then
             try:
                 await self._refresh(oa_id, replacing=token)
             except (TokenUnavailable, LogError):
@@ -438,6 +441,9 @@ class TokenKeeper:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
+    def _backing_off(self, oa_id: str) -> bool:
+        return self.clock() < self._retry_at.get(oa_id, 0.0)
+
     def _back_off(self, oa_id: str, error: str) -> None:
         failures = self._failures.get(oa_id, 0) + 1
         self._failures[oa_id] = failures
@@ -474,7 +480,7 @@ class TokenKeeper:
         _log.error("token dead", oa_id=token.oa_id, app_id=token.app_id, error=error)
 
     def _due(self, token: StoredToken, now: float) -> bool:
-        if token.state == "dead" or now < self._retry_at.get(token.oa_id, 0.0):
+        if token.state == "dead" or self._backing_off(token.oa_id):
             return False
         if token.state_at(int(now * 1000), self.zalo.refresh_margin_s) == "expiring":
             return True

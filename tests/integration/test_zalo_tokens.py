@@ -364,16 +364,23 @@ async def test_a_rate_limit_keeps_the_token_and_tries_again_later(
     assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
     keeper = keeper_of(service)
     old = await keeper.access_token(OA)
-    await fake.control("/errors", {"endpoint": "oauth", "error": -32})
+    await fake.control("/errors", {"endpoint": "oauth", "error": -32, "times": 2})
     later(keeper, 90_000 - 100)
     assert await keeper.access_token(OA) == old  # still valid, not refreshed
+    assert old is not None
+    # While it backs off, neither a use nor a -124 calls Zalo again.
+    assert await keeper.access_token(OA) == old
+    assert await keeper.refused(OA, old) is None
+    [left] = (await fake.control("/state"))["scripted_errors"]
+    assert left["times"] == 1
     assert keeper.status(OA).last_error == "rate_limited"
     assert keeper.status(OA).state == "expiring"
-    later(keeper, keeper.options.backoff_first_s + 1)
-    async with asyncio.timeout(10):
+    async with asyncio.timeout(15):
         while keeper.status(OA).state != "valid":
-            await asyncio.sleep(0.1)
+            later(keeper, keeper.options.backoff_most_s)  # past any back-off
+            await asyncio.sleep(keeper.options.tail_every_s)
     assert await keeper.access_token(OA) != old
+    assert (await fake.control("/state"))["scripted_errors"] == []
 
 
 async def test_an_idle_token_is_refreshed_by_the_background_task(gate: Started, fake: Fake) -> None:
