@@ -415,6 +415,13 @@ class TokenKeeper:
                 self._back_off(oa_id, exc.code)
                 _log.warning("token refresh failed, retrying later", oa_id=oa_id, error=exc.code)
                 raise TokenUnavailable(exc.code, str(exc), True) from None
+            # The partition's former owner may have refreshed it just before it let go: then
+            # its pair is in the topic by now, and Zalo refused only the superseded one.
+            await self._catch_up()
+            newer = self._tokens.get(oa_id)
+            if newer is not None and newer.refresh_token != token.refresh_token:
+                ZALO_TOKEN_REFRESHES.labels("superseded").inc()
+                return newer
             ZALO_TOKEN_REFRESHES.labels("dead").inc()
             await self._die(token, exc.code)
             raise TokenUnavailable(exc.code, str(exc), False) from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import io
 import sqlite3
 import sys
@@ -683,6 +684,59 @@ async def test_a_delete_while_a_refresh_runs_is_not_undone_by_it(
         assert await keeper.access_token(OA) is None
         records = await all_records(service.log, service.log.topics.tokens)
         assert records[-1].value == b""
+    finally:
+        await slow.http.close()
+        await server.close()
+
+
+async def test_a_refusal_of_a_refresh_token_another_instance_replaced_is_not_a_death(
+    service_factory: ServiceFactory,
+) -> None:
+    """Another instance (here: the test, with the same key) refreshes the OA's token and
+    stores the new pair while this keeper's refresh of the old one waits for Zalo; Zalo
+    refuses the old one, and the keeper takes the stored pair instead of a dead token."""
+    values = default_scenario().model_dump()
+    values["behaviour"] = {"oauth": {"delay_s": 0.5}}
+    server = TestServer(build_fake_app(parse_scenario(values)), host="127.0.0.1")
+    await server.start_server()
+    slow = Fake(server)
+    try:
+        service = await service_factory(**zalo_sections(slow))
+        await until_owner(service)
+        assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
+        keeper = keeper_of(service)
+        held = keeper._tokens[OA]
+        old = held.access_token
+        assert old is not None
+
+        async def other_instance() -> None:
+            form = {"refresh_token": held.refresh_token, "app_id": zalo.APP_ID}
+            async with slow.http.post(
+                f"{slow.url}/v4/oa/access_token",
+                data={**form, "grant_type": "refresh_token"},
+                headers={"secret_key": APP_SECRET},
+            ) as answer:
+                pair = await answer.json()
+            newer = dataclasses.replace(
+                held,
+                access_token=pair["access_token"],
+                refresh_token=pair["refresh_token"],
+                refreshed_at=held.refreshed_at + 1,
+            )
+            await service.log.append(
+                service.log.topics.tokens, OA.encode(), keeper.vault.seal(newer)
+            )
+
+        other = asyncio.create_task(other_instance())
+        await asyncio.sleep(0.3)  # the other's refresh reaches Zalo first
+        replaced = await keeper.refused(OA, old)
+        await other
+        assert [c["error"] for c in await slow.refreshes()][-2:] == [0, -14014]
+        assert replaced is not None
+        assert await slow.accepts(replaced)
+        assert keeper.status(OA).state == "valid"
+        decisions = await all_records(service.log, service.log.topics.decisions)
+        assert [r for r in decisions if r.key == OA.encode()] == []
     finally:
         await slow.http.close()
         await server.close()
