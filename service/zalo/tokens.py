@@ -87,7 +87,7 @@ async def read_tokens(
     for tp in tps:
         start = nexts.get(tp.partition, 0)
         end = ends.get(tp, 0)
-        while start < end and (batch := await log.read(tp, start, 500)):
+        while start < end and (batch := await log.read(tp, start, 200)):
             if len(batch) > 20:  # a restart's whole topic: decrypting it would hold the loop
                 found.update(await asyncio.to_thread(_open_all, vault, batch))
             else:
