@@ -28,6 +28,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from service.api.zalo import TOKENS
 from service.app import PROCESSOR, build_app
+from service.http import SETTINGS
 from service.log.base import EventLog, TopicPartition, Topics
 from service.log.embedded import EmbeddedLog
 from service.log.kafka import KafkaLog
@@ -583,6 +584,10 @@ async def test_only_the_owner_of_the_oas_partition_refreshes(
         ) as answer:
             assert answer.status == 200, await answer.text()
         assert keepers[owner].status(OA).state == "valid"
+        async with clients[other].get(f"/v1/oas/{OA}/zalo/token") as answer:
+            assert answer.status == 200
+            assert (await answer.json())["state"] == "valid"
+            assert answer.headers["X-Served-By"] == clients[owner].app[SETTINGS].api.advertised_url
         assert await keepers[other].access_token(OA) is None
         assert keepers[other].callable_oas() == []
         assert keepers[owner].callable_oas() == [OA]
