@@ -17,6 +17,8 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
 from service.api.routing import advertised_url, forwarded_middleware
+from service.api.zalo import TOKENS
+from service.api.zalo import add_routes as add_zalo_routes
 from service.config import Settings
 from service.http import LOG, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
@@ -25,6 +27,7 @@ from service.metrics import REGISTRY
 from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
+from service.zalo.tokens import TokenKeeper
 
 PROCESSOR = web.AppKey("processor", Processor)
 """This instance's processor, for its lifetime and readiness (the API uses `OWNED`)."""
@@ -93,7 +96,15 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
         await processor.start()
         app[PROCESSOR] = processor
         app[OWNED] = processor.owned
+        keeper = None
+        if settings.zalo.enabled:
+            # The OAs' Zalo tokens, refreshed by the owner of each OA's partition.
+            keeper = TokenKeeper(app[LOG], settings, processor)
+            await keeper.start()
+            app[TOKENS] = keeper
         yield
+        if keeper is not None:
+            await keeper.close()
         await processor.close()
 
     app.cleanup_ctx.append(log_lifetime)
@@ -104,6 +115,7 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
     app.router.add_get("/metrics", metrics)
     add_receiver_routes(app)
     add_api_routes(app)
+    add_zalo_routes(app)
     return app
 
 

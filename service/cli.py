@@ -1,7 +1,7 @@
 """The `zns-gate` command: `serve` runs the receiver, processor and API in one process;
 `replay` rebuilds every OA's state from the event log; `simulate` sends realistic traffic
 to a running service; `schemas` writes the JSON Schemas; `fake-zalo` serves a local Zalo
-to develop and test against.
+to develop and test against; `token status` shows the state of the OAs' Zalo tokens.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
 was started), 1 when the service could not start or stopped on an error.
@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import sqlite3
 import sys
+import time
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -92,6 +93,15 @@ def _parser() -> argparse.ArgumentParser:
         choices=["DEBUG", "INFO", "WARNING", "ERROR"],
         help="default INFO (DEBUG logs every send)",
     )
+    token = commands.add_parser("token", help="the OAs' Zalo tokens")
+    token_commands = token.add_subparsers(dest="token_command", required=True)
+    token_status = token_commands.add_parser(
+        "status", help="print each OA's token state as a JSON line (never a token)"
+    )
+    token_status.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+    )
+    token_status.add_argument("--oa", metavar="OA", help="only this OA")
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
@@ -269,6 +279,41 @@ def _fake_zalo(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _token_status(settings: Settings, oa_id: str | None) -> int:
+    import orjson
+
+    from service.log import create_log
+    from service.zalo.tokens import read_tokens
+    from service.zalo.vault import TokenStatus, Vault
+
+    try:
+        vault = Vault(settings.zalo.key())
+    except ConfigError as exc:
+        print(f"zns-gate: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
+
+    async def run() -> dict[str, TokenStatus]:
+        log = create_log(settings.log)
+        await log.start()
+        try:
+            found, _ = await read_tokens(log, vault)
+        finally:
+            await log.close()
+        now_ms = int(time.time() * 1000)
+        margin = settings.zalo.refresh_margin_s
+        return {oa: TokenStatus.of(oa, token, now_ms, margin) for oa, token in found.items()}
+
+    try:
+        statuses = asyncio.run(run())
+    except (LogError, OSError, sqlite3.Error) as exc:
+        return _failed(exc, "could not read the tokens")
+    wanted = sorted(statuses) if oa_id is None else [oa_id]
+    for oa in wanted:
+        status = statuses.get(oa) or TokenStatus(oa, None, "missing")
+        sys.stdout.write(orjson.dumps(status.answer()).decode() + "\n")
+    return EXIT_OK
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "schemas":
@@ -288,6 +333,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(settings, args.dry_run, args.dump, args.quiet)
     if args.command == "simulate":
         return _simulate(args, settings)
+    if args.command == "token":
+        return _token_status(settings, args.oa)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
 
 

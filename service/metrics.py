@@ -99,3 +99,27 @@ ADMISSION_UNITS = Counter(
     ["outcome"],
     registry=REGISTRY,
 )
+
+ZALO_TOKEN_REFRESHES = Counter(
+    "zns_gate_zalo_token_refreshes",
+    "Refreshes of OAs' Zalo tokens by outcome: refreshed, dead (Zalo refused the refresh "
+    "token), or what made it retry later (rate_limited, transport, no_app_secret, ...).",
+    ["outcome"],
+    registry=REGISTRY,
+)
+
+ZALO_TOKEN_EXPIRES_SECONDS = Gauge(
+    "zns_gate_zalo_token_expires_seconds",
+    "Seconds until the OA's Zalo access token expires, per OA this instance owns (OA ids "
+    "come from tokens an admin stored).",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+ZALO_TOKEN_STATE = Gauge(
+    "zns_gate_zalo_token_state",
+    "1 for the state of the OA's Zalo token (valid, expiring, dead), 0 for the others, per "
+    "OA this instance owns.",
+    ["oa_id", "state"],
+    registry=REGISTRY,
+)

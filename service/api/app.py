@@ -62,7 +62,13 @@ PREFIX = "/v1/"
 # --- access ---------------------------------------------------------------------------------
 
 
+CONNECT = "/zalo/connect"
+"""Outside /v1, but it starts an OA's connection: it takes a token of scope admin."""
+
+
 def _scope(request: web.Request) -> str:
+    if request.path == CONNECT:
+        return "admin"
     if request.method in {"GET", "HEAD"}:
         return "read"
     if request.path.endswith(("/sends", "/admissions")):
@@ -72,16 +78,18 @@ def _scope(request: web.Request) -> str:
 
 @web.middleware
 async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if not request.path.startswith(PREFIX):
+    if not request.path.startswith(PREFIX) and request.path != CONNECT:
         return await handler(request)
     refused = _unauthorised(request)
     if refused is not None:
         return refused
     # A browser posts forms and text to any site without asking first; JSON it does not:
     # so no other web page can make a request here, even to an API without tokens.
-    if request.method == "POST" and request.content_type != "application/json":
+    if request.method in {"POST", "PUT"} and request.content_type != "application/json":
         return error_response(
-            415, "unsupported_media_type", "a /v1 POST takes a body of type application/json"
+            415,
+            "unsupported_media_type",
+            f"a /v1 {request.method} takes a body of type application/json",
         )
     return await handler(request)
 

@@ -359,3 +359,38 @@ class Accepted(_Model):
 
 
 __all__ = ["AdmissionAnswer"]
+
+
+class TokenBody(_Model):
+    """An OA's Zalo token pair to keep (`PUT /v1/oas/{oa_id}/zalo/token`), e.g. from Zalo's
+    API Explorer."""
+
+    app_id: Annotated[str, Field(min_length=1, max_length=64), BeforeValidator(id_as_string)]
+    """One of the configured `[[apps]]`, with its `app_secret`."""
+    refresh_token: str = Field(min_length=1, max_length=2048)
+    access_token: str | None = Field(default=None, min_length=1, max_length=2048)
+    """Without it, the refresh token is used at once for a new pair."""
+    expires_in: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Seconds the access token has left (Zalo's `expires_in`, a string or a number);
+    needed with `access_token`."""
+
+    @model_validator(mode="after")
+    def _expiry_with_access_token(self) -> TokenBody:
+        if (self.access_token is None) != (self.expires_in is None):
+            raise ValueError("access_token and expires_in come together")
+        return self
+
+
+class TokenAnswer(_Model):
+    """An OA's Zalo token as it may be shown: its state and times, never the token."""
+
+    oa_id: str
+    app_id: str | None
+    state: Literal["valid", "expiring", "dead", "missing"]
+    """`valid`; `expiring`: less than zalo.refresh_margin_s left (refreshed soon); `dead`:
+    Zalo refused its refresh, store a new one; `missing`: none stored."""
+    access_expires_at: AwareDatetime | None
+    refresh_expires_at: AwareDatetime | None
+    refreshed_at: AwareDatetime | None
+    last_error: str | None = None
+    """The code of the last failed refresh (e.g. `zalo_-14014`, `rate_limited`)."""

@@ -21,7 +21,7 @@ JSON = "application/json"
 
 @dataclass(frozen=True)
 class Operation:
-    method: Literal["get", "post"]
+    method: Literal["get", "post", "put", "delete"]
     path: str
     summary: str
     answer: type[BaseModel] | None
@@ -34,6 +34,8 @@ class Operation:
     """A JSON Schema for a body no model describes."""
     content_type: str = JSON
     """Of the 200 answer."""
+    redirect: bool = False
+    """The answer is a 302 to the `Location` header, not a 200."""
 
 
 _OA = "/v1/oas/{oa_id}"
@@ -123,6 +125,60 @@ OPERATIONS = (
         headers=(),
     ),
     Operation(
+        "put",
+        f"{_OA}/zalo/token",
+        "Store the OA's Zalo token pair (refreshed at once without an access token)",
+        models.TokenAnswer,
+        body=models.TokenBody,
+        scope="admin",
+        errors=(400, 401, 403, 404, 408, 413, 415, 422, 503),
+        headers=("X-Served-By",),
+        notes=(
+            "422 unknown_app, no_app_secret, token_refused (Zalo refused the refresh token: "
+            "nothing is stored), invalid_request; 503 zalo_unavailable when Zalo did not "
+            "answer; 404 zalo_disabled with zalo.enabled = false."
+        ),
+    ),
+    Operation(
+        "get",
+        f"{_OA}/zalo/token",
+        "The state of the OA's Zalo token (never the token)",
+        models.TokenAnswer,
+        errors=(401, 403, 404, 503),
+        headers=("X-Served-By",),
+    ),
+    Operation(
+        "delete",
+        f"{_OA}/zalo/token",
+        "Forget the OA's Zalo token",
+        models.TokenAnswer,
+        scope="admin",
+        errors=(401, 403, 404, 503),
+        headers=("X-Served-By",),
+    ),
+    Operation(
+        "get",
+        "/zalo/connect",
+        "Send an OA admin to Zalo's permission page (PKCE, signed state)",
+        None,
+        scope="admin",
+        errors=(400, 401, 403, 404, 422),
+        headers=(),
+        redirect=True,
+        notes="Query `app_id`. 422 unknown_app, no_app_secret, no_callback_url.",
+    ),
+    Operation(
+        "get",
+        "/zalo/callback",
+        "Where Zalo's permission page returns: the code is exchanged and the pair stored",
+        None,
+        scope=None,
+        errors=(400, 404, 422, 503),
+        headers=(),
+        content_type="text/html",
+        notes="Query `code`, `oa_id`, `state` (as signed by /zalo/connect); 400 invalid_state.",
+    ),
+    Operation(
         "post",
         "/webhooks/zalo",
         "Zalo's webhook: verified, then made durable in the event log",
@@ -188,12 +244,13 @@ _ERRORS = {
     400: "Malformed JSON (`malformed_json`) or a bad id in the path (`bad_request`)",
     401: "No valid bearer token (`unauthenticated`)",
     403: "The token lacks the scope (`forbidden`)",
-    404: "Not found",
+    404: "Not found (`unknown_template`; `zalo_disabled`: zalo.enabled is false)",
     408: "The body arrived too slowly (`request_timeout`)",
     409: "The idempotency_key was used with another body (`idempotency_conflict`)",
     413: "The body is too large",
     415: "Not of type application/json (`unsupported_media_type`)",
-    422: "The body does not match its schema (`invalid_request`, `tag_required`)",
+    422: "The body does not match its schema (`invalid_request`, `tag_required`), or names "
+    "what is not configured (`unknown_app`, `no_app_secret`)",
     503: "Not answerable now (`restoring`, `not_owner`, `owner_unreachable`, "
     "`out_of_contact`, `log_unavailable`, `busy`, ...): ask again after Retry-After",
 }
@@ -244,7 +301,13 @@ def document() -> dict[str, Any]:
             ok["content"] = {op.content_type: {"schema": {"type": "string"}}}
         if op.headers:
             ok["headers"] = {name: _HEADERS[name] for name in op.headers}
-        responses["200"] = ok
+        if op.redirect:
+            responses["302"] = {
+                "description": "Found",
+                "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+            }
+        else:
+            responses["200"] = ok
         for status in statuses(op):
             error: dict[str, Any] = {
                 "description": _ERRORS[status],

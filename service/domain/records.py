@@ -173,14 +173,14 @@ class Source(_Record):
 
 
 class DecisionRecord(_Record):
-    """A value of `zns.decisions`: one change of a quality level, a tier, a penalty, a pause
-    or a suspension, with what caused it."""
+    """A value of `zns.decisions`: one change of a quality level, a tier, a penalty, a pause,
+    a suspension or of an OA's Zalo token (`token_dead`), with what caused it."""
 
     decision_id: str
     """Made from the source's partition and offset and the rule: the same on a repeat."""
     oa_id: str
     template_id: str | None = None
-    kind: Literal["quality", "tier", "penalty", "pause", "suspension", "template"]
+    kind: Literal["quality", "tier", "penalty", "pause", "suspension", "template", "token"]
     rule: str
     """What fired, e.g. `evaluation_up`, `penalty`, `zalo_change_oa_daily_quota`."""
     before: Any

@@ -76,6 +76,8 @@ class Topics:
     """The changelog of the OAs' index stores: compacted, partitioned as `events`."""
     decisions: str = field(init=False)
     dlq: str = field(init=False)
+    tokens: str = field(init=False)
+    """The OAs' Zalo tokens, encrypted: compacted, one record per OA (key = OA id)."""
 
     def __post_init__(self) -> None:
         for name, suffix in (
@@ -84,14 +86,15 @@ class Topics:
             ("oa_index", "oa-index"),
             ("decisions", "decisions"),
             ("dlq", "dlq"),
+            ("tokens", "tokens"),
         ):
             object.__setattr__(self, name, f"{self.prefix}.{suffix}")
 
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.oa_state, self.oa_index, self.decisions, self.dlq)
+        return (self.events, self.oa_state, self.oa_index, self.decisions, self.dlq, self.tokens)
 
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.oa_state, self.oa_index})
+        return frozenset({self.oa_state, self.oa_index, self.tokens})
 
 
 @functools.lru_cache(maxsize=65_536)
