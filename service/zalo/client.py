@@ -17,14 +17,14 @@ from typing import Any, Literal
 
 import aiohttp
 import orjson
-import structlog
 
 from service.config import ZaloSettings
+from service.logsetup import get_logger
 from service.metrics import ZALO_CALL_SECONDS, ZALO_CALLS
 from service.zalo.access import AccessTokens
 from service.zalo.outcomes import TRANSPORT_OUTCOMES, OutcomeClass, Transport, classify
 
-_log = structlog.get_logger(__name__)
+_log = get_logger("zalo.client")
 
 Endpoint = Literal["quota", "quality", "templates", "template_info", "template_tag", "send"]
 
