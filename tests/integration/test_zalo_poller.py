@@ -15,6 +15,7 @@ import itertools
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -430,3 +431,38 @@ async def test_errors_back_off_exponentially_per_read(
     # The other reads did not wait for the failing one.
     assert len(z.paths("/message/quota")) == 1
     assert len(z.paths("/message/template-tag")) == 1
+
+
+async def test_the_quota_is_read_again_a_minute_after_local_midnight(
+    zalo_factory: ZaloFactory, log_factory: LogOpener
+) -> None:
+    z = await zalo_factory()
+    settings = make_settings(
+        zalo={"enabled": True, "api_url": z.url, "oauth_url": z.fake_url, "token_key": TOKEN_KEY}
+    )
+    # The wall clock starts 0.4 s before 00:01 in Vietnam and runs at real speed.
+    zone = settings.rules.zone
+    start_at = datetime(2026, 12, 3, 0, 0, 59, 600_000, tzinfo=zone)
+    started = time.monotonic()
+
+    def wall() -> datetime:
+        return start_at + timedelta(seconds=time.monotonic() - started)
+
+    log = await log_factory(partitions=3)
+    poller = Poller(
+        settings, FakeTokens(z.fake_url), log, options=PollerOptions(tick_s=0.05), wall=wall
+    )
+    await poller.start()
+    try:
+
+        async def read_twice() -> bool:
+            return len(z.paths("/message/quota")) == 2
+
+        await until(read_twice, timeout_s=10)
+        await asyncio.sleep(0.3)
+    finally:
+        await poller.close()
+    quota_calls = z.paths("/message/quota")
+    assert len(quota_calls) == 2
+    assert quota_calls[1].at - started >= 0.35  # not before 00:01
+    assert len(z.paths("/quality")) == 1  # only the quota is read at midnight
