@@ -368,14 +368,17 @@ class ZaloClient:
         offset = 0
         while True:
             page = await self.templates_page(oa_id, offset, TEMPLATE_PAGE, status)
+            new = 0
             for row in page.templates:
                 if row.template_id not in seen:
                     seen.add(row.template_id)
                     out.append(row)
+                    new += 1
             offset += len(page.templates)
-            # A short page ends the list; so does `total` when Zalo gives it.
+            # A short page ends the list; so does `total` when Zalo gives it, and a page
+            # with nothing new (an offset not taken would otherwise page for ever).
             short = len(page.templates) < TEMPLATE_PAGE
-            if short or (page.total is not None and offset >= page.total):
+            if short or new == 0 or (page.total is not None and offset >= page.total):
                 return out
 
     async def template_info(self, oa_id: str, template_id: str) -> TemplateInfo:

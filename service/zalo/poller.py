@@ -161,7 +161,13 @@ class Poller:
 
     def on_record(self, record: Record) -> None:
         """The processor folded `record`: a webhook that says Zalo changed a number makes
-        its read due soon. Cheap: it runs for every record folded."""
+        its read due soon. Cheap: it runs for every record folded; it never raises."""
+        try:
+            self._on_record(record)
+        except Exception:  # the processor's loop must not stop for the poller
+            _log.exception("poller hook failed", offset=record.offset)
+
+    def _on_record(self, record: Record) -> None:
         kind = event_name = None
         for name, value in record.headers:
             if name == "kind":

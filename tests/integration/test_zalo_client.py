@@ -256,3 +256,24 @@ async def test_a_send_answers_sent_not_sent_or_unknown(start: Start) -> None:
     assert isinstance(unavailable, NotSent)
     assert unavailable.reason == "zalo_unavailable"
     assert unavailable.outcome is OutcomeClass.TRANSIENT
+
+
+async def test_a_zalo_that_ignores_the_offset_does_not_page_for_ever(start: Start) -> None:
+    page = [{"templateId": 900 + i, "status": "ENABLE"} for i in range(100)]
+    asked: list[str] = []
+
+    async def same_page(request: web.Request) -> web.Response:
+        asked.append(request.query.get("offset", ""))
+        return web.json_response({"error": 0, "message": "Success", "data": page})
+
+    app = web.Application()
+    app.router.add_get("/template/all", same_page)
+    odd = TestServer(app, host="127.0.0.1")
+    await odd.start_server()
+    try:
+        _, client, _ = await start(url=str(odd.make_url("")).rstrip("/"))
+        listed = await client.templates(OA)
+    finally:
+        await odd.close()
+    assert [t.template_id for t in listed] == [str(900 + i) for i in range(100)]
+    assert asked == ["0", "100"]
