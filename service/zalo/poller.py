@@ -58,7 +58,7 @@ WEBHOOK_READS: dict[str, tuple[Read, ...]] = {
 }
 """A webhook of this name for an OA this instance polls -> what to read again soon."""
 
-TEMPLATES_PER_RECORD = 1000
+TEMPLATES_PER_RECORD = 100
 """A sync record holds at most this many templates (the record's bound); more make more."""
 
 MIDNIGHT_DELAY = timedelta(minutes=1)

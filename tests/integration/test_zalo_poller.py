@@ -466,3 +466,25 @@ async def test_the_quota_is_read_again_a_minute_after_local_midnight(
     assert len(quota_calls) == 2
     assert quota_calls[1].at - started >= 0.35  # not before 00:01
     assert len(z.paths("/quality")) == 1  # only the quota is read at midnight
+
+
+async def test_many_templates_go_100_to_a_record(
+    zalo_factory: ZaloFactory, gate_factory: GateFactory
+) -> None:
+    many = [{"template_id": str(800_000 + i), "template_name": f"t{i}"} for i in range(250)]
+    z = await zalo_factory(scenario(templates=many))
+    gate = await gate_factory(z)
+    await ready(gate.service)
+
+    async def all_read() -> bool:
+        _, answer = await get(gate.service, f"/v1/oas/{OA}/templates")
+        return len(answer["templates"]) == 250 and all(
+            t["params"] == [] for t in answer["templates"]
+        )
+
+    await until(all_read)
+    records = [s for s in await gate.syncs() if "templates" in s]
+    assert [len(s["templates"]) for s in records] == [100, 100, 50]
+    assert len({s["as_of"] for s in records}) == 1
+    assert len(z.paths("/template/all")) == 3
+    assert len(z.paths("/template/info/v2")) == 250
