@@ -488,3 +488,21 @@ async def test_many_templates_go_100_to_a_record(
     assert len({s["as_of"] for s in records}) == 1
     assert len(z.paths("/template/all")) == 3
     assert len(z.paths("/template/info/v2")) == 250
+
+
+async def test_without_zalo_enabled_nothing_polls(
+    zalo_factory: ZaloFactory, log_factory: LogOpener
+) -> None:
+    z = await zalo_factory()
+    log = await log_factory(partitions=3, start=False)
+    app = build_app(make_settings(zalo={"api_url": z.url, "oauth_url": z.fake_url}), log)
+    app[ZALO_TOKENS] = FakeTokens(z.fake_url)
+    client = TestClient(TestServer(app, host="127.0.0.1"))
+    await client.start_server()
+    try:
+        await ready(RunningService(client, log))
+        await asyncio.sleep(0.5)
+        assert POLLER not in app
+    finally:
+        await client.close()
+    assert z.calls == []
