@@ -235,7 +235,9 @@ class Poller:
                 if schedule.running:
                     continue
                 if schedule.due <= now:
-                    schedule.running = True
+                    # Not due again until this read ends (`_read` sets when), unless a
+                    # webhook arrives meanwhile and brings the next one forward (`soon`).
+                    schedule.running, schedule.due = True, float("inf")
                     task = asyncio.create_task(self._read(oa_id, oa, read, schedule))
                     self._reads.add(task)
                     task.add_done_callback(self._reads.discard)
@@ -286,9 +288,6 @@ class Poller:
     # --- the reads --------------------------------------------------------------------------
 
     async def _do(self, oa_id: str, oa: _OA, read: Read) -> None:
-        # A read's own due time is pushed out while it runs, so that a webhook arriving
-        # meanwhile can bring the next one forward (see `soon`).
-        oa.reads[read].due = float("inf")
         as_of = self._as_of()
         if read is Read.QUOTA:
             q = await self.client.quota(oa_id)

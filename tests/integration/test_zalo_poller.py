@@ -506,3 +506,43 @@ async def test_without_zalo_enabled_nothing_polls(
     finally:
         await client.close()
     assert z.calls == []
+
+
+async def test_reads_that_wait_for_a_slot_are_made_once(
+    zalo_factory: ZaloFactory, log_factory: LogOpener
+) -> None:
+    others = [f"99900000000000000{i}" for i in range(3)]
+    z = await zalo_factory(
+        scenario(
+            more_oas=[
+                {
+                    "oa_id": oa,
+                    "app_id": DEFAULT_APP_ID,
+                    "refresh_token": f"refresh-{oa}",
+                    "access_token": f"access-{oa}",
+                }
+                for oa in others
+            ]
+        )
+    )
+    tokens = FakeTokens(z.fake_url)
+    for oa in others:
+        tokens.pairs[oa] = Pair(f"access-{oa}", f"refresh-{oa}")
+    settings = make_settings(
+        zalo={"enabled": True, "api_url": z.url, "oauth_url": z.fake_url, "token_key": TOKEN_KEY}
+    )
+    log = await log_factory(partitions=3)
+    poller = Poller(settings, tokens, log, options=PollerOptions(concurrency=1, tick_s=0.05))
+    await poller.start()
+    try:
+
+        async def all_read() -> bool:
+            return len(z.paths("/message/template-tag")) == 4
+
+        await until(all_read)
+        await asyncio.sleep(0.5)
+    finally:
+        await poller.close()
+    for token in ["fake-access-token", *(f"access-{oa}" for oa in others)]:
+        for path in ("/message/quota", "/quality", "/template/all", "/message/template-tag"):
+            assert len(z.paths(path, token)) == 1, (token, path)
