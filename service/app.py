@@ -23,14 +23,26 @@ from service.config import Settings
 from service.http import LOG, SETTINGS, error_response, errors_middleware, json_response
 from service.log import create_log
 from service.log.base import EventLog, LogUnavailable
+from service.logsetup import get_logger
 from service.metrics import REGISTRY
 from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
+from service.zalo.access import AccessTokens
+from service.zalo.poller import Poller
 from service.zalo.tokens import TokenKeeper
+
+_log = get_logger("app")
 
 PROCESSOR = web.AppKey("processor", Processor)
 """This instance's processor, for its lifetime and readiness (the API uses `OWNED`)."""
+
+ZALO_TOKENS: web.AppKey[AccessTokens] = web.AppKey("zalo_tokens")
+"""The OAs' Zalo access tokens (the token keeper), set by whoever wires the keeper before
+the application starts; the poller (and the send proxy) take their tokens from it."""
+
+POLLER = web.AppKey("zalo_poller", Poller)
+"""The Zalo poller while `zalo.enabled` and tokens are wired."""
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -102,14 +114,34 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             keeper = TokenKeeper(app[LOG], settings, processor)
             await keeper.start()
             app[TOKENS] = keeper
+            app[ZALO_TOKENS] = keeper
         yield
         if keeper is not None:
             await keeper.close()
         await processor.close()
 
+    async def poller_lifetime(app: web.Application) -> AsyncIterator[None]:
+        tokens = app.get(ZALO_TOKENS)
+        if tokens is None:
+            _log.warning("zalo.enabled but no token keeper is wired: Zalo is not polled")
+            yield
+            return
+        poller = Poller(settings, tokens, app[LOG])
+        await poller.start()
+        app[POLLER] = poller
+        processor = app.get(PROCESSOR)
+        if processor is not None:
+            processor.watchers.append(poller.on_record)
+        yield
+        if processor is not None:
+            processor.watchers.remove(poller.on_record)
+        await poller.close()
+
     app.cleanup_ctx.append(log_lifetime)
     if settings.processor.enabled:
         app.cleanup_ctx.append(processor_lifetime)
+    if settings.zalo.enabled:
+        app.cleanup_ctx.append(poller_lifetime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)

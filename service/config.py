@@ -155,6 +155,19 @@ class AppSettings(_Section):
         return secrets
 
 
+_TEMPLATE_TAG_NAMES: dict[str, Literal[1, 2, 3]] = {
+    "TRANSACTION": 1,
+    "OTP": 1,
+    "IN_TRANSACTION": 1,
+    "CUSTOMER_CARE": 2,
+    "POST_TRANSACTION": 2,
+    "ACCOUNT_UPDATE": 2,
+    "GENERAL_UPDATE": 2,
+    "PROMOTION": 3,
+    "FOLLOW_UP": 3,
+}
+
+
 class ZaloSettings(_Section):
     """The connection to Zalo: its tokens, poller and send proxy. Off unless `enabled`;
     the admission-only API works the same either way."""
@@ -181,6 +194,11 @@ class ZaloSettings(_Section):
     poll_quota_s: int = Field(default=3_600, ge=10)
     poll_quality_s: int = Field(default=900, ge=10)
     poll_templates_s: int = Field(default=3_600, ge=10)
+    template_tag_names: dict[str, Literal[1, 2, 3]] = Field(
+        default_factory=lambda: dict(_TEMPLATE_TAG_NAMES)
+    )
+    """Zalo's content-type names (a template's `templateTag`, `/message/template-tag`) -> tag.
+    The ZBS-era names are Zalo's; the legacy names' tags are inferred from their labels."""
     token_key: SecretStr | None = None
     """Base64 of 32 random bytes: encrypts the stored tokens (AES-GCM); set it with the
     environment (`ZNS_GATE_ZALO__TOKEN_KEY`) rather than in a file."""

@@ -123,3 +123,31 @@ ZALO_TOKEN_STATE = Gauge(
     ["oa_id", "state"],
     registry=REGISTRY,
 )
+
+ZALO_CALLS = Counter(
+    "zns_gate_zalo_calls",
+    "Calls of Zalo's business API by endpoint and outcome class (ok, auth, transient, ...).",
+    ["endpoint", "outcome"],
+    registry=REGISTRY,
+)
+
+ZALO_CALL_SECONDS = Histogram(
+    "zns_gate_zalo_call_seconds",
+    "Time of one call of Zalo's business API, answered or not, by endpoint.",
+    ["endpoint"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+    registry=REGISTRY,
+)
+
+ZALO_UNKNOWN_CODES = Counter(
+    "zns_gate_zalo_unknown_codes",
+    "Answers of Zalo with an error code the gate's table does not know (classed transient).",
+    registry=REGISTRY,
+)
+
+ZALO_SYNCS = Counter(
+    "zns_gate_zalo_syncs",
+    "Sync records the poller appended, by what it read (quota, quality, templates, tags).",
+    ["read"],
+    registry=REGISTRY,
+)

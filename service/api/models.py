@@ -27,6 +27,7 @@ from service.domain.records import (
     SendOutcome,
     SyncRecord,
     SyncTemplate,
+    SyncTemplateParam,
     Tag,
     ZaloQuota,
     recipient_hash,
@@ -110,10 +111,18 @@ class SendsBody(_Model):
     sends: list[SendItem] = Field(min_length=1, max_length=1000)
 
 
+class SyncTemplateParamBody(SyncTemplateParam):
+    name: Annotated[str, Field(min_length=1, max_length=64)]
+    type: SyncText | None = None
+    min_length: Annotated[int, Field(ge=0, le=100_000)] | None = None
+    max_length: Annotated[int, Field(ge=0, le=100_000)] | None = None
+
+
 class SyncTemplateBody(SyncTemplate):
     template_id: GateId
     status: SyncText | None = None
     quality: SyncText | None = None
+    params: list[SyncTemplateParamBody] | None = Field(default=None, max_length=100)  # type: ignore[assignment]
 
 
 class SyncBody(SyncRecord):
@@ -294,6 +303,17 @@ class TemplateCounts(_Model):
     sent_ok_today: int
 
 
+class TemplateParamAnswer(_Model):
+    """One of the template's params as Zalo lists them (`listParams`)."""
+
+    name: str
+    require: bool
+    type: str | None
+    min_length: int | None
+    max_length: int | None
+    accept_null: bool
+
+
 class TemplateAnswer(_Model):
     """`GET /v1/oas/{oa_id}/templates/{template_id}`."""
 
@@ -307,6 +327,8 @@ class TemplateAnswer(_Model):
     disabled_by_gate: bool
     disabled_by_send_error: bool
     night_restricted: bool
+    params: list[TemplateParamAnswer] | None
+    """Zalo's params of the template from the last sync that read them; null while unknown."""
     counts: TemplateCounts
 
 

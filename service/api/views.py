@@ -234,6 +234,7 @@ def template(template_state: Template, now: datetime, policy: Policy) -> dict[st
         "disabled_by_gate": template_state.gate_disabled,
         "disabled_by_send_error": template_state.zalo_disabled,
         "night_restricted": template_state.night_restricted,
+        "params": template_state.params,
         "counts": {
             "delivered_7d": template_state.delivered.within(now, WINDOW_7D),
             "negatives_7d": template_state.negatives.within(now, WINDOW_7D),

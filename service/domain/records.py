@@ -123,11 +123,26 @@ class AdmissionRecord(_Record):
     answer: AdmissionAnswer
 
 
+class SyncTemplateParam(_Record):
+    """One of a template's params as Zalo lists it (`listParams`): what a value of
+    `template_data` must be."""
+
+    name: str
+    require: bool = True
+    type: str | None = None
+    """Zalo's type of the value, e.g. `STRING`, `NUMBER`, `DATE`."""
+    min_length: int | None = None
+    max_length: int | None = None
+    accept_null: bool = False
+
+
 class SyncTemplate(_Record):
     template_id: ZaloId
     status: str | None = None
     quality: str | None = None
     tag: Tag | None = None
+    params: list[SyncTemplateParam] | None = Field(default=None, max_length=100)
+    """The template's params (left out: not read; a sync with them replaces those known)."""
 
 
 class SyncRecord(_Record):
@@ -138,6 +153,9 @@ class SyncRecord(_Record):
 
     oa_id: ZaloId
     as_of: ZaloTime
+    source: Literal["zalo", "operator"] | None = None
+    """Who read the values: zns-gate's poller (`zalo`) or an operator; left out in older
+    records (an operator's)."""
     daily_quota: int | None = None
     remaining_quota: int | None = Field(default=None, ge=0)
     quality_48h: str | None = None

@@ -179,6 +179,10 @@ class Template:
     """`tag` was read from Zalo (a sync), not learned from a sender's admission or send."""
     seen_day: int = 0
     """The last day a record named it (an idle template without Zalo's state is forgotten)."""
+    params: list[dict[str, Any]] | None = None
+    """Zalo's `listParams` from the last sync that read them (`name`, `require`, `type`,
+    `min_length`, `max_length`, `accept_null`), for checking a message's `template_data`;
+    None while not read. Replaced whole, never changed in place."""
 
     def proxy_level(self, now: datetime, thresholds: Thresholds) -> Level:
         return quality_level(

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 
 from service.config import Settings
@@ -115,6 +115,9 @@ class Processor:
         self._lock = asyncio.Lock()
         self._closing: list[PartitionFolder] = []
         """Folders let go of (`_retake`) whose stores are still to be closed."""
+        self.watchers: list[Callable[[Record], None]] = []
+        """Called with each record folded (e.g. the Zalo poller, for the webhooks that say
+        Zalo changed a number); each must be cheap and must not raise."""
         self._capturing = asyncio.Lock()
         """Held while a checkpoint takes the states' changes and encodes the recipients
         among them, and by a promotion admission applied ahead (the one that changes
@@ -479,6 +482,8 @@ class Processor:
                 _log.warning("index store read failed", partition=folder.partition, error=repr(exc))
                 self._retake(folder)
                 continue
+            for watch in self.watchers:
+                watch(record)
             end = self.catching_up.get(record.partition)
             if end is not None and record.offset + 1 >= end:
                 del self.catching_up[record.partition]

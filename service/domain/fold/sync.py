@@ -1,6 +1,6 @@
 """A sync: the values an operator or a poller read from Zalo (the daily quota and today's
 remaining count, the OA's levels, its allowed tags, the month's promotion quota, the
-templates' status, quality and tag). Zalo's values win over what zns-gate computed; a
+templates' status, quality, tag and params). Zalo's values win over what zns-gate computed; a
 sync also lifts the tags a -145 blocked.
 """
 
@@ -45,3 +45,5 @@ def sync(run: Run, record: SyncRecord, at: datetime) -> None:
             set_status(run, template, item.status, at, "sync")
         if item.quality is not None:
             set_quality(run, template, item.quality, at, "sync")
+        if item.params is not None:
+            template.params = [param.model_dump() for param in item.params]
