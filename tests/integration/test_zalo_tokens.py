@@ -551,7 +551,8 @@ async def test_only_the_owner_of_the_oas_partition_refreshes(
     kafka_bootstrap: str, fake: Fake
 ) -> None:
     """Two instances in one group on Kafka: a PUT through either reaches the owner, only the
-    owner refreshes (its background task), and the other follows the tokens topic."""
+    owner refreshes (its background task), and the other follows the tokens topic; when the
+    partition moves to it, it refreshes from the pair left, no refresh token used twice."""
     prefix = f"t{uuid.uuid4().hex[:12]}"
     clients: list[TestClient[web.Request, web.Application]] = []
     try:
@@ -603,6 +604,26 @@ async def test_only_the_owner_of_the_oas_partition_refreshes(
         assert len(refreshes) == 2
         assert all(c["error"] == 0 for c in refreshes)
         assert keepers[other].status(OA).refreshed_at == keepers[owner].status(OA).refreshed_at
+
+        # The owner stops: the OA's partition moves to the other, which refreshes with
+        # the pair the first one left, never with one already used.
+        await clients[owner].close()
+        async with asyncio.timeout(60):
+            while not keepers[other].owns(OA):
+                await asyncio.sleep(0.2)
+        moved = keepers[other].status(OA).refreshed_at
+        later(keepers[other], 30 * 86_400 + 1)
+        async with asyncio.timeout(20):
+            while keepers[other].status(OA).refreshed_at == moved:
+                await asyncio.sleep(0.2)
+        refreshes = await fake.refreshes()
+        assert len(refreshes) == 3
+        assert all(c["error"] == 0 for c in refreshes), refreshes
+        presented = [c["used"] for c in refreshes]
+        assert len(set(presented)) == len(presented) == 3
+        token = await keepers[other].access_token(OA)
+        assert token is not None
+        assert await fake.accepts(token)
     finally:
         for client in clients:
             await client.close()
