@@ -114,7 +114,8 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             keeper = TokenKeeper(app[LOG], settings, processor)
             await keeper.start()
             app[TOKENS] = keeper
-            app[ZALO_TOKENS] = keeper
+            if ZALO_TOKENS not in app:  # the poller's tokens, unless given (as tests do)
+                app[ZALO_TOKENS] = keeper
         yield
         if keeper is not None:
             await keeper.close()

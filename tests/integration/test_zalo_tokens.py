@@ -518,11 +518,10 @@ async def run_cli(*args: str) -> tuple[int, str]:
     return process.returncode or 0, out.decode()
 
 
+@pytest.mark.parametrize("backend", ["embedded"])  # the log its settings file names
 async def test_token_status_prints_each_oa_without_a_token(
-    gate: Started, fake: Fake, backend: str, log_factory: LogOpener, tmp_path: Path
+    gate: Started, fake: Fake, log_factory: LogOpener, tmp_path: Path
 ) -> None:
-    if backend != "embedded":
-        pytest.skip("the command reads the log its settings file names: the embedded one here")
     service = await gate()
     assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
     partitions = service.log.partitions
