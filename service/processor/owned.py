@@ -577,12 +577,18 @@ async def _prefetch_sends(
 def _being_written(
     oa_id: str, outcomes: list[SendOutcome], writing: dict[str, asyncio.Future[Position]]
 ) -> list[asyncio.Future[Position]]:
-    """The durable writes under way of sends among `outcomes` (by either key)."""
+    """The durable writes under way of sends among `outcomes` (by either key). One that
+    has ended is forgotten here: its caller may have been cancelled before it could."""
     waits = []
     for outcome in outcomes:
         for key in _send_keys(oa_id, outcome):
-            if key is not None and key in writing:
-                waits.append(writing[key])
+            landing = None if key is None else writing.get(key)
+            if key is None or landing is None:
+                continue
+            if landing.done():
+                del writing[key]
+            else:
+                waits.append(landing)
     return waits
 
 
