@@ -576,10 +576,10 @@ async def _prefetch_sends(
 
 def _being_written(
     oa_id: str, outcomes: list[SendOutcome], writing: dict[str, asyncio.Future[Position]]
-) -> list[asyncio.Future[Position]]:
+) -> set[asyncio.Future[Position]]:
     """The durable writes under way of sends among `outcomes` (by either key). One that
     has ended is forgotten here: its caller may have been cancelled before it could."""
-    waits = []
+    waits = set()  # a send's two keys name the same write
     for outcome in outcomes:
         for key in _send_keys(oa_id, outcome):
             landing = None if key is None else writing.get(key)
@@ -588,7 +588,7 @@ def _being_written(
             if landing.done():
                 del writing[key]
             else:
-                waits.append(landing)
+                waits.add(landing)
     return waits
 
 
