@@ -377,11 +377,13 @@ class ConfigError(Exception):
     """A setting is missing, unreadable or invalid. `str()` names the setting."""
 
 
-def _describe(error: ValidationError) -> str:
+def describe(error: ValidationError, what: str = "setting", whole: str = "(settings)") -> str:
+    """One line per invalid value: `invalid <what> <where>: <why>` (`whole`: where the
+    error is in no one value)."""
     lines = []
     for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(settings)"
-        lines.append(f"invalid setting {where}: {item['msg']}")
+        where = ".".join(str(part) for part in item["loc"]) or whole
+        lines.append(f"invalid {what} {where}: {item['msg']}")
     return "\n".join(lines)
 
 
@@ -406,4 +408,4 @@ def load_settings(path: str | Path | None = None) -> Settings:
     try:
         return Settings(**values)
     except ValidationError as exc:
-        raise ConfigError(_describe(exc)) from exc
+        raise ConfigError(describe(exc)) from exc

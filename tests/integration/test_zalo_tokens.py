@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import dataclasses
 import io
 import sqlite3
@@ -681,17 +682,27 @@ async def test_a_service_killed_right_after_a_refresh_leaves_a_usable_pair(
         await client.close()
 
 
-async def test_a_delete_while_a_refresh_runs_is_not_undone_by_it(
-    service_factory: ServiceFactory,
-) -> None:
-    """Zalo answers slowly: a DELETE that comes while a refresh is in flight waits for it,
-    so the refresh's new pair does not bring the deleted token back."""
+@contextlib.asynccontextmanager
+async def slow_fake() -> AsyncIterator[Fake]:
+    """A fake Zalo whose OAuth answers after 0.5 s: a refresh is in flight long enough."""
     values = default_scenario().model_dump()
     values["behaviour"] = {"oauth": {"delay_s": 0.5}}
     server = TestServer(build_fake_app(parse_scenario(values)), host="127.0.0.1")
     await server.start_server()
     slow = Fake(server)
     try:
+        yield slow
+    finally:
+        await slow.http.close()
+        await server.close()
+
+
+async def test_a_delete_while_a_refresh_runs_is_not_undone_by_it(
+    service_factory: ServiceFactory,
+) -> None:
+    """Zalo answers slowly: a DELETE that comes while a refresh is in flight waits for it,
+    so the refresh's new pair does not bring the deleted token back."""
+    async with slow_fake() as slow:
         service = await service_factory(**zalo_sections(slow))
         await until_owner(service)
         assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
@@ -709,9 +720,6 @@ async def test_a_delete_while_a_refresh_runs_is_not_undone_by_it(
         assert await keeper.access_token(OA) is None
         records = await all_records(service.log, service.log.topics.tokens)
         assert records[-1].value == b""
-    finally:
-        await slow.http.close()
-        await server.close()
 
 
 async def test_a_refusal_of_a_refresh_token_another_instance_replaced_is_not_a_death(
@@ -720,12 +728,7 @@ async def test_a_refusal_of_a_refresh_token_another_instance_replaced_is_not_a_d
     """Another instance (here: the test, with the same key) refreshes the OA's token and
     stores the new pair while this keeper's refresh of the old one waits for Zalo; Zalo
     refuses the old one, and the keeper takes the stored pair instead of a dead token."""
-    values = default_scenario().model_dump()
-    values["behaviour"] = {"oauth": {"delay_s": 0.5}}
-    server = TestServer(build_fake_app(parse_scenario(values)), host="127.0.0.1")
-    await server.start_server()
-    slow = Fake(server)
-    try:
+    async with slow_fake() as slow:
         service = await service_factory(**zalo_sections(slow))
         await until_owner(service)
         assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
@@ -762,6 +765,3 @@ async def test_a_refusal_of_a_refresh_token_another_instance_replaced_is_not_a_d
         assert keeper.status(OA).state == "valid"
         decisions = await all_records(service.log, service.log.topics.decisions)
         assert [r for r in decisions if r.key == OA.encode()] == []
-    finally:
-        await slow.http.close()
-        await server.close()

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from service.config import ZaloId
+from service.config import ZaloId, describe
 
 Endpoint = Literal[
     "oauth",
@@ -210,19 +210,11 @@ class ScenarioError(Exception):
     """A scenario file is missing, not TOML or invalid. `str()` says where."""
 
 
-def _describe(error: ValidationError) -> str:
-    lines = []
-    for item in error.errors():
-        where = ".".join(str(part) for part in item["loc"]) or "(scenario)"
-        lines.append(f"invalid scenario {where}: {item['msg']}")
-    return "\n".join(lines)
-
-
 def parse_scenario(values: dict[str, Any]) -> Scenario:
     try:
         return Scenario.model_validate(values)
     except ValidationError as exc:
-        raise ScenarioError(_describe(exc)) from exc
+        raise ScenarioError(describe(exc, "scenario", "(scenario)")) from exc
 
 
 def load_scenario(path: str | Path) -> Scenario:
