@@ -16,6 +16,8 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
+from service.api.messages import PROXY
+from service.api.messages import add_routes as add_message_routes
 from service.api.routing import advertised_url, forwarded_middleware
 from service.api.zalo import TOKENS
 from service.api.zalo import add_routes as add_zalo_routes
@@ -29,7 +31,9 @@ from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
 from service.zalo.access import AccessTokens
+from service.zalo.client import ZaloClient
 from service.zalo.poller import Poller
+from service.zalo.proxy import SendProxy
 from service.zalo.tokens import TokenKeeper
 
 _log = get_logger("app")
@@ -121,34 +125,43 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             await keeper.close()
         await processor.close()
 
-    async def poller_lifetime(app: web.Application) -> AsyncIterator[None]:
+    async def zalo_lifetime(app: web.Application) -> AsyncIterator[None]:
+        """The poller and the send proxy, on one client of Zalo's API."""
         tokens = app.get(ZALO_TOKENS)
         if tokens is None:
             _log.warning("zalo.enabled but no token keeper is wired: Zalo is not polled")
             yield
             return
-        poller = Poller(settings, tokens, app[LOG])
+        client = ZaloClient(settings.zalo, tokens)
+        await client.start()
+        poller = Poller(settings, tokens, app[LOG], client=client)
         await poller.start()
         app[POLLER] = poller
         processor = app.get(PROCESSOR)
+        proxy = None
         if processor is not None:
             processor.watchers.append(poller.on_record)
+            proxy = app[PROXY] = SendProxy(settings, processor.owned, tokens, client)
         yield
+        if proxy is not None:
+            await proxy.close()  # the batches under way finish and are recorded
         if processor is not None:
             processor.watchers.remove(poller.on_record)
         await poller.close()
+        await client.close()
 
     app.cleanup_ctx.append(log_lifetime)
     if settings.processor.enabled:
         app.cleanup_ctx.append(processor_lifetime)
     if settings.zalo.enabled:
-        app.cleanup_ctx.append(poller_lifetime)
+        app.cleanup_ctx.append(zalo_lifetime)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics)
     add_receiver_routes(app)
     add_api_routes(app)
     add_zalo_routes(app)
+    add_message_routes(app)
     return app
 
 

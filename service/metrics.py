@@ -151,3 +151,10 @@ ZALO_SYNCS = Counter(
     ["read"],
     registry=REGISTRY,
 )
+
+PROXY_MESSAGES = Counter(
+    "zns_gate_proxy_messages",
+    "Messages of POST /messages by status (sent, denied, rejected, failed, unknown).",
+    ["status"],
+    registry=REGISTRY,
+)

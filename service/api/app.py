@@ -71,7 +71,7 @@ def _scope(request: web.Request) -> str:
         return "admin"
     if request.method in {"GET", "HEAD"}:
         return "read"
-    if request.path.endswith(("/sends", "/admissions")):
+    if request.path.endswith(("/sends", "/admissions", "/messages")):
         return "send"
     return "admin"
 

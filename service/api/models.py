@@ -95,6 +95,10 @@ class SendItem(SendOutcome):
     tracking_id: TrackingId
     """The sender's own id of the send (Zalo requires one); duplicates are dropped by it."""
     quota: SendQuota | None = None
+    error: int
+    """Zalo's error code; 0 means sent."""
+    not_sent: None = None
+    """Only in the sends zns-gate makes itself."""
 
     recipient: str | None = None
     """The phone number (any common Vietnamese form) or the sha256 of its `84…` form."""
@@ -166,6 +170,54 @@ class AdmissionBody(_Model):
         given = self.recipients is not None and self.count is not None
         if given and self.count != len(self.recipients or ()):
             raise ValueError("count differs from the number of recipients")
+        return self
+
+
+TemplateValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
+"""A value of `template_data`: sent to Zalo as a string (true/false as `true`/`false`)."""
+
+
+class MessageItem(_Model):
+    """One message of `POST /v1/oas/{oa_id}/messages`."""
+
+    template_id: GateId
+    tag: Tag | None = None
+    """May be left out when the template's tag is known."""
+    phone: Annotated[str, Field(max_length=32)] | None = None
+    """The recipient's phone, in any common form; it is sent as `84…`."""
+    hash_phone: Annotated[str, Field(max_length=64)] | None = None
+    """Instead of `phone`: the sha256 (hex) of the `84…` phone (sent by `/hashphone`)."""
+    template_data: dict[Annotated[str, Field(max_length=64)], TemplateValue] = Field(
+        max_length=100
+    )
+    tracking_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    """Your id of the message (at most 48 of `A-Z a-z 0-9 _ . : -`); made from the
+    idempotency key and the message's place when left out."""
+
+    @model_validator(mode="after")
+    def _one_recipient(self) -> MessageItem:
+        if (self.phone is None) == (self.hash_phone is None):
+            raise ValueError("give phone or hash_phone, one of them")
+        return self
+
+
+class MessagesBody(_Model):
+    """`POST /v1/oas/{oa_id}/messages`: messages of one template, sent through Zalo."""
+
+    idempotency_key: str = Field(min_length=1, max_length=200)
+    """The same key with the same body gets the first answer again, and sends nothing."""
+    mode: Literal["development", "production"] | None = None
+    """Zalo's mode (development sends reach only the app's admins); default `zalo.mode`."""
+    messages: list[MessageItem] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _one_template(self) -> MessagesBody:
+        first = self.messages[0]
+        for i, message in enumerate(self.messages):
+            if message.template_id != first.template_id or message.tag != first.tag:
+                raise ValueError(
+                    f"messages.{i}: one template and tag per request (they share one admission)"
+                )
         return self
 
 
@@ -378,6 +430,39 @@ class Accepted(_Model):
 
     accepted: int
     action: Literal["resume_oa", "resume_template"] | None = None
+
+
+class MessageResult(_Model):
+    """One message's outcome in the answer of `POST /v1/oas/{oa_id}/messages`."""
+
+    tracking_id: str
+    status: Literal["sent", "denied", "rejected", "failed", "unknown"]
+    """sent: Zalo took it; denied: the admission refused it; rejected: it failed the
+    checks; failed: Zalo refused it or it never reached Zalo; unknown: it may have been
+    sent (no answer came); it is never sent again."""
+    msg_id: str | None = None
+    sent_time: AwareDatetime | None = None
+    reason: str | None = None
+    """denied: the denial reason; rejected: `invalid_phone`, `invalid_tracking_id` or
+    `invalid_template_data`; failed: `zalo_unavailable` or `no_token` when it never
+    reached Zalo."""
+    param: str | None = None
+    """The param of `template_data` that failed the checks."""
+    zalo_error: int | None = None
+    message: str | None = None
+    """Zalo's message with its error."""
+
+
+class MessagesAnswer(_Model):
+    """`POST /v1/oas/{oa_id}/messages`."""
+
+    admission_id: str | None
+    """None when no message passed the checks (nothing was admitted)."""
+    remaining: int | None
+    """What the template's tag may still be granted today, after this admission (null:
+    unlimited)."""
+    results: list[MessageResult]
+    """One per message, in the order given."""
 
 
 __all__ = ["AdmissionAnswer"]

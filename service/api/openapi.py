@@ -87,6 +87,23 @@ OPERATIONS = (
     ),
     Operation(
         "post",
+        f"{_OA}/messages",
+        "Send messages through Zalo: check, admit, send and record them in one call",
+        models.MessagesAnswer,
+        body=models.MessagesBody,
+        scope="send",
+        errors=(400, 401, 403, 404, 408, 409, 413, 415, 422, 503),
+        headers=("X-Served-By", "X-RateLimit-Remaining", "X-RateLimit-Reset"),
+        notes=(
+            "Needs zalo.enabled (else 404 zalo_disabled) and the OA's token. Each message "
+            "is sent, denied, rejected, failed or unknown; the same idempotency_key with the "
+            "same body answers the first answer again and calls Zalo for nothing (a repeat "
+            "during the first waits for it); with another body, 409 idempotency_conflict. "
+            "A message that may have been sent (unknown) is never sent again."
+        ),
+    ),
+    Operation(
+        "post",
         f"{_OA}/sends",
         "Report send outcomes (from Zalo's answers to the sender)",
         models.SendsAnswer,

@@ -57,6 +57,8 @@ class AdmissionRequest:
 class Admission:
     answer: AdmissionAnswer
     granted_recipients: list[str] = field(default_factory=list)
+    each: list[Denial | None] = field(default_factory=list)
+    """Recipient by recipient, in the order asked: None when granted, else its denial."""
 
 
 @dataclass(slots=True)
@@ -78,8 +80,11 @@ def decide(
     governed = governor(state, now, policy)[request.tag].remaining
     capacities = _capacities(state, request.tag, request.template_id, now, policy, governed)
     denied = Denials()
+    each: list[Denial | None] = []
     if request.recipients:
-        granted = _decide_recipients(state, request, now, policy, blocked, capacities, denied)
+        granted = _decide_recipients(
+            state, request, now, policy, blocked, capacities, denied, each
+        )
         granted_count = len(granted)
     else:
         granted = []
@@ -95,7 +100,7 @@ def decide(
         remaining=remaining,
         retry_after_s=retry,
     )
-    return Admission(answer, granted)
+    return Admission(answer, granted, each)
 
 
 def _decide_bulk(
@@ -126,8 +131,10 @@ def _decide_recipients(
     blocked: str | None,
     capacities: list[_Capacity],
     denied: Denials,
+    each: list[Denial | None],
 ) -> list[str]:
-    """The recipients granted, in the order given; the others go to `denied`."""
+    """The recipients granted, in the order given; the others go to `denied`. `each`
+    gets every recipient's outcome in order."""
     granted: list[str] = []
     per_recipient: dict[str, int] = {}  # this request's own tag-3 units per recipient
     for recipient in request.recipients:
@@ -135,8 +142,9 @@ def _decide_recipients(
         if reason is None:
             reason = _recipient_reason(state, request.tag, recipient, now, policy, per_recipient)
         if reason is not None:
-            denied.add(recipient, reason)
+            each.append(denied.add(recipient, reason))
             continue
+        each.append(None)
         for capacity in capacities:
             if capacity.left is not None:
                 capacity.left -= 1
@@ -158,11 +166,13 @@ class Denials:
         self._named: list[Denial] = []
         self._counted: dict[tuple[str, int | None], int] = {}
 
-    def add(self, recipient: str | None, reason: str, count: int = 1) -> None:
-        """`reason` as `_blocked`, `_capacities` or `_recipient_reason` give it."""
+    def add(self, recipient: str | None, reason: str, count: int = 1) -> Denial:
+        """`reason` as `_blocked`, `_capacities` or `_recipient_reason` give it; the
+        denial of these units."""
         code = reason.split(":")[0]
         zalo = -1472 if reason == "recipient_promotion_limit:day" else ZALO_ERRORS[code]
         self.add_item(recipient, code, zalo, count)
+        return Denial(recipient=recipient, count=count, reason=code, zalo_error=zalo)
 
     def add_item(self, recipient: str | None, code: str, zalo: int | None, count: int) -> None:
         if recipient is not None and len(self._named) < NAMED_DENIALS:

@@ -23,6 +23,19 @@ Tag = Literal[1, 2, 3]
 _HASHED = re.compile(r"^[0-9a-f]{64}$")
 
 
+def normalised_phone(phone: str) -> str:
+    """A phone in the `84...` form Zalo sends to (`0987654321`, `+84 987 654 321` and
+    `84987654321` are one phone). Raises ValueError for something that is not a phone."""
+    digits = re.sub(r"[\s().+-]", "", phone.strip())
+    if not digits.isdigit() or not 8 <= len(digits) <= 15:
+        raise ValueError("not a phone number")
+    if digits.startswith("0"):
+        return "84" + digits[1:]
+    if not digits.startswith("84"):
+        return "84" + digits
+    return digits
+
+
 def recipient_hash(recipient: str) -> str:
     """The sha256 (hex) of a phone normalised to the `84...` form; a 64-hex value is
     taken as already hashed (DESIGN.md 4). Raises ValueError for something that is
@@ -30,14 +43,10 @@ def recipient_hash(recipient: str) -> str:
     value = recipient.strip().lower()
     if _HASHED.match(value):
         return value
-    digits = re.sub(r"[\s().+-]", "", value)
-    if not digits.isdigit() or not 8 <= len(digits) <= 15:
-        raise ValueError("a recipient is a phone number or the sha256 of one")
-    if digits.startswith("0"):
-        digits = "84" + digits[1:]
-    elif not digits.startswith("84"):
-        digits = "84" + digits
-    return hashlib.sha256(digits.encode()).hexdigest()
+    try:
+        return hashlib.sha256(normalised_phone(value).encode()).hexdigest()
+    except ValueError:
+        raise ValueError("a recipient is a phone number or the sha256 of one") from None
 
 
 RecipientHash = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -77,9 +86,24 @@ class SendOutcome(_Record):
     """The admission whose grant this send used, if any."""
     sent_time: ZaloTime
     """Milliseconds since the epoch."""
-    error: int
-    """Zalo's error code; 0 means sent."""
+    error: int | None
+    """Zalo's error code; 0 means sent. null only in a send zns-gate made itself: Zalo
+    did not answer (the message may have been sent), or, with `not_sent`, the request
+    never left."""
+    zalo_message: str | None = Field(default=None, max_length=500)
+    """Zalo's `message` with an error."""
+    not_sent: Literal["zalo_unavailable", "no_token"] | None = None
+    """A send zns-gate made that never reached Zalo: Zalo could not be reached, or the
+    OA has no valid token. Its unit goes back."""
     quota: ZaloQuota | None = None
+
+
+class ProxyRequest(_Record):
+    """The `POST /messages` request a send was one message of."""
+
+    idempotency_key: str
+    index: int = Field(ge=0)
+    """The message's place in the request."""
 
 
 class SendRecord(_Record):
@@ -87,6 +111,9 @@ class SendRecord(_Record):
 
     oa_id: ZaloId
     send: SendOutcome
+    request: ProxyRequest | None = None
+    """Set when zns-gate made the send itself: its outcome is kept with the request's
+    answer, so that a repeat of the request answers it again."""
 
 
 class Denial(_Record):
@@ -106,6 +133,21 @@ class AdmissionAnswer(_Record):
     retry_after_s: int | None = None
 
 
+class PlannedMessage(_Record):
+    """One message of a `POST /messages` request, as its admission left it."""
+
+    tracking_id: str
+    status: Literal["admitted", "denied", "rejected"]
+    """admitted: granted, to be sent; denied: the admission refused it; rejected: it
+    failed the checks before the admission."""
+    reason: str | None = None
+    """Why it was denied (a denial reason) or rejected (`invalid_phone`, ...)."""
+    param: str | None = None
+    """The param of `template_data` that failed the checks."""
+    zalo_error: int | None = None
+    """For a denial: the Zalo error the same send would have met."""
+
+
 class AdmissionRecord(_Record):
     """The value of an `admission` record: one decision, written before it is answered."""
 
@@ -121,6 +163,9 @@ class AdmissionRecord(_Record):
     at: ZaloTime
     """When the decision was made (milliseconds since the epoch)."""
     answer: AdmissionAnswer
+    messages: list[PlannedMessage] | None = Field(default=None, max_length=100)
+    """For an admission made by `POST /messages`: every message of the request, in its
+    order; the admitted ones are `granted_recipients`, in the same order."""
 
 
 class SyncTemplateParam(_Record):

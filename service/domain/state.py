@@ -103,6 +103,9 @@ class Message:
     reply_at: int | None = None
     """A quick reply that came before the template was known and that may be negative (its
     label is negative for some template): the sha256 of the label, and when (ms)."""
+    pending: str | None = None
+    """Under `tracking:<id>`, a send zns-gate made whose outcome is unknown: the
+    admission whose unit it holds, until its receipt settles it."""
 
 
 @dataclass(slots=True)

@@ -20,10 +20,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from service.domain.admission import AdmissionRequest, decide
+from service.domain.admission import AdmissionRequest, decide, grantable
 from service.domain.events import as_datetime
 from service.domain.fold import Item, advance, fold_ahead
-from service.domain.records import AdmissionAnswer, AdmissionRecord, SendOutcome, SendRecord
+from service.domain.governor import governor
+from service.domain.messages import Checked, Outgoing, check, planned
+from service.domain.records import (
+    AdmissionAnswer,
+    AdmissionRecord,
+    PlannedMessage,
+    ProxyRequest,
+    SendOutcome,
+    SendRecord,
+)
 from service.domain.state import OAState, Policy
 from service.log.base import Headers, LogError, Position, Record
 from service.metrics import ADMISSION_UNITS
@@ -82,6 +91,21 @@ class Ask:
     idempotency_key: str
     request_hash: str
     """Tells a repeat of the same request from another one under the same key."""
+    messages: tuple[Outgoing, ...] | None = None
+    """A send through zns-gate (`POST /messages`): its messages, checked first; the
+    recipients are those that pass, and `recipients` is not used."""
+
+
+@dataclass(frozen=True)
+class Messages:
+    """The messages of a send through zns-gate, as its admission left them."""
+
+    planned: list[PlannedMessage]
+    checked: list[Checked] | None
+    """The checks of a new decision (what each admitted message is sent to); None for
+    a repeat."""
+    results: dict[str, dict[str, Any]]
+    """A repeat's outcomes recorded so far, by the message's place in the request."""
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,8 @@ class Admitted:
     answer: dict[str, Any]
     now: datetime
     policy: Policy
+    messages: Messages | None = None
+    """For a send through zns-gate."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +134,8 @@ class Recorded:
 
     accepted: int
     duplicates: int
+    last_offset: int = -1
+    """The offset of the last record appended (-1: none)."""
 
 
 @dataclass(frozen=True)
@@ -141,6 +169,7 @@ class _Placed:
     answer: dict[str, Any]
     now: datetime
     policy: Policy
+    messages: Messages | None
 
 
 _Send = tuple[str, str | None, "asyncio.Future[Position]"]
@@ -258,7 +287,7 @@ class OwnedStates:
                         finally:
                             async with self._lock(oa_id):
                                 await self._settle(oa_id)
-                        return Admitted(step.answer, step.now, step.policy)
+                        return Admitted(step.answer, step.now, step.policy, step.messages)
                     if not isinstance(step, asyncio.Future):
                         return step
             finally:
@@ -295,15 +324,31 @@ class OwnedStates:
                 return Refused(
                     409, "idempotency_conflict", "this idempotency_key was used with another body"
                 )
-            return Admitted(earlier[2], now, policy)
+            return Admitted(earlier[2], now, policy, _repeated_messages(earlier))
         template = state.templates.get(ask.template_id)
         tag = ask.tag or (template.tag if template is not None else None)
         if tag is None:
             return Refused(422, "tag_required", "the template's tag is not known: give `tag`")
-        units = len(ask.recipients) or ask.count or 1
+        recipients, checked = ask.recipients, None
+        if ask.messages is not None:
+            checked = await self._check(oa_id, ask, held, state)
+            recipients = tuple(c.recipient for c in checked if c.recipient is not None)
+            if not recipients:  # nothing to admit: no decision, nothing written
+                limits = governor(state, now, policy)
+                answer: dict[str, Any] = {
+                    "admission_id": None,
+                    "granted": 0,
+                    "denied": [],
+                    "remaining": grantable(state, tag, now, policy, limits),
+                }
+                return Admitted(answer, now, policy, Messages(planned(checked, []), checked, {}))
+        units = len(recipients) or ask.count or 1
         admission_id = uuid.uuid4().hex
-        wanted = AdmissionRequest(ask.template_id, tag, ask.recipients, units)
+        wanted = AdmissionRequest(ask.template_id, tag, recipients, units)
         decided = decide(state, wanted, now, policy, admission_id)
+        messages = None
+        if checked is not None:
+            messages = Messages(planned(checked, decided.each), checked, {})
         record = AdmissionRecord(
             oa_id=oa_id,
             admission_id=admission_id,
@@ -314,6 +359,7 @@ class OwnedStates:
             granted_recipients=decided.granted_recipients,
             at=str(int(now.timestamp() * 1000)),
             answer=decided.answer,
+            messages=None if messages is None else messages.planned,
         )
         value = record.model_dump_json().encode()
         log = self._processor.log
@@ -323,9 +369,26 @@ class OwnedStates:
         _count_units(decided.answer)
         item = Item("admission", oa_id, record, as_datetime(record.at))
         answer = decided.answer.model_dump(mode="json")
-        mine = _Placed(item, value, landing, ask.idempotency_key, answer, now, policy)
+        mine = _Placed(item, value, landing, ask.idempotency_key, answer, now, policy, messages)
         self._placed.setdefault(oa_id, []).append(mine)
         return mine
+
+    async def _check(self, oa_id: str, ask: Ask, held: _Held, state: OAState) -> list[Checked]:
+        """Under the OA's lock: the checks of a send's messages. A tracking id a send
+        recorded already, or one being written, is refused."""
+        assert ask.messages is not None
+        tracking = [m.tracking_id for m in ask.messages if m.tracking_id]
+        await held.folder.prefetch(oa_id, "dedup", ["send:" + t for t in tracking])
+        unfolded = self._unfolded_sends(held.folder)
+        writing = self._writing.get(held.folder, {})
+
+        def recorded(tracking_id: str) -> bool:
+            key = f"{oa_id}/send:{tracking_id}"
+            return key in unfolded or key in writing or "send:" + tracking_id in state.dedup
+
+        template = state.templates.get(ask.template_id)
+        params = template.params if template is not None else None
+        return check(ask.messages, ask.idempotency_key, params, recorded)
 
     async def _settle(self, oa_id: str) -> None:
         """Under the OA's lock: apply to the owner's state, in the order placed, the
@@ -345,7 +408,12 @@ class OwnedStates:
             self._placed.pop(oa_id, None)
 
     async def record_sends(
-        self, oa_id: str, outcomes: Iterable[SendOutcome], *, timeout_s: float
+        self,
+        oa_id: str,
+        outcomes: Iterable[SendOutcome],
+        *,
+        timeout_s: float,
+        request: ProxyRequest | None = None,
     ) -> Recorded | Unserved:
         """Append each send outcome not recorded yet.
 
@@ -354,7 +422,8 @@ class OwnedStates:
         `outcomes`; it is not appended, the fold would drop it anyway. One call of the
         OA decides at a time, so that concurrent repeats find each other; the records are
         placed in the log under the lock and waited for outside it, and a call naming a
-        send still being written waits for it first."""
+        send still being written waits for it first. `request`: the one outcome is a
+        message of that `POST /messages` request."""
         outcomes = list(outcomes)
         partition = self._processor.log.partition_for(oa_id.encode())
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -378,7 +447,7 @@ class OwnedStates:
                     duplicates = 0
                     if not waits:
                         placed, duplicates = self._place_sends(
-                            oa_id, outcomes, held, _left(deadline)
+                            oa_id, outcomes, held, _left(deadline), request
                         )
                 finally:
                     lock.release()
@@ -390,7 +459,12 @@ class OwnedStates:
                 return await self._sends_landed(held.folder, placed, duplicates)
 
     def _place_sends(
-        self, oa_id: str, outcomes: list[SendOutcome], held: _Held, timeout_s: float
+        self,
+        oa_id: str,
+        outcomes: list[SendOutcome],
+        held: _Held,
+        timeout_s: float,
+        request: ProxyRequest | None,
     ) -> tuple[list[_Send], int]:
         """Under the OA's sends lock: place the new outcomes in the log, in order."""
         unfolded = self._unfolded_sends(held.folder)
@@ -412,7 +486,8 @@ class OwnedStates:
                 continue
             sent = message if outcome.error == 0 else None  # a failed send sends no message
             seen.update(key for key in (tracking, sent) if key is not None)
-            value = SendRecord(oa_id=oa_id, send=outcome).model_dump_json(exclude_unset=True)
+            record = SendRecord(oa_id=oa_id, send=outcome, request=request)
+            value = record.model_dump_json(exclude_unset=True)
             try:
                 landing = log.place(
                     log.topics.events, oa_id.encode(), value.encode(), _headers("send"), timeout_s
@@ -441,7 +516,7 @@ class OwnedStates:
         unfolded = self._unfolded_sends(folder)
         writing = self._writing.get(folder, {})
         failed: BaseException | None = None
-        accepted = 0
+        accepted, last_offset = 0, -1
         for (tracking, sent, _), result in zip(placed, results, strict=True):
             for key in (tracking, sent):
                 if key is not None:
@@ -453,9 +528,17 @@ class OwnedStates:
             if sent is not None:
                 unfolded[sent] = result.offset
             accepted += 1
+            last_offset = max(last_offset, result.offset)
         if failed is not None:
             raise failed  # what did land is known now: a retry finds it a duplicate
-        return Recorded(accepted, duplicates)
+        return Recorded(accepted, duplicates, last_offset)
+
+    def folded(self, oa_id: str, offset: int) -> bool:
+        """Whether the processor here has folded the OA's partition past `offset` (or no
+        longer holds it)."""
+        partition = self._processor.log.partition_for(oa_id.encode())
+        folder = self._processor.folders.get(partition)
+        return folder is None or folder.position >= offset
 
     # --- inside ---------------------------------------------------------------------------
 
@@ -556,6 +639,13 @@ def _count_units(answer: AdmissionAnswer) -> None:
         ADMISSION_UNITS.labels("granted").inc(answer.granted)
     for denial in answer.denied:
         ADMISSION_UNITS.labels(denial.reason).inc(denial.count)
+
+
+def _repeated_messages(entry: list[Any]) -> Messages | None:
+    """The messages of a send through zns-gate kept with its idempotency entry."""
+    if len(entry) < 5:
+        return None
+    return Messages([PlannedMessage.model_validate(m) for m in entry[3]], None, dict(entry[4]))
 
 
 def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:

@@ -318,8 +318,13 @@ class ZaloClient:
             timeout = aiohttp.ClientTimeout(
                 total=self.settings.request_timeout_s, sock_connect=self.settings.request_timeout_s
             )
+            # No limit on connections in all: each OA's sends are limited on their own
+            # (`send_concurrency`), and a shared limit would let one OA's slow calls hold
+            # up every other OA's.
             self._session = aiohttp.ClientSession(
-                timeout=timeout, json_serialize=lambda v: orjson.dumps(v).decode()
+                timeout=timeout,
+                json_serialize=lambda v: orjson.dumps(v).decode(),
+                connector=aiohttp.TCPConnector(limit=0),
             )
 
     async def close(self) -> None:

@@ -22,7 +22,7 @@ from service.domain.fold.context import Run, to_ms
 from service.domain.fold.decoding import Item
 from service.domain.fold.grants import admission, expire_grants
 from service.domain.fold.operator import command
-from service.domain.fold.sends import send
+from service.domain.fold.sends import send, settle_maybe_sent
 from service.domain.fold.signals import check_oa_levels, feedback, quick_reply, receipt
 from service.domain.fold.sync import sync
 from service.domain.fold.templates import end_pauses, set_quality, set_status
@@ -98,6 +98,20 @@ def _template_quality(run: Run, event: ChangeTemplateQuality, at: datetime) -> N
     set_quality(run, template, event.quality, at, "zalo_change_template_quality")
 
 
+def _receipt(run: Run, event: UserReceivedMessage, at: datetime) -> None:
+    """A receipt that names the tracking id of a send whose outcome was unknown settles
+    that send as made first; then it counts as any receipt."""
+    message = event.message
+    if message.tracking_id and not _sent_known(run, message.msg_id):
+        settle_maybe_sent(run, message.tracking_id, message.msg_id, at)
+    receipt(run, event, at)
+
+
+def _sent_known(run: Run, msg_id: str) -> bool:
+    known = run.state.messages.peek(msg_id)
+    return known is not None and known.sent
+
+
 def _daily_quota(run: Run, event: ChangeOaDailyQuota, at: datetime) -> None:
     set_quota(run, event.quota.new_value, at, "zalo_change_oa_daily_quota")
 
@@ -107,7 +121,7 @@ _RULES: dict[type, Callable[[Run, Any, datetime], None]] = {
     AdmissionRecord: admission,
     SyncRecord: sync,
     CommandRecord: command,
-    UserReceivedMessage: receipt,
+    UserReceivedMessage: _receipt,
     UserFeedback: feedback,
     UserClickResponseButton: quick_reply,
     ChangeTemplateStatus: _template_status,

@@ -8,6 +8,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 from datetime import date, datetime
+from typing import Any
 
 from service.domain.admission import compact
 from service.domain.fold.context import Run, to_ms
@@ -21,10 +22,16 @@ def admission(run: Run, record: AdmissionRecord, at: datetime) -> None:
     state = run.state
     # The first answer under a key is the answer, kept compact (a record written before
     # answers were compact may name every denied recipient).
-    state.idempotency.setdefault(
-        record.idempotency_key,
-        [to_ms(at), record.request_hash, compact(record.answer).model_dump(mode="json")],
-    )
+    entry: list[Any] = [
+        to_ms(at),
+        record.request_hash,
+        compact(record.answer).model_dump(mode="json"),
+    ]
+    if record.messages is not None:
+        # A send made through zns-gate: its messages, and (as their send records come)
+        # their outcomes, so that a repeat of the request is answered from the log.
+        entry += [[m.model_dump(exclude_none=True) for m in record.messages], {}]
+    state.idempotency.setdefault(record.idempotency_key, entry)
     granted = record.answer.granted
     if granted == 0 or record.admission_id in state.grants:
         return

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
+from typing import Any
 
 from service.domain.fold.context import Run, to_ms
 from service.domain.fold.grants import consume, give_back, promotion_used, settle_with_grant
@@ -39,6 +40,8 @@ def send(run: Run, record: SendRecord, at: datetime) -> None:
     if tracking_key in state.dedup:
         return
     state.dedup[tracking_key] = to_ms(at)
+    if record.request is not None:
+        keep_for_request(run, record)
     message = state.messages.get(outcome.msg_id) if outcome.msg_id else None
     if message is not None and message.sent:
         return  # the same message reported under another tracking id
@@ -51,6 +54,8 @@ def send(run: Run, record: SendRecord, at: datetime) -> None:
     report = Report(outcome, day, template, tag, grant, at)
     if outcome.error == 0:
         sent(run, report, message)
+    elif outcome.error is None and outcome.not_sent is None:
+        sent_maybe(run, report)
     else:
         send_failed(run, report)
     if outcome.quota is not None:
@@ -99,6 +104,77 @@ def sent(run: Run, report: Report, message: Message | None) -> None:
         state.suspended_reason = None
 
 
+PENDING = "tracking:"
+"""The `messages` key of a send whose outcome is unknown, by its tracking id: its receipt
+(which names the tracking id) settles it."""
+
+
+def sent_maybe(run: Run, report: Report) -> None:
+    """Zalo did not answer a send zns-gate made: the message may have gone. Its unit stays
+    taken; its delivery receipt, found by the tracking id, counts it as sent, and without
+    one `grant_ttl` gives the unit back."""
+    outcome = report.outcome
+    run.state.messages[PENDING + outcome.tracking_id] = Message(
+        report.day,
+        template_id=report.template.template_id,
+        tag=report.tag,
+        recipient=outcome.recipient,
+        pending=outcome.admission_id,
+    )
+
+
+def settle_maybe_sent(run: Run, tracking_id: str, msg_id: str, at: datetime) -> None:
+    """A receipt names the tracking id of a send whose outcome was unknown: that send
+    was made. It counts as the send it was (its template, its grant), once."""
+    state = run.state
+    pending = state.messages.peek(PENDING + tracking_id)
+    if pending is None or pending.template_id is None or pending.sent:
+        return
+    state.messages[PENDING + tracking_id] = Message(pending.day, sent=True)  # settled
+    outcome = SendOutcome(
+        template_id=pending.template_id,
+        tag=pending.tag if pending.tag in (1, 2, 3) else None,
+        recipient=pending.recipient,
+        tracking_id=tracking_id,
+        msg_id=msg_id,
+        admission_id=pending.pending,
+        sent_time=str(to_ms(at)),
+        error=0,
+    )
+    template = state.template(pending.template_id)
+    grant = state.grants.get(pending.pending) if pending.pending else None
+    report = Report(outcome, pending.day, template, pending.tag, grant, at)
+    sent(run, report, state.messages.get(msg_id))
+
+
+def keep_for_request(run: Run, record: SendRecord) -> None:
+    """Keep a send zns-gate made with the answer of its request (the idempotency entry
+    its admission made), so that a repeat answers it again. A new entry, not a change
+    to the old: copies of the state made to answer requests share the old one."""
+    request, outcome = record.request, record.send
+    assert request is not None
+    entry = run.state.idempotency.peek(request.idempotency_key)
+    if entry is None or len(entry) < 5:
+        return  # not a request's entry (or it expired)
+    results = dict(entry[4])
+    results[str(request.index)] = outcome_of(outcome)
+    run.state.idempotency[request.idempotency_key] = [*entry[:4], results]
+
+
+def outcome_of(outcome: SendOutcome) -> dict[str, Any]:
+    """A send's entry in its request's answer (`sent_time` in ms)."""
+    if outcome.error == 0:
+        return {"status": "sent", "msg_id": outcome.msg_id, "sent_time": outcome.sent_time}
+    if outcome.not_sent is not None:
+        return {"status": "failed", "reason": outcome.not_sent}
+    if outcome.error is None:
+        return {"status": "unknown"}
+    failed: dict[str, Any] = {"status": "failed", "zalo_error": outcome.error}
+    if outcome.zalo_message:
+        failed["message"] = outcome.zalo_message
+    return failed
+
+
 def send_failed(run: Run, report: Report) -> None:
     error, grant, recipient = report.outcome.error, report.grant, report.outcome.recipient
     if grant is not None and grant.open > 0:
@@ -107,7 +183,7 @@ def send_failed(run: Run, report: Report) -> None:
         else:
             give_back(run, grant, 1)
     person = run.state.recipient(recipient, report.day) if recipient is not None else None
-    effect = SEND_ERROR_EFFECTS.get(error)
+    effect = SEND_ERROR_EFFECTS.get(error) if error is not None else None
     if effect is not None:
         effect(run, report, person)
 

@@ -126,7 +126,8 @@ class Behaviour(_Model):
     error_rate: float = Field(default=0.0, ge=0.0, le=1.0)
     error: int = -32
     delay_s: float = Field(default=0.0, ge=0.0)
-    """Seconds before answering; longer than a client's timeout is a timeout."""
+    """Seconds before answering; longer than a client's timeout is a timeout. A send is
+    taken first and answered after the delay (sent, though its caller never hears)."""
 
 
 class OAuthErrors(_Model):
