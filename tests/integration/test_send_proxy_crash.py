@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import signal
 from collections import Counter
 from pathlib import Path
@@ -96,10 +97,8 @@ async def test_a_repeat_after_a_kill_mid_batch_sends_nothing_twice_and_answers_e
                     await asyncio.sleep(0.02)
             served.process.send_signal(signal.SIGKILL)
             served.process.wait(timeout=30)
-            try:
-                await batch
-            except aiohttp.ClientError:
-                pass  # the connection died with the service
+            with contextlib.suppress(aiohttp.ClientError):
+                await batch  # the connection died with the service
             before = await fake_sends(http, fake_url)
             assert 20 <= len(before) < 100, "killed in the middle of the batch"
 
