@@ -104,7 +104,7 @@ async def test_a_repeat_after_a_kill_mid_batch_sends_nothing_twice_and_answers_e
 
             served = Served(tmp_path, "second", **env)
             await served.wait_ready(60, "/readyz")
-            answer = await answered(http, served.url, body)
+            repeated = await answered(http, served.url, body)
             await asyncio.sleep(0.5)  # a send the repeat made would have reached Zalo by now
             after = await fake_sends(http, fake_url)
     finally:
@@ -117,7 +117,7 @@ async def test_a_repeat_after_a_kill_mid_batch_sends_nothing_twice_and_answers_e
     assert max(sent_to.values()) == 1
     # Every message is answered: sent where its outcome was recorded, unknown where it may
     # have gone before the kill; never failed, never sent again.
-    results = answer["results"]
+    results = repeated["results"]
     assert [r["tracking_id"] for r in results] == [f"killed-batch-{i}" for i in range(100)]
     statuses = Counter(r["status"] for r in results)
     assert set(statuses) <= {"sent", "unknown"}, statuses
