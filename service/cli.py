@@ -75,6 +75,19 @@ def _parser() -> argparse.ArgumentParser:
     simulate.add_argument("--token", help="bearer token for /v1 (scope send)")
     simulate.add_argument("--record", metavar="FILE", help="one JSON line per request and answer")
     simulate.add_argument("--quiet", action="store_true", help="no progress bar")
+    simulate.add_argument(
+        "--via",
+        choices=["admissions", "messages"],
+        default="admissions",
+        help="admissions: ask, report the send, post the receipt (default); messages: send "
+        "through zns-gate (POST /messages) against fake-zalo, which posts the receipts",
+    )
+    simulate.add_argument(
+        "--oa-id",
+        action="append",
+        metavar="ID",
+        help="with --via messages: an OA whose token the service holds (repeat for more)",
+    )
     fake = commands.add_parser(
         "fake-zalo", help="serve a local Zalo (OAuth, sends, reads, webhooks) to develop against"
     )
@@ -239,7 +252,11 @@ def _simulate(args: argparse.Namespace, settings: Settings) -> int:
             file=sys.stderr,
         )
         return EXIT_INVALID_SETTINGS
-    summary = run(args, app_id, secret)
+    try:
+        summary = run(args, app_id, secret)
+    except ValueError as exc:
+        print(f"zns-gate: {exc}", file=sys.stderr)
+        return EXIT_INVALID_SETTINGS
     print(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode())
     return EXIT_OK
 

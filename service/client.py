@@ -1,6 +1,13 @@
-"""An async client for senders: ask before sending, report what was sent (DESIGN.md 5).
+"""An async client for senders: send through zns-gate in one call, or ask before sending
+and report what was sent (DESIGN.md 5 and 8.3).
 
     async with Client("http://127.0.0.1:8080", token="...") as gate:
+        answer = await gate.send_messages(oa_id, messages, idempotency_key=batch_id)
+        for result in answer.results:
+            ...  # sent, denied, rejected, failed or unknown, each with its reason
+
+    Or, when the sender sends through Zalo itself (or a BSP):
+
         answer = await gate.admit(oa_id, "template-1", recipients=phones, idempotency_key=batch_id)
         send_to = phones[: answer.granted]
         ...
@@ -9,9 +16,10 @@
 Any instance may be asked: the owner of the OA answers. A 503 (the OA's
 partition moving, the log briefly away) is asked again after its
 `Retry-After`, and a lost connection after a short pause, until `retry_for_s`
-has passed (so are a proxy's 502 and 504). An admission keeps its idempotency key
-across these retries, so a retry never grants twice; reported sends are
-recognised by `tracking_id`.
+has passed (so are a proxy's 502 and 504). An admission and a send keep their
+idempotency key across these retries, so a retry never grants or sends twice (a
+retry of a send still under way waits for it); reported sends are recognised by
+`tracking_id`.
 Any other error raises `GateError` at once.
 """
 
@@ -29,6 +37,8 @@ import orjson
 from pydantic import BaseModel
 
 from service.api.models import (
+    MessageItem,
+    MessagesAnswer,
     QualityAnswer,
     QuotaAnswer,
     SendItem,
@@ -141,6 +151,30 @@ class Client:
         return Admission.model_validate(
             {**answer, "rate_limit_reset_s": int(reset) if reset else None}
         )
+
+    async def send_messages(
+        self,
+        oa_id: str,
+        messages: Iterable[MessageItem | Mapping[str, Any]],
+        *,
+        idempotency_key: str | None = None,
+        mode: str | None = None,
+    ) -> MessagesAnswer:
+        """Send 1 to 100 messages of one template through Zalo: each is checked, admitted
+        and sent, and its outcome recorded. Give your own `idempotency_key` (one per
+        batch) to ask again safely after `Unavailable`: a repeat sends nothing twice."""
+        body: dict[str, Any] = {
+            "idempotency_key": idempotency_key or uuid.uuid4().hex,
+            "messages": [
+                m.model_dump(mode="json", exclude_none=True)
+                if isinstance(m, MessageItem)
+                else dict(m)
+                for m in messages
+            ],
+        }
+        if mode is not None:
+            body["mode"] = mode
+        return await self._call("POST", f"/v1/oas/{oa_id}/messages", MessagesAnswer, body)
 
     async def report_sends(
         self, oa_id: str, sends: Iterable[SendItem | Mapping[str, Any]]

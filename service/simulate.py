@@ -8,6 +8,11 @@ and then Zalo changes a template's quality or status, or delivers a webhook
 twice. Requests leave at a steady rate whatever the answers (open loop), at
 most `max_in_flight` at a time.
 
+With `--via messages` it sends through zns-gate instead (`POST /messages` to OAs whose
+tokens the service holds, against `zns-gate fake-zalo` as Zalo): each flow is one message
+of one of the OA's templates, filled to fit the template's params; Zalo (the fake)
+posts the receipts and ratings itself.
+
 What is sent is a function of the seed: the same seed gives the same requests,
 in the same order, as long as the service gives the same answers at the same
 pace (a send only follows a granted admission, once its answer has come).
@@ -24,7 +29,7 @@ import heapq
 import random
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -76,10 +81,24 @@ class _Pending:
 class Plan:
     """The traffic of one seed: which request to send at each moment."""
 
-    def __init__(self, seed: int, oas: int, negative_rate: float, app_id: str, secret: str) -> None:
+    def __init__(
+        self,
+        seed: int,
+        oas: int,
+        negative_rate: float,
+        app_id: str,
+        secret: str,
+        *,
+        messages: Mapping[str, list[Template]] | None = None,
+    ) -> None:
+        """`messages`: OA -> its templates, to send through `POST /messages` (the OAs
+        are these then, not `oas` made-up ones)."""
         self.rng = random.Random(seed)  # noqa: S311 (repeatable traffic, not secrets)
         self.seed = seed
-        self.oa_ids = [f"5{seed % 1000:03d}{n:012d}" for n in range(oas)]
+        self.messages = messages
+        self.oa_ids = (
+            sorted(messages) if messages else [f"5{seed % 1000:03d}{n:012d}" for n in range(oas)]
+        )
         self.negative_rate = negative_rate
         self.app_id, self.secret = app_id, secret
         self._pending: list[_Pending] = []
@@ -109,6 +128,8 @@ class Plan:
             return Request(
                 "duplicate", original.oa_id, "POST", original.path, original.body, original.headers
             )
+        if self.messages is not None:
+            return self._message()
         if self.rng.random() < MANAGEMENT_SHARE:
             return self._management()
         return self._admission(now)
@@ -138,6 +159,26 @@ class Plan:
         }
         self._later(now + 0.2, lambda: self._send(flow, oa_id, template_id, tag, phone, error, now))
         return self._api("admission", oa_id, "admissions", body, flow)
+
+    def _message(self) -> Request:
+        """One message through zns-gate; Zalo does the rest (receipt, rating)."""
+        assert self.messages is not None
+        rng = self.rng
+        flow = self._flows
+        self._flows += 1
+        oa_id = rng.choice(self.oa_ids)
+        template = rng.choice(self.messages[oa_id])
+        body = {
+            "idempotency_key": f"sim-{self.seed}-{flow}",
+            "messages": [
+                {
+                    "template_id": template.template_id,
+                    "phone": rng.choice(self.phones[oa_id]),
+                    "template_data": template.data,
+                }
+            ],
+        }
+        return self._api("message", oa_id, "messages", body, flow)
 
     def _send(
         self, flow: int, oa_id: str, template_id: str, tag: int, phone: str, error: int, t0: float
@@ -256,6 +297,47 @@ class Plan:
         if len(self._webhooks) > 2000:
             del self._webhooks[:1000]
         return request
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template to send through `POST /messages`, and values that fit its params."""
+
+    template_id: str
+    data: dict[str, str]
+
+    @classmethod
+    def of(cls, answer: Mapping[str, Any]) -> Template:
+        """From the gate's `GET .../templates/{id}` answer: each param filled with digits
+        of a length it takes."""
+        data = {}
+        for param in answer.get("params") or []:
+            length = param.get("min_length") or 1
+            longest = param.get("max_length")
+            length = min(max(length, 6), longest) if longest else max(length, 6)
+            data[param["name"]] = "1" * length
+        return cls(str(answer["template_id"]), data)
+
+
+async def templates_of(
+    target: str, oa_ids: list[str], token: str | None = None
+) -> dict[str, list[Template]]:
+    """The enabled templates the service knows (from Zalo, by its poller) of each OA."""
+    auth = {"Authorization": f"Bearer {token}"} if token else {}
+    out: dict[str, list[Template]] = {}
+    async with aiohttp.ClientSession(headers=auth) as session:
+        for oa_id in oa_ids:
+            async with session.get(f"{target}/v1/oas/{oa_id}/templates") as answer:
+                body = await answer.json() if answer.status == 200 else {}
+            usable = [
+                Template.of(t)
+                for t in body.get("templates", [])
+                if t.get("status") == "ENABLE" and t.get("tag") in (1, 2)
+            ]
+            if not usable:
+                raise ValueError(f"the service knows no enabled template of OA {oa_id} yet")
+            out[oa_id] = usable
+    return out
 
 
 @dataclass
@@ -385,7 +467,12 @@ def run(args: Any, app_id: str, secret: str) -> dict[str, Any]:
     """`zns-gate simulate` with parsed arguments; the summary."""
     from tqdm import tqdm
 
-    plan = Plan(args.seed, args.oas, args.negative_rate, app_id, secret)
+    templates = None
+    if args.via == "messages":
+        if not args.oa_id:
+            raise ValueError("--via messages needs the OAs to send for (--oa-id)")
+        templates = asyncio.run(templates_of(args.target.rstrip("/"), args.oa_id, args.token))
+    plan = Plan(args.seed, args.oas, args.negative_rate, app_id, secret, messages=templates)
     with contextlib.ExitStack() as stack:
         sink = stack.enter_context(Path(args.record).open("wb")) if args.record else None
         bar = stack.enter_context(

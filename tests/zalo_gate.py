@@ -22,6 +22,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from service.app import POLLER, ZALO_TOKENS, build_app
 from service.zalo.fake import build_fake_app, default_scenario
 from service.zalo.fake.scenario import DEFAULT_OA_ID, Scenario, parse_scenario
+from service.zalo.fake.server import FAKE_KEY, FakeZaloServer
 from service.zalo.poller import Poller
 from tests import zalo
 from tests.conftest import LogOpener, RunningService, make_settings
@@ -56,6 +57,7 @@ class Zalo:
 
     url: str
     fake_url: str
+    fake: FakeZaloServer
     calls: list[Call] = field(default_factory=list)
 
     def paths(self, path: str, token: str | None = None) -> list[Call]:
@@ -110,7 +112,7 @@ async def zalo_factory() -> AsyncIterator[ZaloFactory]:
         proxy = TestServer(app, host="127.0.0.1")
         await proxy.start_server()
         servers.append(proxy)
-        holder.append(Zalo(str(proxy.make_url("")).rstrip("/"), fake_url))
+        holder.append(Zalo(str(proxy.make_url("")).rstrip("/"), fake_url, fake.app[FAKE_KEY]))
         return holder[0]
 
     yield start

@@ -533,6 +533,23 @@ class OwnedStates:
             raise failed  # what did land is known now: a retry finds it a duplicate
         return Recorded(accepted, duplicates, last_offset)
 
+    async def append_send(
+        self, oa_id: str, outcome: SendOutcome, request: ProxyRequest, *, timeout_s: float
+    ) -> int:
+        """Append one outcome of a send zns-gate made, whichever instance owns the OA now
+        (its partition moved while the send was made: the new owner folds the record);
+        its offset."""
+        log = self._processor.log
+        record = SendRecord(oa_id=oa_id, send=outcome, request=request)
+        position = await log.append(
+            log.topics.events,
+            oa_id.encode(),
+            record.model_dump_json(exclude_unset=True).encode(),
+            _headers("send"),
+            timeout_s=timeout_s,
+        )
+        return position.offset
+
     def folded(self, oa_id: str, offset: int) -> bool:
         """Whether the processor here has folded the OA's partition past `offset` (or no
         longer holds it)."""

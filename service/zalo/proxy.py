@@ -201,27 +201,21 @@ class SendProxy:
         that cannot be written is logged: the message was sent (or tried), and sending it
         again would be worse than a count the processor estimates."""
         ref = ProxyRequest(idempotency_key=request.idempotency_key, index=index)
+        deadline_s = self.settings.receiver.publish_deadline_s
         try:
             recorded = await self.owned.record_sends(
-                request.oa_id,
-                [outcome],
-                timeout_s=self.settings.receiver.publish_deadline_s,
-                request=ref,
+                request.oa_id, [outcome], timeout_s=deadline_s, request=ref
             )
+            if isinstance(recorded, Unserved):  # the OA moved away while it was sent
+                return await self.owned.append_send(
+                    request.oa_id, outcome, ref, timeout_s=deadline_s
+                )
         except LogError as exc:
             _log.error(
                 "a send's outcome could not be recorded",
                 oa_id=request.oa_id,
                 tracking_id=outcome.tracking_id,
                 error=str(exc),
-            )
-            return -1
-        if isinstance(recorded, Unserved):
-            _log.error(
-                "a send's outcome could not be recorded: the OA's partition moved",
-                oa_id=request.oa_id,
-                tracking_id=outcome.tracking_id,
-                reason=recorded.code,
             )
             return -1
         return recorded.last_offset

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import subprocess
+import sys
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +27,7 @@ from tests.zalo_gate import Gate, GateFactory, Zalo, ZaloFactory, scenario, unti
 from tests.zalo_tokens import FakeTokens
 
 OA = zalo.OA_ID
+ROOT = Path(__file__).resolve().parents[2]
 OTP = "231456"  # the fake's default templates: OTP has param otp (4 to 8 characters), tag 1
 SEND_PATHS = ("/message/template", "/message/template/hashphone")
 
@@ -478,3 +482,51 @@ def _closed_port() -> int:
     from tests.serve import free_port
 
     return free_port()
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_simulate_via_messages_sends_through_the_gate_and_zalo_posts_the_receipts(
+    backend: str, zalo_factory: ZaloFactory, gate_factory: GateFactory
+) -> None:
+    # The fake signs its webhooks with the OA secret key the gate's tests configure.
+    apps = [{"app_id": zalo.APP_ID, "app_secret": "fake-app-secret", "oa_secret_key": zalo.SECRET}]
+    z = await zalo_factory(scenario(apps=apps, receipt_delay_s=0.05))
+    gate = await gate_factory(z)
+    await ready(gate.service)
+    await templates_known(gate)
+    target = str(gate.service.client.make_url("")).rstrip("/")
+    z.fake.webhooks.point_at(target)
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "simulate",
+        "--via",
+        "messages",
+        "--oa-id",
+        OA,
+        "--target",
+        target,
+        "--rate",
+        "20",
+        "--duration",
+        "2",
+        "--app-id",
+        zalo.APP_ID,
+        "--secret",
+        zalo.SECRET,
+        "--quiet",
+    ]
+    done = await asyncio.to_thread(
+        subprocess.run, command, cwd=ROOT, capture_output=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr.decode()[-2000:]
+    summary = orjson.loads(done.stdout)
+    assert summary["by_kind"] == {"message 200": 40}, summary
+    assert len(await fake_sends(z)) == 40
+
+    async def delivered() -> bool:
+        status, body = await get(gate.service, f"/v1/oas/{OA}/quality")
+        return status == 200 and body["proxy"]["delivered_48h"] == 40
+
+    await until(delivered)  # every receipt Zalo posted was taken and matched

@@ -57,9 +57,13 @@ class WebhookPoster:
         self._counts: Counter[str] = Counter()
 
     async def start(self) -> None:
-        if self._url is not None:
-            timeout = aiohttp.ClientTimeout(total=self._scenario.webhook_timeout_s)
-            self._session = aiohttp.ClientSession(timeout=timeout)
+        timeout = aiohttp.ClientTimeout(total=self._scenario.webhook_timeout_s)
+        self._session = aiohttp.ClientSession(timeout=timeout)
+
+    def point_at(self, gate: str) -> None:
+        """Post to `gate` from now on (a gate started after the fake, whose address the
+        fake could not be given)."""
+        self._url = gate.rstrip("/") + "/webhooks/zalo"
 
     async def close(self) -> None:
         for task in list(self._tasks):
