@@ -191,21 +191,32 @@ def _failed(exc: Exception, what: str) -> int:
     return EXIT_FAILED
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to `host:port`, not yet listening (aiohttp listens on it once the
-    application has started). Raises OSError when the address is taken or unusable."""
-    family, kind, proto, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    sock = socket.socket(family, kind, proto)
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to ("" for every interface of
+    both IPv4 and IPv6), not yet listening: aiohttp listens on them once the application
+    has started. Raises OSError when an address is taken or the name unknown."""
+    found = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    bound: list[socket.socket] = []
     try:
-        # As asyncio's own servers do: a restart may bind while old connections linger.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(address)
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            # As asyncio's own servers do: a restart may bind while old connections
+            # linger, and an IPv6 socket leaves IPv4 to its own socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(bound) > 1:
+                # One name, one port: the kernel's choice for the first address.
+                address = (address[0], bound[0].getsockname()[1], *address[2:])
+            sock.bind(address)
     except OSError:
-        sock.close()
+        for sock in bound:
+            sock.close()
         raise
-    return sock
+    return bound
 
 
 def _serve(settings: Settings) -> int:
@@ -215,7 +226,7 @@ def _serve(settings: Settings) -> int:
     # Bind before anything opens the log: a busy port fails at once, without restoring
     # a single partition first.
     try:
-        sock = _listen(settings.server.host, settings.server.port)
+        sockets = _listen(settings.server.host, settings.server.port)
     except OSError as exc:
         log.error(
             "could not listen",
@@ -224,7 +235,7 @@ def _serve(settings: Settings) -> int:
             error=exc.strerror or str(exc),
         )
         return EXIT_FAILED
-    bound_port: int = sock.getsockname()[1]
+    bound_port: int = sockets[0].getsockname()[1]
     if bound_port != settings.server.port:
         # Port 0: the port the kernel chose is the one other instances must be told.
         server = settings.server.model_copy(update={"port": bound_port})
@@ -253,7 +264,7 @@ def _serve(settings: Settings) -> int:
         web.run_app(
             app,
             loop=new_event_loop(settings.server.event_loop),
-            sock=sock,
+            sock=sockets,
             shutdown_timeout=settings.server.shutdown_timeout_s,
             # aiohttp has no timeout for headers; its idle timeout runs from the
             # connection's start, or its last answer, until the next headers are complete.
@@ -265,7 +276,8 @@ def _serve(settings: Settings) -> int:
     except (LogError, OSError, sqlite3.Error) as exc:
         return _failed(exc, "could not start")
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
     log.info("stopped")
     return EXIT_OK
 

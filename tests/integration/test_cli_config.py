@@ -277,6 +277,26 @@ async def test_serve_host_and_port_override_the_settings(
     assert served.stop() == 0
 
 
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as sock:
+            sock.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+async def test_serve_on_every_interface_answers_ipv4_and_ipv6(
+    tmp_path: Path, serving: list[Serving]
+) -> None:
+    port = free_port()
+    served = Serving(tmp_path, "--host", "", "--port", str(port))
+    serving.append(served)
+    assert await answers(f"http://127.0.0.1:{port}/healthz") == 200
+    if ipv6_loopback():
+        assert await answers(f"http://[::1]:{port}/healthz") == 200
+
+
 async def test_serve_on_port_zero_reports_the_port_it_got(
     tmp_path: Path, serving: list[Serving]
 ) -> None:
