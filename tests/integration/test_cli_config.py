@@ -368,6 +368,16 @@ async def test_replay_says_plainly_that_the_database_is_in_use(tmp_path: Path) -
             )
             assert f"pid {served.process.pid}" in last["error"]
             assert "disagrees" not in done.stderr.decode()
+        # A second service on the same file is told the same, with the same status.
+        second = await asyncio.to_thread(
+            zns_gate,
+            "serve",
+            cwd=tmp_path,
+            ZNS_GATE_LOG__PATH="var/gate.db",
+            ZNS_GATE_SERVER__PORT=str(free_port()),
+        )
+        assert second.returncode == EXIT_IN_USE, second.stderr
+        assert json_lines(second.stderr)[-1]["event"] == last["event"]
         # The running service went on as it was.
         assert await answers(f"{served.url}/readyz") == 200
     finally:
