@@ -11,6 +11,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import yaml
 from dockerfile_parse import DockerfileParser
@@ -237,6 +238,36 @@ def test_prometheus_scrapes_the_gates_metrics(monkeypatch: pytest.MonkeyPatch) -
     sources = yaml.safe_load((COMPOSE / "grafana" / "datasources.yaml").read_text("utf-8"))
     prometheus_port = document["services"]["prometheus"]["ports"][0].split(":")[-1]
     assert sources["datasources"][0]["url"] == f"http://prometheus:{prometheus_port}"
+
+
+def exposed_metrics() -> set[str]:
+    """Every sample name the service's /metrics can show."""
+    from service.metrics import REGISTRY
+
+    suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"], "gauge": [""]}
+    return {
+        metric.name + suffix for metric in REGISTRY.collect() for suffix in suffixes[metric.type]
+    }
+
+
+def test_the_dashboard_shows_metrics_the_service_has() -> None:
+    document = compose("compose.yaml")
+    mounted = {c["source"]: c["target"] for c in document["services"]["grafana"]["configs"]}
+    provider = yaml.safe_load((COMPOSE / "grafana" / "dashboards.yaml").read_text("utf-8"))
+    folder = provider["providers"][0]["options"]["path"]
+    assert Path(mounted["grafana-dashboard-zns-gate"]).parent == Path(folder)
+    board_file = document["configs"]["grafana-dashboard-zns-gate"]["file"]
+    board = orjson.loads((COMPOSE / board_file).read_bytes())
+    sources = yaml.safe_load((COMPOSE / "grafana" / "datasources.yaml").read_text("utf-8"))
+    source_uid = sources["datasources"][0]["uid"]
+    exposed = exposed_metrics()
+    assert board["panels"]
+    for panel in board["panels"]:
+        for target in panel["targets"]:
+            assert target["datasource"]["uid"] == source_uid
+            named = set(re.findall(r"zns_gate_[a-z_]+", target["expr"]))
+            assert named, panel["title"]
+            assert named <= exposed, panel["title"]
 
 
 # -- Kubernetes -------------------------------------------------------------------------
