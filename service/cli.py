@@ -1,31 +1,53 @@
 """The `zns-gate` command: `serve` runs the receiver, processor and API in one process;
 `replay` rebuilds every OA's state from the event log; `simulate` sends realistic traffic
 to a running service; `schemas` writes the JSON Schemas; `fake-zalo` serves a local Zalo
-to develop and test against; `token status` shows the state of the OAs' Zalo tokens.
+to develop and test against; `token status` shows the state of the OAs' Zalo tokens;
+`config check` validates the settings and `config show` prints them (secrets masked).
+It parses arguments and reports; the work itself is done by the modules it calls.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
-was started), 1 when the service could not start or stopped on an error.
+was started), 1 when the service could not start (a busy port among them) or stopped
+on an error, 3 when the embedded log's database is in use by another process (a
+running `zns-gate serve`): stop it first, or work on a copy of the file.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import socket
 import sqlite3
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
 
 from aiohttp import web
+from pydantic import SecretStr
 
 from service import __version__
 from service.config import ConfigError, Settings, load_settings
-from service.log.base import LogConfigError, LogError
+from service.log.base import LogConfigError, LogError, LogInUse
 from service.logsetup import configure_logging, get_logger
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID_SETTINGS = 2
+EXIT_IN_USE = 3
+
+MASK = "***"
+"""What `config show` prints in place of every secret."""
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0 to 65535, not {port}")
+    return port
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +57,25 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the webhook receiver, processor and API")
     serve.add_argument(
         "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+    )
+    serve.add_argument("--host", help="listen on this address (overrides server.host)")
+    serve.add_argument(
+        "--port", type=_port, help="listen on this port, 0 for any free one (overrides server.port)"
+    )
+    config = commands.add_parser("config", help="validate or print the effective settings")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    config_check = config_commands.add_parser(
+        "check", help="exit 0 if the settings are valid, else 2 naming each invalid setting"
+    )
+    config_show = config_commands.add_parser(
+        "show", help="print the effective settings (file, environment, defaults); secrets masked"
+    )
+    for sub in (config_check, config_show):
+        sub.add_argument(
+            "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+        )
+    config_show.add_argument(
+        "--format", choices=["toml", "json"], default="toml", help="default: toml"
     )
     replay = commands.add_parser(
         "replay", help="rebuild every OA's state from the event log into fresh snapshots"
@@ -124,8 +165,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _schemas(out: str, check: bool) -> int:
-    from pathlib import Path
-
     from service import schemas
 
     root = Path(out)
@@ -149,9 +188,15 @@ def new_event_loop(kind: str) -> asyncio.AbstractEventLoop:
 
 
 def _failed(exc: Exception, what: str) -> int:
-    """Log why a command could not run; its exit status (2 when the log's layout disagrees
-    with the settings, else 1)."""
+    """Log why a command could not run; its exit status (3 when the embedded database is
+    held by another process, 2 when the log's layout disagrees with the settings, else 1)."""
     log = get_logger("cli")
+    if isinstance(exc, LogInUse):
+        log.error(
+            "the embedded database is in use by a running service; stop it first",
+            error=str(exc),
+        )
+        return EXIT_IN_USE
     if isinstance(exc, LogConfigError):
         log.error("the event log disagrees with the settings", error=str(exc))
         return EXIT_INVALID_SETTINGS
@@ -159,10 +204,55 @@ def _failed(exc: Exception, what: str) -> int:
     return EXIT_FAILED
 
 
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to ("" for every interface of
+    both IPv4 and IPv6), not yet listening: aiohttp listens on them once the application
+    has started. Raises OSError when an address is taken or the name unknown."""
+    found = socket.getaddrinfo(
+        host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(found):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            # As asyncio's own servers do: a restart may bind while old connections
+            # linger, and an IPv6 socket leaves IPv4 to its own socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            if port == 0 and len(bound) > 1:
+                # One name, one port: the kernel's choice for the first address.
+                address = (address[0], bound[0].getsockname()[1], *address[2:])
+            sock.bind(address)
+    except OSError:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
+
+
 def _serve(settings: Settings) -> int:
     from service.app import build_app, freeze_what_started
 
     log = get_logger("cli")
+    # Bind before anything opens the log: a busy port fails at once, without restoring
+    # a single partition first.
+    try:
+        sockets = _listen(settings.server.host, settings.server.port)
+    except OSError as exc:
+        log.error(
+            "could not listen",
+            host=settings.server.host,
+            port=settings.server.port,
+            error=exc.strerror or str(exc),
+        )
+        return EXIT_FAILED
+    bound_port: int = sockets[0].getsockname()[1]
+    if bound_port != settings.server.port:
+        # Port 0: the port the kernel chose is the one other instances must be told.
+        server = settings.server.model_copy(update={"port": bound_port})
+        settings = settings.model_copy(update={"server": server})
     if not settings.api.tokens:
         log.warning("no API tokens configured: the /v1 API is open to anyone who can reach it")
     if not settings.apps:
@@ -187,8 +277,7 @@ def _serve(settings: Settings) -> int:
         web.run_app(
             app,
             loop=new_event_loop(settings.server.event_loop),
-            host=settings.server.host,
-            port=settings.server.port,
+            sock=sockets,
             shutdown_timeout=settings.server.shutdown_timeout_s,
             # aiohttp has no timeout for headers; its idle timeout runs from the
             # connection's start, or its last answer, until the next headers are complete.
@@ -199,7 +288,57 @@ def _serve(settings: Settings) -> int:
         )
     except (LogError, OSError, sqlite3.Error) as exc:
         return _failed(exc, "could not start")
+    finally:
+        for sock in sockets:
+            sock.close()
     log.info("stopped")
+    return EXIT_OK
+
+
+def _with_server(settings: Settings, host: str | None, port: int | None) -> Settings:
+    """`settings` with `serve --host/--port` in place of server.host/port."""
+    changes: dict[str, Any] = {}
+    if host is not None:
+        changes["host"] = host
+    if port is not None:
+        changes["port"] = port
+    if not changes:
+        return settings
+    server = settings.server.model_copy(update=changes)
+    return settings.model_copy(update={"server": server})
+
+
+def _masked(value: Any) -> Any:
+    """A dump of settings with every secret as `MASK`, and paths as text."""
+    if isinstance(value, SecretStr):
+        return MASK
+    if isinstance(value, dict):
+        return {key: _masked(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_masked(item) for item in value]
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _without_none(value: Any) -> Any:
+    # TOML has no null: a setting left unset is left out, which reads back the same.
+    if isinstance(value, dict):
+        return {key: _without_none(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_none(item) for item in value]
+    return value
+
+
+def _config_show(settings: Settings, form: Literal["toml", "json"]) -> int:
+    import orjson
+    import tomli_w
+
+    shown = _masked(settings.model_dump(mode="python"))
+    if form == "json":
+        sys.stdout.write(orjson.dumps(shown, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(tomli_w.dumps(_without_none(shown)))
     return EXIT_OK
 
 
@@ -343,9 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"zns-gate: {exc}", file=sys.stderr)
         return EXIT_INVALID_SETTINGS
+    if args.command == "config":
+        if args.config_command == "check":
+            print("settings are valid")
+            return EXIT_OK
+        return _config_show(settings, args.format)
     configure_logging(settings.log_level)
     if args.command == "serve":
-        return _serve(settings)
+        return _serve(_with_server(settings, args.host, args.port))
     if args.command == "replay":
         return _replay(settings, args.dry_run, args.dump, args.quiet)
     if args.command == "simulate":

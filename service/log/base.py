@@ -153,6 +153,10 @@ class LogConfigError(LogError):
     retriable = False
 
 
+class LogInUse(LogConfigError):
+    """The embedded log's file is held by another process (a running service)."""
+
+
 class Deadlines:
     """Gives up on appends that take too long, for all of a log's appends with one task.
 

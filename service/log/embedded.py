@@ -36,6 +36,7 @@ from service.log.base import (
     LogConfigError,
     LogConsumer,
     LogError,
+    LogInUse,
     LogUnavailable,
     Position,
     RebalanceListener,
@@ -215,7 +216,7 @@ class EmbeddedLog(EventLog):
             handle.seek(0)
             holder = handle.read().strip() or "another process"
             handle.close()
-            raise LogConfigError(
+            raise LogInUse(
                 f"{self.path} is in use by {holder}; the embedded log serves one process"
             ) from exc
         handle.seek(0)
