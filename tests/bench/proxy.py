@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 from service.app import ZALO_TOKENS, build_app
@@ -87,7 +88,8 @@ _serial = itertools.count()
 
 def one_message() -> dict[str, Any]:
     n = next(_serial)
-    return {"template_id": TEMPLATE, "phone": f"09{n % 10**8:08d}", "template_data": {"otp": "1234"}}
+    phone = f"09{n % 10**8:08d}"
+    return {"template_id": TEMPLATE, "phone": phone, "template_data": {"otp": "1234"}}
 
 
 async def direct(session: aiohttp.ClientSession, fake_url: str) -> float:
@@ -152,7 +154,8 @@ async def templates_known(session: aiohttp.ClientSession, base: str) -> None:
 
 
 async def latency(tmp: Path, fake_url: str, rate: float, seconds: float) -> None:
-    apps = f'[{{"app_id": "{zalo.APP_ID}", "secrets": ["{zalo.SECRET}"], "app_secret": "fake-app-secret"}}]'
+    app = {"app_id": zalo.APP_ID, "secrets": [zalo.SECRET], "app_secret": "fake-app-secret"}
+    apps = orjson.dumps([app]).decode()
     served = Served(
         tmp,
         "gate",
@@ -189,7 +192,8 @@ async def latency(tmp: Path, fake_url: str, rate: float, seconds: float) -> None
     print(f"part 1: {rate:.0f} messages a second, one a request, Zalo answering after 50 ms")
     print(f"{'':28} {'p50':>9} {'p90':>9} {'p99':>9} {'max':>9}")
     rows = {name: [percentile(v, q) for q in (0.5, 0.9, 0.99, 1.0)] for name, v in runs.items()}
-    for name, label in (("direct", "straight to Zalo (baseline)"), ("gate", "through POST /messages")):
+    labels = {"direct": "straight to Zalo (baseline)", "gate": "through POST /messages"}
+    for name, label in labels.items():
         print(f"{label:28} " + " ".join(f"{x:6.1f} ms" for x in rows[name]))
     overhead = [g - d for g, d in zip(rows["gate"], rows["direct"], strict=True)]
     print(f"{'overhead':28} " + " ".join(f"{x:6.1f} ms" for x in overhead))
