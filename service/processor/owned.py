@@ -24,7 +24,7 @@ from service.domain.admission import AdmissionRequest, decide, grantable
 from service.domain.events import as_datetime
 from service.domain.fold import Item, advance, fold_ahead
 from service.domain.governor import governor
-from service.domain.messages import Checked, Outgoing, check, planned
+from service.domain.messages import Checked, Outgoing, check, planned, tracking_id_for
 from service.domain.records import (
     AdmissionAnswer,
     AdmissionRecord,
@@ -184,6 +184,10 @@ falls behind slows the decisions down instead of making each one cost more."""
 PREFETCH_FROM = 100
 """An admission naming more recipients than this reads them off the loop first (a point
 read costs a few microseconds; thousands of them would hold the loop)."""
+
+PREFETCH_MESSAGES = 16
+"""A send of at least this many messages reads their tracking ids off the loop first;
+for fewer, handing the reads to a thread costs more than making them."""
 
 
 class OwnedStates:
@@ -377,8 +381,13 @@ class OwnedStates:
         """Under the OA's lock: the checks of a send's messages. A tracking id a send
         recorded already, or one being written, is refused."""
         assert ask.messages is not None
-        tracking = [m.tracking_id for m in ask.messages if m.tracking_id]
-        await held.folder.prefetch(oa_id, "dedup", ["send:" + t for t in tracking])
+        if len(ask.messages) >= PREFETCH_MESSAGES:
+            # The checks look each tracking id up: many are read off the loop, at once.
+            tracking = [
+                m.tracking_id or tracking_id_for(ask.idempotency_key, i)
+                for i, m in enumerate(ask.messages)
+            ]
+            await held.folder.prefetch(oa_id, "dedup", ["send:" + t for t in tracking])
         unfolded = self._unfolded_sends(held.folder)
         writing = self._writing.get(held.folder, {})
 
@@ -414,6 +423,7 @@ class OwnedStates:
         *,
         timeout_s: float,
         request: ProxyRequest | None = None,
+        new: bool = False,
     ) -> Recorded | Unserved:
         """Append each send outcome not recorded yet.
 
@@ -423,12 +433,14 @@ class OwnedStates:
         OA decides at a time, so that concurrent repeats find each other; the records are
         placed in the log under the lock and waited for outside it, and a call naming a
         send still being written waits for it first. `request`: the one outcome is a
-        message of that `POST /messages` request."""
+        message of that `POST /messages` request. `new`: the caller knows the outcomes
+        are not in the OA's dedup index (the send proxy checked their tracking ids when
+        it admitted them, and Zalo's message ids are fresh), so it is not read."""
         outcomes = list(outcomes)
         partition = self._processor.log.partition_for(oa_id.encode())
         deadline = asyncio.get_running_loop().time() + timeout_s
         found = self._where(oa_id, admit=True)
-        if isinstance(found, _Held) and len(outcomes) > 1:
+        if isinstance(found, _Held) and len(outcomes) > 1 and not new:
             await _prefetch_sends(found.folder, oa_id, outcomes)
         while True:
             async with self._processor.admitting(partition):
@@ -447,7 +459,7 @@ class OwnedStates:
                     duplicates = 0
                     if not waits:
                         placed, duplicates = self._place_sends(
-                            oa_id, outcomes, held, _left(deadline), request
+                            oa_id, outcomes, held, _left(deadline), request, new
                         )
                 finally:
                     lock.release()
@@ -465,6 +477,7 @@ class OwnedStates:
         held: _Held,
         timeout_s: float,
         request: ProxyRequest | None,
+        new: bool,
     ) -> tuple[list[_Send], int]:
         """Under the OA's sends lock: place the new outcomes in the log, in order."""
         unfolded = self._unfolded_sends(held.folder)
@@ -480,7 +493,7 @@ class OwnedStates:
                 tracking in unfolded
                 or tracking in seen
                 or (message is not None and (message in unfolded or message in seen))
-                or _recorded(state, outcome)
+                or (not new and _recorded(state, outcome))
             ):
                 duplicates += 1
                 continue

@@ -204,7 +204,7 @@ class SendProxy:
         deadline_s = self.settings.receiver.publish_deadline_s
         try:
             recorded = await self.owned.record_sends(
-                request.oa_id, [outcome], timeout_s=deadline_s, request=ref
+                request.oa_id, [outcome], timeout_s=deadline_s, request=ref, new=True
             )
             if isinstance(recorded, Unserved):  # the OA moved away while it was sent
                 return await self.owned.append_send(

@@ -12,7 +12,7 @@ for `--seconds`, while a probe on its loop wakes every millisecond and records h
 it woke; its baseline is the same probe with the loop idle. Not a test; it asserts
 nothing about speed.
 
-    python -m tests.bench.proxy [--rate 200] [--seconds 10] [--concurrency 4]
+    python -m tests.bench.proxy [--rate 200] [--seconds 10] [--concurrency 4] [--part 1|2]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import asyncio
 import base64
 import contextlib
 import itertools
+import os
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,12 @@ from tests import zalo
 from tests.bench.loop_lag import Probe
 from tests.serve import Served, free_port
 from tests.zalo_tokens import FakeTokens, Pair
+
+extra_env: dict[str, str] = dict(
+    item.split("=", 1) for item in os.environ.get("ZNS_BENCH_GATE_ENV", "").split() if item
+)
+"""More settings of the gate of part 1 (`ZNS_BENCH_GATE_ENV="NAME=value ..."`), to try
+what a setting changes."""
 
 GATE_OA = "388613280878808645"
 DIRECT_OA = "388613280878808646"
@@ -170,6 +177,7 @@ async def latency(tmp: Path, fake_url: str, rate: float, seconds: float) -> None
         # 200 a second answered after 50 ms are 10 in flight: room for more.
         ZNS_GATE_ZALO__SEND_CONCURRENCY="64",
         ZNS_GATE_LOG_LEVEL="WARNING",
+        **extra_env,
     )
     try:
         await served.wait_ready(60, "/readyz")
@@ -263,7 +271,7 @@ async def throughput(tmp: Path, fake_url: str, seconds: float, concurrency: int)
         print(f"{label:28} " + " ".join(f"{percentile(lags, q):6.2f} ms" for q in (0.5, 0.99, 1.0)))
 
 
-async def main(rate: float, seconds: float, concurrency: int) -> None:
+async def main(rate: float, seconds: float, concurrency: int, part: int) -> None:
     configure_logging("WARNING", json=True)
     with tempfile.TemporaryDirectory() as folder:
         tmp = Path(folder)
@@ -279,8 +287,10 @@ async def main(rate: float, seconds: float, concurrency: int) -> None:
         try:
             async with aiohttp.ClientSession() as session:
                 await wait_up(session, f"{fake_url}/_fake/state")
-            await latency(tmp, fake_url, rate, seconds)
-            await throughput(tmp, fake_url, seconds, concurrency)
+            if part in (0, 1):
+                await latency(tmp, fake_url, rate, seconds)
+            if part in (0, 2):
+                await throughput(tmp, fake_url, seconds, concurrency)
         finally:
             fake.terminate()
             fake.wait(10)
@@ -291,5 +301,6 @@ if __name__ == "__main__":
     parser.add_argument("--rate", type=float, default=200)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--part", type=int, choices=(0, 1, 2), default=0, help="0: both")
     args = parser.parse_args()
-    asyncio.run(main(args.rate, args.seconds, args.concurrency))
+    asyncio.run(main(args.rate, args.seconds, args.concurrency, args.part))
