@@ -195,6 +195,8 @@ async def latency(tmp: Path, fake_url: str, rate: float, seconds: float) -> None
                 runs["gate"] += await open_loop(
                     through_gate, session, served.url, rate, seconds / 2
                 )
+            async with session.get(f"{served.url}/metrics") as answer:
+                checkpoints = _checkpoints(await answer.text())
     finally:
         served.stop()
     print(f"part 1: {rate:.0f} messages a second, one a request, Zalo answering after 50 ms")
@@ -205,6 +207,19 @@ async def latency(tmp: Path, fake_url: str, rate: float, seconds: float) -> None
         print(f"{label:28} " + " ".join(f"{x:6.1f} ms" for x in rows[name]))
     overhead = [g - d for g, d in zip(rows["gate"], rows["direct"], strict=True)]
     print(f"{'overhead':28} " + " ".join(f"{x:6.1f} ms" for x in overhead))
+    print(f"the gate's checkpoints: {checkpoints}")
+
+
+def _checkpoints(metrics: str) -> str:
+    """How many checkpoints the gate made and how long they took on average."""
+    values = {}
+    for line in metrics.splitlines():
+        if line.startswith(("zns_gate_checkpoint_seconds_sum", "zns_gate_checkpoint_seconds_count")):
+            name, _, value = line.rpartition(" ")
+            values[name.split("{")[0].rsplit("_", 1)[1]] = float(value)
+    count = values.get("count", 0)
+    mean = values.get("sum", 0) / count * 1000 if count else 0
+    return f"{count:.0f}, {mean:.1f} ms each on average"
 
 
 async def throughput(tmp: Path, fake_url: str, seconds: float, concurrency: int) -> None:
