@@ -8,8 +8,9 @@ answered once durable. An instance that does not serve the OA's partition (not
 assigned here, or still restoring) answers 503 with `Retry-After`.
 
 Access: with `[[api.tokens]]` configured, every request needs a bearer token
-with the scope it uses (`read` for GET, `send` for sends, `admin` for sync and
-resume); with none, the API is open (the service warns at start).
+with the scope it uses (`read` for GET, `send` for admissions, sends and
+messages, `admin` for sync and resume); with none, the API is open (the service
+warns at start).
 """
 
 from __future__ import annotations
