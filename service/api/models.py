@@ -173,8 +173,15 @@ class AdmissionBody(_Model):
         return self
 
 
-TemplateValue = Annotated[str, Field(max_length=2000)] | int | float | bool | None
-"""A value of `template_data`: sent to Zalo as a string (true/false as `true`/`false`)."""
+TemplateValue = (
+    Annotated[str, Field(max_length=2000)]
+    | int
+    | Annotated[float, Field(allow_inf_nan=False)]
+    | bool
+    | None
+)
+"""A value of `template_data`: sent to Zalo as a string (true/false as `true`/`false`, a
+number as Python writes it, e.g. `1e+16`: send a string to choose the form)."""
 
 
 class MessageItem(_Model):

@@ -196,6 +196,11 @@ class Template:
         return self.gate_disabled or (self.paused_until is not None and now_ms < self.paused_until)
 
 
+ENTRY_AT, ENTRY_HASH, ENTRY_ANSWER, ENTRY_MESSAGES, ENTRY_OUTCOMES = range(5)
+"""The places in an idempotency entry (a list, as the store keeps it): when, the request's
+hash, the answer; and for a send through zns-gate (`POST /messages`) its messages as the
+admission left them, and the outcome of each recorded so far, by its place (a string)."""
+
 _PLAIN = (int, str, float, bool, type(None))
 """Values that are never changed in place: a copy may share them."""
 
@@ -269,7 +274,9 @@ class OAState:
     dedup: Index[int] = field(default_factory=lambda: new_index("dedup"))
     """Dedup key -> event time (ms); kept `dedup_ttl` at least."""
     idempotency: Index[list[Any]] = field(default_factory=lambda: new_index("idempotency"))
-    """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`."""
+    """Admission idempotency key -> [time (ms), request hash, answer], kept `dedup_ttl`;
+    for a send through zns-gate also [..., its messages, their outcomes by place] (the
+    `ENTRY_*` places)."""
     event_ms: int = 0
     """The newest event time (ms) of a record folded in; it never goes back. Keys are
     kept until they are `dedup_ttl` older than it, whatever the clock says."""

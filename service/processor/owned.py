@@ -14,15 +14,16 @@ import asyncio
 import uuid
 import weakref
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from aiohttp import web
 
-from service.domain.admission import AdmissionRequest, decide, grantable
+from service.domain.admission import Admission, AdmissionRequest, decide, grantable
 from service.domain.events import as_datetime
 from service.domain.fold import Item, advance, fold_ahead
+from service.domain.fold.grants import ADMITTED
 from service.domain.governor import governor
 from service.domain.messages import Checked, Outgoing, check, planned, tracking_id_for
 from service.domain.records import (
@@ -33,7 +34,14 @@ from service.domain.records import (
     SendOutcome,
     SendRecord,
 )
-from service.domain.state import OAState, Policy
+from service.domain.state import (
+    ENTRY_ANSWER,
+    ENTRY_HASH,
+    ENTRY_MESSAGES,
+    ENTRY_OUTCOMES,
+    OAState,
+    Policy,
+)
 from service.log.base import Headers, LogError, Position, Record
 from service.metrics import ADMISSION_UNITS
 
@@ -134,7 +142,7 @@ class Recorded:
 
     accepted: int
     duplicates: int
-    last_offset: int = -1
+    last_offset: int = field(default=-1, compare=False)
     """The offset of the last record appended (-1: none)."""
 
 
@@ -324,11 +332,12 @@ class OwnedStates:
         state, now, policy = view.state, view.now, view.policy
         earlier = state.idempotency.peek(ask.idempotency_key)
         if earlier is not None:
-            if earlier[1] != ask.request_hash:
+            if earlier[ENTRY_HASH] != ask.request_hash:
                 return Refused(
                     409, "idempotency_conflict", "this idempotency_key was used with another body"
                 )
-            return Admitted(earlier[2], now, policy, _repeated_messages(earlier))
+            answer = earlier[ENTRY_ANSWER]
+            return Admitted(answer, now, policy, _repeated_messages(earlier))
         template = state.templates.get(ask.template_id)
         tag = ask.tag or (template.tag if template is not None else None)
         if tag is None:
@@ -337,19 +346,18 @@ class OwnedStates:
         if ask.messages is not None:
             checked = await self._check(oa_id, ask, held, state)
             recipients = tuple(c.recipient for c in checked if c.recipient is not None)
-            if not recipients:  # nothing to admit: no decision, nothing written
-                limits = governor(state, now, policy)
-                answer: dict[str, Any] = {
-                    "admission_id": None,
-                    "granted": 0,
-                    "denied": [],
-                    "remaining": grantable(state, tag, now, policy, limits),
-                }
-                return Admitted(answer, now, policy, Messages(planned(checked, []), checked, {}))
-        units = len(recipients) or ask.count or 1
         admission_id = uuid.uuid4().hex
-        wanted = AdmissionRequest(ask.template_id, tag, recipients, units)
-        decided = decide(state, wanted, now, policy, admission_id)
+        if checked is not None and not recipients:
+            # No message passed the checks: an admission of nothing, written all the same,
+            # so that a repeat gets this answer even once the template's params change.
+            limits = governor(state, now, policy)
+            left = grantable(state, tag, now, policy, limits)
+            empty = AdmissionAnswer(admission_id=admission_id, granted=0, remaining=left)
+            decided = Admission(empty)
+        else:
+            units = len(recipients) or ask.count or 1
+            wanted = AdmissionRequest(ask.template_id, tag, recipients, units)
+            decided = decide(state, wanted, now, policy, admission_id)
         messages = None
         if checked is not None:
             messages = Messages(planned(checked, decided.each), checked, {})
@@ -387,13 +395,21 @@ class OwnedStates:
                 m.tracking_id or tracking_id_for(ask.idempotency_key, i)
                 for i, m in enumerate(ask.messages)
             ]
-            await held.folder.prefetch(oa_id, "dedup", ["send:" + t for t in tracking])
+            keys = [prefix + t for t in tracking for prefix in ("send:", ADMITTED)]
+            await held.folder.prefetch(oa_id, "dedup", keys)
         unfolded = self._unfolded_sends(held.folder)
         writing = self._writing.get(held.folder, {})
 
         def recorded(tracking_id: str) -> bool:
+            """A send with this tracking id is recorded or being written, or a message
+            with it was admitted (the state here has the admissions placed folded in)."""
             key = f"{oa_id}/send:{tracking_id}"
-            return key in unfolded or key in writing or "send:" + tracking_id in state.dedup
+            return (
+                key in unfolded
+                or key in writing
+                or "send:" + tracking_id in state.dedup
+                or ADMITTED + tracking_id in state.dedup
+            )
 
         template = state.templates.get(ask.template_id)
         params = template.params if template is not None else None
@@ -563,6 +579,17 @@ class OwnedStates:
         )
         return position.offset
 
+    def decided(self, oa_id: str, idempotency_key: str) -> bool:
+        """Whether an admission under `idempotency_key` is placed in the log or in the
+        OA's state here: a request under it is a repeat."""
+        if any(p.key == idempotency_key for p in self._placed.get(oa_id, ())):
+            return True
+        found = self._where(oa_id, admit=False)
+        if not isinstance(found, _Held):
+            return False
+        state = found.folder.state_of(oa_id)
+        return state is not None and state.idempotency.peek(idempotency_key) is not None
+
     def folded(self, oa_id: str, offset: int) -> bool:
         """Whether the processor here has folded the OA's partition past `offset` (or no
         longer holds it)."""
@@ -673,9 +700,10 @@ def _count_units(answer: AdmissionAnswer) -> None:
 
 def _repeated_messages(entry: list[Any]) -> Messages | None:
     """The messages of a send through zns-gate kept with its idempotency entry."""
-    if len(entry) < 5:
+    if len(entry) <= ENTRY_OUTCOMES:
         return None
-    return Messages([PlannedMessage.model_validate(m) for m in entry[3]], None, dict(entry[4]))
+    planned = [PlannedMessage.model_validate(m) for m in entry[ENTRY_MESSAGES]]
+    return Messages(planned, None, dict(entry[ENTRY_OUTCOMES]))
 
 
 def _send_keys(oa_id: str, item: SendOutcome) -> tuple[str, str | None]:

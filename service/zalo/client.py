@@ -51,6 +51,12 @@ TEMPLATE_STATUS_FILTER: dict[str, int] = {
 LEVELS = frozenset({"HIGH", "MEDIUM", "LOW", "UNDEFINED"})
 
 
+MAYBE_SENT = frozenset({Transport.HTTP_5XX, Transport.NOT_JSON, Transport.MALFORMED})
+"""Answers to a send that came after Zalo (or a gateway before it) had the request: the
+message may have gone, so the send is unknown, never "not sent" (for a read they are
+only transient)."""
+
+
 class ZaloCallError(Exception):
     """A call that did not give `error: 0`: Zalo's code, or the transport case, classified."""
 
@@ -411,7 +417,7 @@ class ZaloClient:
         try:
             data = await self.call(oa_id, "send", json=body, path=path)
         except ZaloCallError as exc:
-            if exc.outcome is OutcomeClass.UNKNOWN:
+            if exc.outcome is OutcomeClass.UNKNOWN or exc.transport in MAYBE_SENT:
                 return SendUnknown(exc.transport.value if exc.transport else exc.message)
             if exc.code is not None:
                 return NotSent("zalo_error", exc.outcome, exc.code, exc.message)

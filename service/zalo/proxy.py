@@ -37,9 +37,11 @@ from service.zalo.client import NotSent, SendResult, SendUnknown, Sent, ZaloClie
 
 _log = get_logger("zalo.proxy")
 
-KEEP_ANSWERS = 10_000
-"""Answers kept in memory after their request ended, until the processor has folded
-their records (from then on the OA's state answers a repeat)."""
+KEEP_RESULTS = 100_000
+"""Messages whose answers are kept in memory after their request ended, until the
+processor has folded their records (from then on the OA's state answers a repeat). An
+answer pushed out earlier by this bound is answered from the state too, where an
+outcome not folded yet reads as `unknown`: never a second send."""
 
 
 @dataclass(frozen=True)
@@ -86,6 +88,8 @@ class SendProxy:
         self.client = client
         self._running: dict[tuple[str, str], tuple[str, asyncio.Task[Outcome]]] = {}
         self._answered: OrderedDict[tuple[str, str], _Kept] = OrderedDict()
+        self._held = 0
+        """The messages of the answers in `_answered`."""
         self._in_flight: weakref.WeakValueDictionary[str, asyncio.Semaphore] = (
             weakref.WeakValueDictionary()
         )
@@ -113,33 +117,49 @@ class SendProxy:
         # Shielded: a sender that hangs up does not stop the batch.
         return await asyncio.shield(task)
 
+    @property
+    def answers_held(self) -> int:
+        """Answers held in memory until the OA's state has their records."""
+        return len(self._answered)
+
     def _kept(self, key: tuple[str, str]) -> _Kept | None:
         kept = self._answered.get(key)
         if kept is not None and self.owned.folded(key[0], kept.last_offset):
-            del self._answered[key]  # the OA's state has it from now on
+            self._forget(key)  # the OA's state has it from now on
             return None
         return kept
 
     def _keep(self, request: Request, answer: Answered, last_offset: int) -> None:
         key = (request.oa_id, request.idempotency_key)
         self._answered[key] = _Kept(request.request_hash, answer, last_offset)
-        while len(self._answered) > KEEP_ANSWERS:
-            self._answered.popitem(last=False)
+        self._held += len(answer.body["results"])
+        # The oldest first: those the state has now, and those beyond the bound.
+        while self._answered:
+            oldest, kept = next(iter(self._answered.items()))
+            if self._held <= KEEP_RESULTS and not self.owned.folded(oldest[0], kept.last_offset):
+                break
+            self._forget(oldest)
+
+    def _forget(self, key: tuple[str, str]) -> None:
+        kept = self._answered.pop(key)
+        self._held -= len(kept.answer.body["results"])
 
     async def _run(self, request: Request) -> Outcome:
         oa_id = request.oa_id
         deadline_s = self.settings.receiver.publish_deadline_s
-        if await self.tokens.access_token(oa_id) is None:
-            # Nothing is admitted or written: every message is answered and nothing is taken.
+        token = await self.tokens.access_token(oa_id)
+        if token is None and not self.owned.decided(oa_id, request.idempotency_key):
+            # A new request: nothing is admitted or written, nothing is taken. (A repeat
+            # is answered its first answer below, token or not.)
             return self._without_token(request)
         ask = Ask(
-            request.template_id,
-            request.tag,
-            (),
-            None,
-            request.idempotency_key,
-            request.request_hash,
-            request.messages,
+            template_id=request.template_id,
+            tag=request.tag,
+            recipients=(),
+            count=None,
+            idempotency_key=request.idempotency_key,
+            request_hash=request.request_hash,
+            messages=request.messages,
         )
         admitted = await self.owned.admit(oa_id, ask, timeout_s=deadline_s)
         if not isinstance(admitted, Admitted):
@@ -152,12 +172,12 @@ class SendProxy:
                 result_of(planned, messages.results.get(str(i)))
                 for i, planned in enumerate(messages.planned)
             ]
-            return Answered(_body(admitted.answer, results, zone), admitted.now, zone)
+            return Answered(_answer_body(admitted.answer, results, zone), admitted.now, zone)
         sent, last_offset = await self._send_admitted(request, admitted.answer, messages)
         results = [
             result_of(planned, sent.get(i)) for i, planned in enumerate(messages.planned)
         ]
-        answer = Answered(_body(admitted.answer, results, zone), admitted.now, zone)
+        answer = Answered(_answer_body(admitted.answer, results, zone), admitted.now, zone)
         for result in results:
             PROXY_MESSAGES.labels(result["status"]).inc()
         self._keep(request, answer, last_offset)
@@ -211,6 +231,9 @@ class SendProxy:
                     request.oa_id, outcome, ref, timeout_s=deadline_s
                 )
         except LogError as exc:
+            # The answer still tells the sender what Zalo said; the count is then the
+            # processor's estimate (a receipt, or grant_ttl), and a repeat after a restart
+            # answers `unknown` for it: never a second send.
             _log.error(
                 "a send's outcome could not be recorded",
                 oa_id=request.oa_id,
@@ -290,7 +313,7 @@ def _outcome(
     return SendOutcome(**common, sent_time=now_ms, error=None, not_sent=result.reason)
 
 
-def _body(
+def _answer_body(
     admission: Mapping[str, Any], results: list[dict[str, Any]], zone: ZoneInfo
 ) -> dict[str, Any]:
     for result in results:

@@ -20,6 +20,7 @@ import aiohttp
 import orjson
 import pytest
 
+from service.api.messages import PROXY
 from service.domain.records import normalised_phone
 from tests import zalo
 from tests.integration.test_api import get, post, ready
@@ -213,7 +214,30 @@ async def test_messages_that_fail_the_checks_are_rejected_call_nothing_and_take_
         "rejected",
         "invalid_tracking_id",
     )
-    assert again["admission_id"] is None
+    assert zalo_sends(z) == 1
+    # Nothing passed, and the decision is written all the same: a repeat answers it again.
+    last = (await admissions(gate))[-1]
+    assert (last["admission_id"], last["answer"]["granted"]) == (again["admission_id"], 0)
+    assert await send_messages(gate, "checks-2", [message(tracking_id="twice")]) == (200, again)
+
+
+async def test_a_tracking_id_admitted_and_not_sent_yet_is_refused_to_another_request(
+    backend: str, zalo_factory: ZaloFactory, gate_factory: GateFactory
+) -> None:
+    z, gate = await started(zalo_factory, gate_factory, behaviour={"send": {"delay_s": 0.5}})
+    first = asyncio.create_task(send_messages(gate, "first", [message(tracking_id="order-1")]))
+
+    async def at_zalo() -> bool:
+        return zalo_sends(z) == 1
+
+    await until(at_zalo)  # admitted, its send under way, nothing recorded yet
+    status, other = await send_messages(gate, "other", [message(tracking_id="order-1")])
+    assert status == 200
+    assert (other["results"][0]["status"], other["results"][0]["reason"]) == (
+        "rejected",
+        "invalid_tracking_id",
+    )
+    assert (await first)[1]["results"][0]["status"] == "sent"
     assert zalo_sends(z) == 1
 
 
@@ -236,6 +260,7 @@ async def test_a_body_that_does_not_match_is_422_and_calls_nothing(
         {"idempotency_key": "k", "messages": [message(tag=4)]},
         {"idempotency_key": "k", "messages": [message()], "mode": "test"},
         {"idempotency_key": "k", "messages": [{**message(), "template_data": {"otp": [1]}}]},
+        {"idempotency_key": "k", "messages": [{**message(), "template_data": {"otp": "x" * 2001}}]},
     ]
     for body in cases:
         status, answer = await post(gate.service, path, body)
@@ -374,18 +399,23 @@ async def test_a_repeat_answers_the_first_answer_and_calls_zalo_for_nothing(
     assert await send_messages(gate, "repeat", wanted) == first
     assert zalo_sends(z) == 5
 
-    # Also once the processor has folded the records (the OA's state answers then).
+    # Also once the processor has folded the records (the OA's state answers then), and
+    # with the OA's token gone meanwhile: a repeat is answered, not refused for it.
+    proxy = gate.app[PROXY]
+
     async def folded() -> bool:
-        return len(await send_records(gate)) == 5 and gate.service.client.app is not None
+        await send_messages(gate, "another", [message("0911111111")])  # prunes what is folded
+        return proxy.answers_held <= 1
 
     await until(folded)
-    await asyncio.sleep(0.5)
     assert await send_messages(gate, "repeat", wanted) == first
-    assert zalo_sends(z) == 5
+    gate.tokens.pairs[OA].access = None
+    assert await send_messages(gate, "repeat", wanted) == first
+    assert zalo_sends(z) == 6
 
     status, answer = await send_messages(gate, "repeat", wanted[:2])
     assert (status, answer["error"]["code"]) == (409, "idempotency_conflict")
-    assert zalo_sends(z) == 5
+    assert zalo_sends(z) == 6
 
 
 async def test_ten_concurrent_repeats_make_one_zalo_call_per_message(
@@ -454,9 +484,13 @@ async def test_a_hanging_zalo_gives_unknown_and_the_receipt_settles_it_once(
 async def test_a_slow_zalo_holds_up_no_webhook_admission_or_read_of_another_oa(
     backend: str, zalo_factory: ZaloFactory, gate_factory: GateFactory
 ) -> None:
-    _, gate = await started(zalo_factory, gate_factory, behaviour={"send": {"delay_s": 3}})
+    z, gate = await started(zalo_factory, gate_factory, behaviour={"send": {"delay_s": 3}})
     batch = asyncio.create_task(send_messages(gate, "slow", [message(p) for p in phones(20)]))
-    await asyncio.sleep(0.3)  # the batch is waiting on Zalo now
+
+    async def waiting_on_zalo() -> bool:
+        return zalo_sends(z) > 0
+
+    await until(waiting_on_zalo)
     other = "1234567890"
     admission = {"template_id": "t1", "tag": 1, "count": 1, "idempotency_key": "other"}
     status, _ = await post(gate.service, f"/v1/oas/{other}/admissions", admission)

@@ -105,6 +105,10 @@ async def test_a_repeat_after_a_kill_mid_batch_sends_nothing_twice_and_answers_e
             served = Served(tmp_path, "second", **env)
             await served.wait_ready(60, "/readyz")
             repeated = await answered(http, served.url, body)
+            # The same tracking ids under another key: admitted before the kill, sent or
+            # not, none may go again.
+            again = [{**m, "tracking_id": f"killed-batch-{i}"} for i, m in enumerate(messages)]
+            other = await answered(http, served.url, {"idempotency_key": "new", "messages": again})
             await asyncio.sleep(0.5)  # a send the repeat made would have reached Zalo by now
             after = await fake_sends(http, fake_url)
     finally:
@@ -123,6 +127,9 @@ async def test_a_repeat_after_a_kill_mid_batch_sends_nothing_twice_and_answers_e
     assert set(statuses) <= {"sent", "unknown"}, statuses
     assert statuses["sent"] > 0, "the outcomes recorded before the kill are answered"
     assert statuses["unknown"] >= 100 - len(before)  # the ones never sent are unknown too
+    assert {(r["status"], r["reason"]) for r in other["results"]} == {
+        ("rejected", "invalid_tracking_id")
+    }
     zalo_ids = {s["body"]["tracking_id"]: s["msg_id"] for s in after}
     for result in results:
         if result["status"] == "sent":

@@ -277,3 +277,42 @@ async def test_a_zalo_that_ignores_the_offset_does_not_page_for_ever(start: Star
         await odd.close()
     assert [t.template_id for t in listed] == [str(900 + i) for i in range(100)]
     assert asked == ["0", "100"]
+
+
+async def test_a_send_answered_by_an_error_page_may_have_gone_and_is_unknown(
+    start: Start,
+) -> None:
+    """A 5xx, or a 200 that is not Zalo's envelope, comes after Zalo (or a gateway before
+    it) had the request: the send is unknown, never "not sent"; a 429 or a 4xx is a
+    refusal before sending."""
+    answers = {
+        "502": web.Response(status=502, text="Bad Gateway"),
+        "200-html": web.Response(status=200, text="<html>maintenance</html>"),
+        "429": web.Response(status=429, text="slow down"),
+        "404": web.Response(status=404, text="no such path"),
+    }
+    chosen: list[str] = []
+
+    async def send(_: web.Request) -> web.Response:
+        return answers[chosen[-1]]
+
+    app = web.Application()
+    app.router.add_post("/message/template", send)
+    odd = TestServer(app, host="127.0.0.1")
+    await odd.start_server()
+    body = {"phone": "84987654321", "template_id": "231456", "template_data": {}}
+    body["tracking_id"] = "t"
+    try:
+        _, client, _ = await start(url=str(odd.make_url("")).rstrip("/"))
+        results = {}
+        for case in answers:
+            chosen.append(case)
+            results[case] = await client.send(OA, body)
+    finally:
+        await odd.close()
+    assert isinstance(results["502"], SendUnknown)
+    assert isinstance(results["200-html"], SendUnknown)
+    for refused in ("429", "404"):
+        result = results[refused]
+        assert isinstance(result, NotSent), refused
+        assert result.reason == "zalo_unavailable"

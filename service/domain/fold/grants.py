@@ -31,6 +31,8 @@ def admission(run: Run, record: AdmissionRecord, at: datetime) -> None:
         # A send made through zns-gate: its messages, and (as their send records come)
         # their outcomes, so that a repeat of the request is answered from the log.
         entry += [[m.model_dump(exclude_none=True) for m in record.messages], {}]
+        if record.idempotency_key not in state.idempotency:
+            reserve(state, record, to_ms(at))
     state.idempotency.setdefault(record.idempotency_key, entry)
     granted = record.answer.granted
     if granted == 0 or record.admission_id in state.grants:
@@ -48,6 +50,18 @@ def admission(run: Run, record: AdmissionRecord, at: datetime) -> None:
         template.tag = record.tag
     if record.tag == 3:
         promotion_used(run, day, granted, record.granted_recipients)
+
+
+ADMITTED = "admitted:"
+"""The dedup key of a tracking id admitted for a send through zns-gate: no later request
+may use it again, sent or not yet, also after a crash between the admission and the send
+(Zalo would bill the same message twice)."""
+
+
+def reserve(state: OAState, record: AdmissionRecord, at_ms: int) -> None:
+    for message in record.messages or ():
+        if message.status == "admitted":
+            state.dedup[ADMITTED + message.tracking_id] = at_ms
 
 
 def consume(run: Run, day: int, units: int) -> None:

@@ -16,7 +16,7 @@ from service.domain.fold.grants import consume, give_back, promotion_used, settl
 from service.domain.fold.signals import count_for_template, count_sent_ok, negative
 from service.domain.fold.tier import first_send, set_quota, set_remaining
 from service.domain.records import SendOutcome, SendRecord
-from service.domain.state import Grant, Message, Recipient, Template
+from service.domain.state import ENTRY_OUTCOMES, Grant, Message, Recipient, Template
 from service.domain.windows import month_index
 
 
@@ -154,11 +154,11 @@ def keep_for_request(run: Run, record: SendRecord) -> None:
     request, outcome = record.request, record.send
     assert request is not None
     entry = run.state.idempotency.peek(request.idempotency_key)
-    if entry is None or len(entry) < 5:
+    if entry is None or len(entry) <= ENTRY_OUTCOMES:
         return  # not a request's entry (or it expired)
-    results = dict(entry[4])
-    results[str(request.index)] = outcome_of(outcome)
-    run.state.idempotency[request.idempotency_key] = [*entry[:4], results]
+    outcomes = dict(entry[ENTRY_OUTCOMES])
+    outcomes[str(request.index)] = outcome_of(outcome)
+    run.state.idempotency[request.idempotency_key] = [*entry[:ENTRY_OUTCOMES], outcomes]
 
 
 def outcome_of(outcome: SendOutcome) -> dict[str, Any]:
