@@ -464,7 +464,7 @@ class MessagesAnswer(_Model):
     """`POST /v1/oas/{oa_id}/messages`."""
 
     admission_id: str | None
-    """None when no message passed the checks (nothing was admitted)."""
+    """None when nothing was decided: the OA has no valid Zalo token."""
     remaining: int | None
     """What the template's tag may still be granted today, after this admission (null:
     unlimited)."""
