@@ -139,7 +139,7 @@ class OAGauges:
         """The partition moved away: its OAs' gauges go (the new owner shows them)."""
         self._pending.pop(partition, None)
         for oa_id in self._shown.pop(partition, set()):
-            _remove(oa_id)
+            remove(oa_id)
 
     # --- inside -------------------------------------------------------------------------
 
@@ -198,15 +198,16 @@ class OAGauges:
         return True
 
     def _token_left(self, oa_id: str, now: datetime) -> float | None:
-        """Seconds until the OA's refresh token expires (0 once dead), None without one."""
-        if self.tokens is None:
-            return None
-        status = self.tokens.status(oa_id)
-        if status.state == "missing":
-            return None
-        if status.state == "dead" or status.refresh_expires_at is None:
-            return 0.0
-        return max(0.0, status.refresh_expires_at / 1000 - now.timestamp())
+        return None if self.tokens is None else token_left(self.tokens.status(oa_id), now)
+
+
+def token_left(status: TokenStatus, now: datetime) -> float | None:
+    """Seconds until the OA's refresh token expires (0 once dead), None without one."""
+    if status.state == "missing":
+        return None
+    if status.state == "dead" or status.refresh_expires_at is None:
+        return 0.0
+    return max(0.0, status.refresh_expires_at / 1000 - now.timestamp())
 
 
 def show(oa_id: str, values: Figures, token_left: float | None) -> None:
@@ -233,7 +234,7 @@ def show(oa_id: str, values: Figures, token_left: float | None) -> None:
         OA_TOKEN_EXPIRES_SECONDS.labels(oa_id).set(token_left)
 
 
-def _remove(oa_id: str) -> None:
+def remove(oa_id: str) -> None:
     for gauge in (
         *OPTIONAL,
         OA_NEGATIVES_TODAY,
