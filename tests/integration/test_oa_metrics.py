@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,6 +17,16 @@ from service.metrics import REGISTRY
 from tests import feed, zalo
 from tests.conftest import RunningService, ServiceFactory
 from tests.integration.test_api import NOW, eventually, get, post, post_webhook, ready, send
+from tests.integration.test_zalo_tokens import (  # noqa: F401 (fixtures)
+    OA,
+    REFRESH,
+    Fake,
+    Started,
+    call,
+    fake,
+    gate,
+    put,
+)
 
 OA_GAUGES = (
     "zns_gate_oa_daily_quota",
@@ -173,3 +184,25 @@ async def test_gauges_follow_a_change_after_the_first_checkpoint(
     await eventually(lambda: remaining(497), timeout_s=15)
     await asyncio.sleep(0)
     assert await scrape(service, oa_id) == await api_view(service, oa_id)
+
+
+@pytest.mark.parametrize("backend", ["embedded"])
+async def test_the_token_gauge_is_the_refresh_tokens_time_left(
+    gate: Started,  # noqa: F811
+    fake: Fake,  # noqa: F811
+) -> None:
+    service = await gate()
+    assert (await put(service, {"app_id": zalo.APP_ID, "refresh_token": REFRESH}))[0] == 200
+    as_of = str(int(time.time() * 1000))
+    assert (await post(service, f"/v1/oas/{OA}/sync", {"as_of": as_of}))[0] == 200
+
+    async def shown() -> bool:
+        return "zns_gate_oa_token_expires_seconds" in await scrape(service, OA)
+
+    await eventually(shown, timeout_s=15)
+    left = (await scrape(service, OA))["zns_gate_oa_token_expires_seconds"][()]
+    status, token = await call(service, "GET", f"/v1/oas/{OA}/zalo/token")
+    assert status == 200
+    expected_left = datetime.fromisoformat(token["refresh_expires_at"]).timestamp() - time.time()
+    assert abs(left - expected_left) < 10
+    assert left > 80 * 86_400  # the refresh token's ~90 days, not the access token's day
