@@ -155,10 +155,7 @@ class OAGauges:
             if time.monotonic() >= next_sweep:
                 next_sweep = time.monotonic() + self.sweep_s
                 self._sweep()
-            try:
-                await self.update()
-            except Exception:  # a metric must never stop; the next pass tries again
-                _log.exception("per-OA gauges failed")
+            await self.update()
 
     def _sweep(self) -> None:
         """Every OA held in memory (and every one shown) is set again at the next pass:
@@ -181,8 +178,10 @@ class OAGauges:
                 folder = self._processor.folders.get(partition)
                 if folder is None:
                     break  # revoked meanwhile: `forget` removed its gauges
-                if self._set(folder, oa_id):
-                    done += 1
+                try:
+                    done += self._set(folder, oa_id)
+                except Exception:  # one OA's failure must not leave the others unset
+                    _log.exception("per-OA gauges failed", oa_id=oa_id)
                 if time.perf_counter() - since >= SLICE_S:
                     await asyncio.sleep(0)
                     since = time.perf_counter()
