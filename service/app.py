@@ -118,6 +118,7 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             keeper = TokenKeeper(app[LOG], settings, processor)
             await keeper.start()
             app[TOKENS] = keeper
+            processor.oa_gauges.tokens = keeper  # the refresh tokens' expiry, per OA
             if ZALO_TOKENS not in app:  # the poller's tokens, unless given (as tests do)
                 app[ZALO_TOKENS] = keeper
         yield

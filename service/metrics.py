@@ -158,3 +158,59 @@ PROXY_MESSAGES = Counter(
     ["status"],
     registry=REGISTRY,
 )
+
+# Per OA, for the OAs of the partitions this instance owns (service/processor/oa_metrics.py):
+# set when a checkpoint writes an OA and at each sweep, removed when the partition moves.
+
+OA_DAILY_QUOTA = Gauge(
+    "zns_gate_oa_daily_quota",
+    "The OA's daily ZNS quota (its tier); absent while the quota is unlimited.",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+OA_REMAINING_TODAY = Gauge(
+    "zns_gate_oa_remaining_today",
+    "What the OA may still send today, as GET /quota's remaining_today; absent while unlimited.",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+OA_NEGATIVES_TODAY = Gauge(
+    "zns_gate_oa_negatives_today",
+    "Negative signals (low ratings, negative replies) the OA drew today.",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+OA_PENALTY_THRESHOLD = Gauge(
+    "zns_gate_oa_penalty_threshold",
+    "T: the tier drops one step on the first negative today beyond it (2% of the day's "
+    "starting quota); absent while the quota is unlimited.",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+OA_QUALITY = Gauge(
+    "zns_gate_oa_quality",
+    "The OA's quality level over the window as GET /quality gives it: 0 UNDEFINED, 1 LOW, "
+    "2 MEDIUM, 3 HIGH.",
+    ["oa_id", "window"],
+    registry=REGISTRY,
+)
+
+OA_TIER_DOWN_LIKELY = Gauge(
+    "zns_gate_oa_tier_down_likely",
+    "1 when the forecast projects a step down of the daily quota at the next evaluation "
+    "on today's numbers, else 0.",
+    ["oa_id"],
+    registry=REGISTRY,
+)
+
+OA_TOKEN_EXPIRES_SECONDS = Gauge(
+    "zns_gate_oa_token_expires_seconds",
+    "Seconds until the OA's Zalo refresh token expires (0 once dead); absent without a "
+    "stored token. The access token's is zns_gate_zalo_token_expires_seconds.",
+    ["oa_id"],
+    registry=REGISTRY,
+)

@@ -45,6 +45,7 @@ from service.metrics import (
     RESTORE_SECONDS,
 )
 from service.processor.folding import Clock, Output, PartitionFolder, PolicyBook, wall_clock
+from service.processor.oa_metrics import OAGauges
 from service.processor.owned import OwnedStates
 from service.processor.snapshots import (
     PartitionMark,
@@ -141,6 +142,8 @@ class Processor:
         following the log: read (with their staleness) until the next assignment."""
         self.owned = OwnedStates(self)
         """What the API reads and decides on: its only way to these states."""
+        self.oa_gauges = OAGauges(self)
+        """The per-OA gauges of the OAs this member owns."""
 
     # --- life ---------------------------------------------------------------------------
 
@@ -152,6 +155,7 @@ class Processor:
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="processor")
         self._task.add_done_callback(_report_end)
+        self.oa_gauges.start()
 
     async def close(self) -> None:
         """Stop folding; checkpoint and leave the group (the partitions' revocation)."""
@@ -167,6 +171,7 @@ class Processor:
         if self._consumer is not None:
             await self._consumer.close()
             self._consumer = None
+        await self.oa_gauges.close()
         held = [
             *self.folders.values(),
             *(folder for folder, _ in self.copies.values()),
@@ -299,6 +304,7 @@ class Processor:
             self.catching_up[tp.partition] = end
         self._unrestored.discard(tp)
         consumer.resume([tp])
+        self.oa_gauges.changed(tp.partition, folder.states)  # restored: shown at once
         RESTORE_SECONDS.observe(time.monotonic() - started)
         _log.info(
             "partition assigned",
@@ -359,6 +365,7 @@ class Processor:
             with contextlib.suppress(KeyError):
                 CONSUMER_LAG.remove(str(partition))
                 LAST_CHECKPOINT.remove(str(partition))
+            self.oa_gauges.forget(partition)
         _log.info("partitions revoked", partitions=mine)
 
     async def _restore(self, partition: int) -> PartitionFolder:
@@ -601,6 +608,7 @@ class Processor:
                     folder.in_store |= dirty
                     folder.evict_idle(self.idle_evict_s)
                 LAST_CHECKPOINT.labels(str(folder.partition)).set(time.time())
+                self.oa_gauges.changed(folder.partition, dirty)
             for folder, _, _ in written:
                 await self._expire(folder)
             DECISIONS.inc(len(output.decisions))

@@ -421,3 +421,67 @@ def test_the_unit_restarts_only_where_a_restart_can_help() -> None:
     assert check.split() == [start.split()[0], "config", "check"]
     stop = unit_values("TimeoutStopSec")[0]
     assert float(stop.removesuffix("s")) > Settings().server.shutdown_timeout_s
+
+
+# -- Prometheus alert rules (promtool checks and tests them in deploy/check) -------------
+
+PROMETHEUS = DEPLOY / "prometheus"
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load((PROMETHEUS / "rules.yml").read_text(encoding="utf-8"))
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
+def test_the_alerts_watch_metrics_the_service_has_and_say_what_to_do() -> None:
+    exposed = exposed_metrics()
+    rules = alert_rules()
+    assert {rule["alert"] for rule in rules} >= {
+        "ZnsGatePenaltyNear",
+        "ZnsGateTierDownLikely",
+        "ZnsGateTokenExpiring",
+        "ZnsGateConsumerLagHigh",
+        "ZnsGateDeadLetters",
+        "ZnsGateProcessorStopped",
+    }
+    for rule in rules:
+        named = set(re.findall(r"zns_gate_[a-z_]+", rule["expr"]))
+        assert named, rule["alert"]
+        assert named <= exposed, rule["alert"]
+        assert rule["labels"]["severity"] in {"warning", "critical"}, rule["alert"]
+        assert rule["annotations"]["summary"], rule["alert"]
+        assert len(rule["annotations"]["description"]) > 80, rule["alert"]
+
+
+def test_each_alert_is_tested_firing_and_not_firing() -> None:
+    tests = yaml.safe_load((PROMETHEUS / "rules.test.yml").read_text(encoding="utf-8"))
+    assert tests["rule_files"] == ["rules.yml"]
+    fired: dict[str, set[bool]] = {}
+    for case in tests["tests"]:
+        for check in case["alert_rule_test"]:
+            fired.setdefault(check["alertname"], set()).add(bool(check["exp_alerts"]))
+    for rule in alert_rules():
+        assert fired.get(rule["alert"]) == {True, False}, rule["alert"]
+
+
+def test_the_operations_doc_explains_each_alert_and_per_oa_metric() -> None:
+    doc = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
+    for rule in alert_rules():
+        assert f"`{rule['alert']}`" in doc, rule["alert"]
+    for name in exposed_metrics():
+        if name.startswith("zns_gate_oa_"):
+            assert f"`{name}" in doc, name
+
+
+def test_the_dashboard_has_per_oa_panels_over_its_oa_variable() -> None:
+    board = orjson.loads((COMPOSE / "grafana" / "dashboards" / "zns-gate.json").read_bytes())
+    (variable,) = [v for v in board["templating"]["list"] if v["name"] == "oa_id"]
+    assert "zns_gate_oa_" in variable["definition"]
+    per_oa = {
+        name
+        for panel in board["panels"]
+        for target in panel["targets"]
+        if '$oa_id' in target["expr"]
+        for name in re.findall(r"zns_gate_oa_[a-z_]+", target["expr"])
+    }
+    assert per_oa == {name for name in exposed_metrics() if name.startswith("zns_gate_oa_")}
