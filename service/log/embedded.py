@@ -244,13 +244,6 @@ class EmbeddedLog(EventLog):
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn)
 
-    async def on_writer(self, fn: Callable[[], T]) -> T:
-        """Run `fn` on the thread that writes the file, after the writes before it. Other
-        writers of the same file (the index stores' tables) go through here: two writing
-        threads would take turns at SQLite's lock, the waiting one sleeping in steps of
-        up to 50 ms, and an append would wait for the sleep, not just for the write."""
-        return await self._on_writer(fn)
-
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader_thread, fn)
 

@@ -318,7 +318,6 @@ class EmbeddedIndexStore(IndexStore):
     def __init__(self, log: EmbeddedLog, partition: int, cache: ValueCache) -> None:
         super().__init__(log.topics.oa_index, partition, cache)
         self.path = log.path
-        self._log = log
         self._next_id = 0
 
     def _local(self) -> LocalEntries:
@@ -339,12 +338,12 @@ class EmbeddedIndexStore(IndexStore):
             (key, first + i, before, after, day) for i, (key, before, after, day) in enumerate(rows)
         ]
         nxt = first + len(rows)
-        await self._log.on_writer(partial(self._opened().put_rows, stored, nxt))
+        await self._on_thread(partial(self._opened().put_rows, stored, nxt))
         self._next_id = nxt
         return nxt - 1
 
     async def _delete(self, keys: list[bytes]) -> None:
-        await self._log.on_writer(partial(self._opened().delete_keys, keys, None))
+        await self._on_thread(partial(self._opened().delete_keys, keys, None))
 
 
 class KafkaIndexStore(IndexStore):
