@@ -2,7 +2,9 @@
 `replay` rebuilds every OA's state from the event log; `simulate` sends realistic traffic
 to a running service; `schemas` writes the JSON Schemas; `fake-zalo` serves a local Zalo
 to develop and test against; `token status` shows the state of the OAs' Zalo tokens;
-`config check` validates the settings and `config show` prints them (secrets masked).
+`config check` validates the settings and `config show` prints them (secrets masked);
+`demo` posts a current signed receipt and rating to a running service and shows them
+counted (exit 1 when they are not).
 It parses arguments and reports; the work itself is done by the modules it calls.
 
 Exit statuses: 0 after a clean shutdown, 2 when a setting is invalid (nothing
@@ -23,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
+import aiohttp
 from aiohttp import web
 from pydantic import SecretStr
 
@@ -129,6 +132,22 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="with --via messages: an OA whose token the service holds (repeat for more)",
     )
+    demo = commands.add_parser(
+        "demo",
+        help="sign and post a current receipt and one-star rating, and show the OA's quality",
+    )
+    demo.add_argument(
+        "--target", default="http://127.0.0.1:8080", help="default http://127.0.0.1:8080"
+    )
+    demo.add_argument(
+        "--config",
+        metavar="FILE",
+        help="settings whose first [[apps]] signs the webhooks (default: $ZNS_GATE_CONFIG)",
+    )
+    demo.add_argument("--app-id", help="sign as this app (instead of the settings')")
+    demo.add_argument("--secret", help="with --app-id: its OA secret key")
+    demo.add_argument("--oa-id", default="388613280878808645", help="the OA the events name")
+    demo.add_argument("--token", help="bearer token for /v1 (scope read)")
     fake = commands.add_parser(
         "fake-zalo", help="serve a local Zalo (OAuth, sends, reads, webhooks) to develop against"
     )
@@ -375,24 +394,47 @@ def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) ->
     return EXIT_OK
 
 
+def _signer(args: argparse.Namespace, settings: Settings, command: str) -> tuple[str, str] | None:
+    """The app id and OA secret key that sign the webhooks: given, or the settings' first
+    app's; None (and a message) when there is neither."""
+    if args.app_id and args.secret:
+        return args.app_id, args.secret
+    if settings.apps:
+        return settings.apps[0].app_id, settings.apps[0].secrets[0].get_secret_value()
+    print(
+        f"zns-gate: {command} needs --app-id and --secret, or [[apps]] in the settings",
+        file=sys.stderr,
+    )
+    return None
+
+
+def _demo(args: argparse.Namespace, settings: Settings) -> int:
+    import orjson
+
+    from service.demo import run
+
+    signer = _signer(args, settings, "demo")
+    if signer is None:
+        return EXIT_INVALID_SETTINGS
+    target = args.target.rstrip("/")
+    try:
+        steps = asyncio.run(run(target, *signer, args.oa_id, args.token, timeout_s=15))
+    except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+        return _failed(exc, f"could not reach {target}")
+    print(orjson.dumps(steps, option=orjson.OPT_INDENT_2).decode())
+    return EXIT_OK if steps["counted"] else EXIT_FAILED
+
+
 def _simulate(args: argparse.Namespace, settings: Settings) -> int:
     import orjson
 
     from service.simulate import run
 
-    if args.app_id and args.secret:
-        app_id, secret = args.app_id, args.secret
-    elif settings.apps:
-        app_id = settings.apps[0].app_id
-        secret = settings.apps[0].secrets[0].get_secret_value()
-    else:
-        print(
-            "zns-gate: simulate needs --app-id and --secret, or [[apps]] in the settings",
-            file=sys.stderr,
-        )
+    signer = _signer(args, settings, "simulate")
+    if signer is None:
         return EXIT_INVALID_SETTINGS
     try:
-        summary = run(args, app_id, secret)
+        summary = run(args, *signer)
     except ValueError as exc:
         print(f"zns-gate: {exc}", file=sys.stderr)
         return EXIT_INVALID_SETTINGS
@@ -494,6 +536,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _replay(settings, args.dry_run, args.dump, args.quiet)
     if args.command == "simulate":
         return _simulate(args, settings)
+    if args.command == "demo":
+        return _demo(args, settings)
     if args.command == "token":
         return _token_status(settings, args.oa)
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
