@@ -238,7 +238,7 @@ class ErrorDetail(_Model):
 
 
 class ErrorBody(_Model):
-    """Every error answer (DESIGN.md 2)."""
+    """Every error answer: `{"error": {"code", "message"}}`, the code machine-readable."""
 
     error: ErrorDetail
 

@@ -372,8 +372,9 @@ def document() -> dict[str, Any]:
         "info": {
             "title": "zns-gate",
             "version": __version__,
-            "description": "Quota, quality and admission answers for Zalo ZNS senders "
-            "(DESIGN.md 5). With no tokens configured the API is open.",
+            "description": "Quota, quality and admission answers for Zalo ZNS senders, "
+            "and sends through Zalo in one call (POST /v1/oas/{oa_id}/messages; "
+            "docs/send-proxy.md). With no tokens configured the API is open.",
         },
         "paths": paths,
         "components": {

@@ -124,7 +124,8 @@ class Denial(_Record):
 
 
 class AdmissionAnswer(_Record):
-    """The answer an admission request got (DESIGN.md 5), kept whole for idempotency."""
+    """The answer an admission request got (`POST /v1/oas/{oa_id}/admissions`), kept
+    whole for idempotency."""
 
     admission_id: str
     granted: int = Field(ge=0)
