@@ -11,9 +11,9 @@ retries a send whose request may have reached Zalo, and never logs or counts a t
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import aiohttp
 import orjson
@@ -50,6 +50,8 @@ TEMPLATE_STATUS_FILTER: dict[str, int] = {
 
 LEVELS = frozenset({"HIGH", "MEDIUM", "LOW", "UNDEFINED"})
 
+
+ReadT = TypeVar("ReadT")
 
 MAYBE_SENT = frozenset({Transport.HTTP_5XX, Transport.NOT_JSON, Transport.MALFORMED})
 """Answers to a send that came after Zalo (or a gateway before it) had the request: the
@@ -341,18 +343,10 @@ class ZaloClient:
     # The read calls
 
     async def quota(self, oa_id: str) -> Quota:
-        data = await self.call(oa_id, "quota")
-        try:
-            return Quota.read(data)
-        except MalformedAnswer as exc:
-            raise self._malformed("quota", str(exc)) from exc
+        return await self._read(oa_id, "quota", Quota.read)
 
     async def quality(self, oa_id: str) -> Quality:
-        data = await self.call(oa_id, "quality")
-        try:
-            return Quality.read(data)
-        except MalformedAnswer as exc:
-            raise self._malformed("quality", str(exc)) from exc
+        return await self._read(oa_id, "quality", Quality.read)
 
     async def templates_page(
         self, oa_id: str, offset: int = 0, limit: int = TEMPLATE_PAGE, status: str | None = None
@@ -393,11 +387,23 @@ class ZaloClient:
                 return out
 
     async def template_info(self, oa_id: str, template_id: str) -> TemplateInfo:
-        data = await self.call(oa_id, "template_info", params={"template_id": template_id})
+        params = {"template_id": template_id}
+        return await self._read(oa_id, "template_info", TemplateInfo.read, params)
+
+    async def _read(
+        self,
+        oa_id: str,
+        endpoint: Endpoint,
+        read: Callable[[Any], ReadT],
+        params: Mapping[str, str] | None = None,
+    ) -> ReadT:
+        """One read call's `data` as `read` types it; a shape it cannot read is a
+        `ZaloCallError` of the malformed kind."""
+        data = await self.call(oa_id, endpoint, params=params)
         try:
-            return TemplateInfo.read(data)
+            return read(data)
         except MalformedAnswer as exc:
-            raise self._malformed("template_info", str(exc)) from exc
+            raise self._malformed(endpoint, str(exc)) from exc
 
     async def template_tags(self, oa_id: str) -> list[str]:
         """`GET /message/template-tag`: the content types the OA may send."""
