@@ -106,7 +106,17 @@ def _scope(operation: dict[str, Any]) -> str:
     return ", ".join(f"`{s}`" for s in scopes) if scopes else "none (no bearer token)"
 
 
-def _operation(method: str, path: str, operation: dict[str, Any]) -> list[str]:
+def _body_fields(content: dict[str, Any], schemas: dict[str, Any]) -> list[str]:
+    """The fields table of a JSON request body's schema, so an operation reads on its own."""
+    schema = content.get("application/json", {}).get("schema", {})
+    if "$ref" in schema:
+        schema = schemas.get(schema["$ref"].removeprefix(_REF), {})
+    return _fields(schema)
+
+
+def _operation(
+    method: str, path: str, operation: dict[str, Any], schemas: dict[str, Any]
+) -> list[str]:
     """The section of one method on one path."""
     lines = [f"### {method.upper()} {path}", ""]
     if operation.get("summary"):
@@ -131,7 +141,10 @@ def _operation(method: str, path: str, operation: dict[str, Any]) -> list[str]:
     body = operation.get("requestBody")
     if body:
         required = "required" if body.get("required") else "optional"
-        lines += [f"Request body ({required}): {_body_schema(body.get('content', {}))}.", ""]
+        content = body.get("content", {})
+        lines += [f"Request body ({required}): {_body_schema(content)}.", ""]
+        table = _body_fields(content, schemas)
+        lines += [*table, ""] if table else []
     lines += ["| status | when | body | headers |", "| --- | --- | --- | --- |"]
     for status in sorted(operation.get("responses", {})):
         answer = operation["responses"][status]
@@ -171,13 +184,14 @@ def render(document: dict[str, Any]) -> str:
         "## Operations",
         "",
     ]
+    schemas = document.get("components", {}).get("schemas", {})
     for path in sorted(document["paths"]):
         for method in _METHODS:
             operation = document["paths"][path].get(method)
             if operation is not None:
-                lines += _operation(method, path, operation)
+                lines += _operation(method, path, operation, schemas)
     lines += ["## Response headers", "", *_headers(document), "", "## Schemas", ""]
-    for name, schema in sorted(document.get("components", {}).get("schemas", {}).items()):
+    for name, schema in sorted(schemas.items()):
         lines += [f"### {name}", ""]
         if schema.get("description"):
             lines += [" ".join(schema["description"].split()), ""]

@@ -151,3 +151,42 @@ def test_api_reference_names_every_operation_and_its_scope() -> None:
             for requirement in operation.get("security", []):
                 for scopes in requirement.values():
                     assert all(f"`{scope}`" in page for scope in scopes)
+
+
+def test_the_reference_renders_an_operation_with_its_scope_body_fields_and_codes() -> None:
+    ref = "#/components/schemas/"
+    document = {
+        "openapi": "3.1.0",
+        "info": {"title": "t", "version": "1"},
+        "paths": {
+            "/v1/things": {
+                "post": {
+                    "summary": "Make a thing",
+                    "security": [{"bearer": ["send"]}],
+                    "requestBody": {
+                        "required": True,
+                        "content": {"application/json": {"schema": {"$ref": ref + "Body"}}},
+                    },
+                    "responses": {
+                        "422": {"description": "Bad (`invalid_request`)", "content": {}},
+                        "200": {"description": "OK", "content": {}},
+                    },
+                }
+            }
+        },
+        "components": {
+            "schemas": {
+                "Body": {
+                    "type": "object",
+                    "required": ["name"],
+                    "properties": {"name": {"type": "string", "maxLength": 5}},
+                }
+            }
+        },
+    }
+    page = apidoc.render(document)
+    assert "### POST /v1/things\n\nMake a thing.\n\nScope: `send`." in page
+    assert "| `name` | string | yes | length ≤ 5 |  |" in page
+    assert page.index("| 200 | OK") < page.index("| 422 | Bad (`invalid_request`)")
+    assert "### Body" in page
+
