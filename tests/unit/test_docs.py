@@ -190,3 +190,18 @@ def test_the_reference_renders_an_operation_with_its_scope_body_fields_and_codes
     assert page.index("| 200 | OK") < page.index("| 422 | Bad (`invalid_request`)")
     assert "### Body" in page
 
+
+
+_CITATION = re.compile(r"docs/([\w-]+\.md)(?:#([\w-]+))?")
+
+
+def test_every_docs_citation_in_the_code_names_a_page_and_heading_that_exist() -> None:
+    broken = []
+    for path in _searched_files():
+        if path.suffix != ".py":
+            continue
+        for page, anchor in _CITATION.findall(path.read_text(encoding="utf-8")):
+            target = ROOT / "docs" / page
+            if not target.exists() or (anchor and anchor not in anchors(target)):
+                broken.append(f"{path.relative_to(ROOT)}: docs/{page}#{anchor}")
+    assert broken == []
