@@ -2,7 +2,7 @@
 
 It owns the life of the event log (opened before the first request, flushed
 and closed after the last) and turns every error into the JSON error body of
-DESIGN.md section 2. Feature routes (receiver, API) are added by their own
+docs/api.md#errors. Feature routes (receiver, API) are added by their own
 modules; nothing here knows about Zalo's payloads.
 """
 

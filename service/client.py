@@ -1,5 +1,5 @@
 """An async client for senders: send through zns-gate in one call, or ask before sending
-and report what was sent (DESIGN.md 5 and 8.3).
+and report what was sent (docs/api.md, docs/send-proxy.md).
 
     async with Client("http://127.0.0.1:8080", token="...") as gate:
         answer = await gate.send_messages(oa_id, messages, idempotency_key=batch_id)

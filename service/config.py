@@ -1,6 +1,6 @@
 """Settings of one zns-gate process: a TOML file overridden by ZNS_GATE_* variables.
 
-The shape is the contract of DESIGN.md section 1 ("Configuration"); tests and
+The shape is the contract of docs/operations.md#settings; tests and
 operators write files against it, so names here are not renamed lightly. This
 module only reads and validates: it opens no socket and touches no database.
 An invalid value raises `ConfigError` naming the setting; the CLI turns that

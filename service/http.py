@@ -1,7 +1,7 @@
 """HTTP plumbing shared by every route: application keys, JSON bodies, the error body.
 
 Every error leaves the service as {"error": {"code": ..., "message": ...}}
-(DESIGN.md section 2), whichever layer raised it; this module is the one place
+(docs/api.md#errors), whichever layer raised it; this module is the one place
 that maps exceptions to statuses.
 """
 

@@ -1,4 +1,5 @@
-"""Signed Zalo webhooks for tests: every ZNS event of zns-domain.md section 2, as Zalo sends it.
+"""Signed Zalo webhooks for tests: every ZNS event of docs/rules.md#event-payloads, as Zalo sends
+it.
 
 `Webhooks(app_id, secret).build("user_feedback", ...)` gives the raw body and
 the headers Zalo would send; `sign_body` signs any bytes. Payloads are the
@@ -22,7 +23,7 @@ SECRET = "oa-secret-key-for-tests"
 OLD_SECRET = "the-secret-before-rotation"
 OA_ID = "388613280878808645"
 
-# The documented payloads (zns-domain.md 2.2 to 2.7), without app_id and timestamp.
+# The documented payloads (docs/rules.md#event-payloads), without app_id and timestamp.
 EXAMPLES: dict[str, dict[str, Any]] = {
     "user_received_message": {
         "sender": {"id": OA_ID},

@@ -1,1 +1,1 @@
-"""The HTTP API of DESIGN.md section 5: answers for senders, from the OA's state."""
+"""The HTTP API of docs/api.md: answers for senders, from the OA's state."""

@@ -1,4 +1,4 @@
-"""The `/v1` routes of DESIGN.md 5 that read an OA's state or append records for it.
+"""The `/v1` routes of docs/api.md that read an OA's state or append records for it.
 
 Reads are answered from the state of the instance that owns the OA's
 partition, on a copy brought to "now" (the live state is only changed by the
@@ -435,8 +435,9 @@ async def post_template_resume(request: web.Request) -> web.Response:
 
 
 async def post_admissions(request: web.Request) -> web.Response:
-    """Decide, append the decision, apply it to the owner's state, answer (DESIGN.md 5):
-    the OA's owner does all of it, one decision of the OA at a time."""
+    """Decide, append the decision, apply it to the owner's state, answer
+    (docs/api.md#the-admission-flow): the OA's owner does all of it, one decision of the OA at a
+    time."""
     oa_id = _oa_id(request)
     try:
         body = await _body(request, AdmissionBody)

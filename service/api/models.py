@@ -1,4 +1,4 @@
-"""The shapes of the `/v1` API (DESIGN.md 5): request bodies and answers, as pydantic models.
+"""The shapes of the `/v1` API (docs/api.md): request bodies and answers, as pydantic models.
 
 Request bodies are validated with these models; answers are built by
 `service/api/views.py` as plain JSON and described here, field for field

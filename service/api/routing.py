@@ -1,4 +1,5 @@
-"""Which instance answers for an OA, and forwarding a request to it (DESIGN.md 5).
+"""Which instance answers for an OA, and forwarding a request to it
+(docs/api.md#forwarding-and-503).
 
 The instance whose processor owns the OA's partition answers. The processor
 group's assignor gives every member the table partition -> owner's address

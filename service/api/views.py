@@ -1,4 +1,4 @@
-"""What the API answers about an OA, built from its state (DESIGN.md 5). No I/O.
+"""What the API answers about an OA, built from its state (docs/api.md). No I/O.
 
 Every function takes a state already brought to `now` (`fold.advance`) and
 returns plain JSON values with the field names clients are written against.
@@ -111,7 +111,8 @@ def quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
 
 
 def zalo_quota(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
-    """`GET /v1/oas/{oa_id}/message/quota`: Zalo's own shape (zns-domain.md 3.3)."""
+    """`GET /v1/oas/{oa_id}/message/quota`: Zalo's own shape
+    (docs/rules.md#quota-and-quality-reads)."""
     view = quota(state, now, policy)
     return {
         "error": 0,

@@ -1,8 +1,8 @@
-"""Admission: how much of a sender's request may be sent now, and why not the rest (DESIGN.md 5).
+"""Admission: how much of a sender's request may be sent now, and why not the rest (docs/api.md).
 
 `decide` looks at an OA's state (brought to `now` with `fold.advance` first) and
 answers a request with the units granted and, for each unit denied, the first
-reason that applies in DESIGN.md's order, with the Zalo error the same send
+reason that applies in the order of docs/rules.md#denial-reasons, with the Zalo error the same send
 would have met. Units are granted in the order of the recipients; an answer
 names at most 100 denied recipients and counts the other denials by reason. Its
 cost follows the recipients named, never `count`. The answer changes nothing:
@@ -21,7 +21,7 @@ from service.domain.records import AdmissionAnswer, Denial
 from service.domain.state import RECIPIENT_DAYS, OAState, Policy
 from service.domain.windows import add_months, day_start, month_index, month_start, next_day_start
 
-# The reasons in the order DESIGN.md 5 gives them, with the Zalo error of each.
+# The reasons in the order docs/rules.md#denial-reasons gives them, with the Zalo error of each.
 ZALO_ERRORS: dict[str, int | None] = {
     "oa_suspended": -1351,
     "template_not_enabled": -131,

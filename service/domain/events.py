@@ -4,7 +4,7 @@ Zalo sends ids and times as strings (ids are long integers that overflow a
 double); the models keep them as strings, accept a JSON number as its decimal
 digits, and offer typed accessors (`as_datetime`). Fields Zalo may add later are
 kept, never rejected (`extra="allow"`). Payload shapes and their sources are in
-zns-domain.md section 2. This module does no I/O.
+docs/rules.md#event-payloads. This module does no I/O.
 """
 
 from __future__ import annotations
@@ -125,7 +125,8 @@ def find_msg_id(body: dict[str, Any]) -> str | None:
 
 
 def dedup_key(body: dict[str, Any], raw: bytes) -> str:
-    """The key under which duplicates of this delivery are recognised (DESIGN.md 2, step 6).
+    """The key under which duplicates of this delivery are recognised
+    (docs/rules.md#webhook-retries-and-dedup-keys).
 
     Message events: event name and message id. Management events: event name,
     template or OA id, and timestamp. Anything else: the sha256 of the body.

@@ -1,7 +1,7 @@
 """The forecast: when the tier is next evaluated, what it would become, how far the penalty is.
 
 It answers from an OA's state brought to `now` (`fold.advance` first) as if the
-next evaluation ran on today's numbers, with the rules of DESIGN.md 4.3: the
+next evaluation ran on today's numbers, with the rules of docs/rules.md#tier-daily-quota: the
 wait of 7 days after a tier change, the first evaluation on day D+8, one step
 up or down by quality_7d and sent-OK, the penalty beyond T negatives today. It
 changes nothing and does no I/O.

@@ -1,4 +1,4 @@
-"""The governor: the limits zns-gate adds on top of Zalo's, per tag (DESIGN.md 4.6).
+"""The governor: the limits zns-gate adds on top of Zalo's, per tag (docs/rules.md#governor).
 
 Tag 1 (transactions, OTP) is never throttled here. With T the penalty
 threshold (2 % of the day's starting quota) and counts since 00:00 today:

@@ -1,4 +1,5 @@
-"""The monthly promotion (tag 3) quota of an OA, from its tag 1 and tag 2 volume (DESIGN.md 4.4).
+"""The monthly promotion (tag 3) quota of an OA, from its tag 1 and tag 2 volume
+(docs/rules.md#promotion-tag-3).
 
 quota(month) = floor((tag 1 + tag 2 sent OK in the two months before) / 6),
 recomputed on the local 1st; an OA that never had a tag-3 grant or send in

@@ -1,5 +1,5 @@
 """zns-gate's own records in `zns.events` (kinds `send`, `admission`, `sync`, `command`), and
-what the processor writes to `zns.decisions` and `zns.dlq` (DESIGN.md section 3).
+what the processor writes to `zns.decisions` and `zns.dlq` (docs/architecture.md#topics).
 
 The receiver writes Zalo's raw bodies (kind `webhook`); the API writes the
 records here. Every model is the JSON value of one record; `zns-gate schemas`
@@ -38,8 +38,8 @@ def normalised_phone(phone: str) -> str:
 
 def recipient_hash(recipient: str) -> str:
     """The sha256 (hex) of a phone normalised to the `84...` form; a 64-hex value is
-    taken as already hashed (DESIGN.md 4). Raises ValueError for something that is
-    neither."""
+    taken as already hashed (docs/rules.md#recipients-and-phones). Raises ValueError for something
+    that is neither."""
     value = recipient.strip().lower()
     if _HASHED.match(value):
         return value

@@ -1,8 +1,8 @@
 """Zalo's published rules, as data: the quota ladders and the numbers that move an OA on them.
 
 A change of Zalo's rules is a new `RuleSet` entry here, not a rewrite of the
-code that applies them. The numbers and their sources are in DESIGN.md
-sections 4.3 and 4.4 and zns-domain.md section 4. `Thresholds` holds the
+code that applies them. The numbers and their Zalo sources are in
+docs/rules.md (#tier-daily-quota, #promotion-tag-3). `Thresholds` holds the
 numbers zns-gate chooses itself (the proxy quality levels, the governor);
 they are settings with these defaults. This module does no I/O.
 """
@@ -95,7 +95,8 @@ RULE_SETS: dict[str, RuleSet] = {rules.name: rules for rules in (ZBS_2026, ZNS_2
 
 @dataclass(frozen=True, slots=True)
 class PauseLadder:
-    """zns-gate's own template pauses (DESIGN.md 4.5, after WhatsApp's): 3 h, 6 h, then off."""
+    """zns-gate's own template pauses (docs/rules.md#templates, after WhatsApp's): 3 h, 6 h, then
+    off."""
 
     pauses: tuple[timedelta, ...] = (timedelta(hours=3), timedelta(hours=6))
     lookback: timedelta = timedelta(days=30)
@@ -110,7 +111,7 @@ class PauseLadder:
 
 @dataclass(frozen=True, slots=True)
 class Thresholds:
-    """The numbers zns-gate chooses itself (settings, DESIGN.md 4.1 to 4.6), with their defaults."""
+    """The numbers zns-gate chooses itself (docs/rules.md#thresholds), with their defaults."""
 
     quality_z: float = 1.96
     """z of the Wilson score interval."""
@@ -149,7 +150,7 @@ class Thresholds:
     pause_ladder: PauseLadder = field(default_factory=PauseLadder)
 
     def penalty_threshold(self, daily_quota: Quota) -> int | None:
-        """T of DESIGN.md 4.3: floor(2 % of the daily quota); None when unlimited."""
+        """T of docs/rules.md#penalty: floor(2 % of the daily quota); None when unlimited."""
         if daily_quota is None:
             return None
         return int(daily_quota * self.penalty_rate)

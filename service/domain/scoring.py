@@ -2,8 +2,8 @@
 
 The level uses the lower bound of the Wilson score interval of k/n (plain, no
 continuity correction), so that a handful of complaints on a tiny volume does
-not condemn an OA, while a real problem at volume shows at once (DESIGN.md
-4.2). `score` is a number for dashboards. This module does no I/O.
+not condemn an OA, while a real problem at volume shows at once
+(docs/rules.md#quality-level). `score` is a number for dashboards. This module does no I/O.
 """
 
 from __future__ import annotations

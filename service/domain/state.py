@@ -1,7 +1,7 @@
 """The state of one OA, its templates and its recipients: what the fold of its records builds.
 
 Windows are bucketed counters (`windows.py`); beside them an OA keeps bounded
-indexes (DESIGN.md 4): dedup keys, messages for 8 days (so that ratings and
+indexes (docs/rules.md#expiry-windows): dedup keys, messages for 8 days (so that ratings and
 quick replies, which carry no template id, find their template), recipients
 for 6 months (by the sha256 of the phone), and its grants. Days are kept as
 ordinals of the local calendar day and months as `month_index` values, so the
@@ -62,7 +62,7 @@ class Policy:
 
 @dataclass(slots=True)
 class Change:
-    """One change the fold made that a decision record reports (DESIGN.md 3)."""
+    """One change the fold made that a decision record reports (docs/architecture.md#topics)."""
 
     kind: str
     rule: str
@@ -312,7 +312,7 @@ class OAState:
         return counts.get(day) if counts is not None else 0
 
     def penalty_threshold(self, policy: Policy) -> int | None:
-        """T of DESIGN.md 4.3, from the quota at the start of today."""
+        """T of docs/rules.md#penalty, from the quota at the start of today."""
         return policy.thresholds.penalty_threshold(self.day_start_quota)
 
     def remaining_today(self, day: int) -> int | None:
@@ -369,8 +369,8 @@ class OAState:
     def tier_move(
         self, level: Level, sent_ok_7d: int, thresholds: Thresholds
     ) -> tuple[Quota, str] | None:
-        """The evaluation rule (DESIGN.md 4.3): one step up when the level is HIGH and
-        sent-OK reached twice the quota, one step down when it is LOW; else None."""
+        """The evaluation rule (docs/rules.md#tier-daily-quota): one step up when the level is HIGH
+        and sent-OK reached twice the quota, one step down when it is LOW; else None."""
         quota, rules = self.daily_quota, self.rule_set()
         needed = None if quota is None else thresholds.upgrade_volume_factor * quota
         if level is Level.HIGH and needed is not None and sent_ok_7d >= needed:

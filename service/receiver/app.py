@@ -1,6 +1,6 @@
 """`POST /webhooks/zalo`: verify a Zalo webhook and publish it, unchanged, to the event log.
 
-The order of checks is DESIGN.md section 2: size, content type, JSON, the two
+The order of checks is docs/api.md#webhook-receiver: size, content type, JSON, the two
 fields the signature needs, the signature, then one durable append. Bad input
 gets a 4xx and reaches nothing; a log that cannot take the record in time gets
 a 503 so that Zalo retries. The body is never re-serialised (the signature and
@@ -27,7 +27,8 @@ from service.receiver.signature import verify
 
 PATH = "/webhooks/zalo"
 
-# Zalo's redelivery counter (zns-domain.md 1.2; its name is not confirmed first-hand).
+# Zalo's redelivery counter (docs/rules.md#webhook-retries-and-dedup-keys; its name is not
+# confirmed first-hand).
 RETRY_HEADER = "num_retry"
 
 _log = get_logger("receiver")

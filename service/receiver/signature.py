@@ -2,7 +2,7 @@
 
 hex = sha256(app_id + raw body + timestamp + OA secret key), plain SHA-256 over
 the concatenation (not an HMAC), as Zalo documents it and as working
-integrations compute it (zns-domain.md section 1.3). The body must be the bytes
+integrations compute it (docs/rules.md#webhook-signature). The body must be the bytes
 as received: re-serialised JSON hashes differently. Comparisons take constant
 time so a forger learns nothing from how long a refusal takes.
 """

@@ -1,7 +1,7 @@
 """Benchmark of the event loop's longest stall while the API takes its largest requests.
 
 One zns-gate application (embedded log, in this process, on a real socket) is sent, one
-at a time, the largest bodies the API takes (DESIGN's input bounds): an admission naming
+at a time, the largest bodies the API takes (docs/rules.md#input-bounds): an admission naming
 10,000 recipients, an admission of `count` 10,000, 100 sends in one report, a sync of
 1,000 templates. Meanwhile a probe on the same loop asks to wake every millisecond and
 records how late it woke. The baseline is the same probe while the loop serves small

@@ -1,4 +1,4 @@
-"""Every denial reason of DESIGN.md 5, driven through HTTP on both backends.
+"""Every denial reason of docs/rules.md#denial-reasons, driven through HTTP on both backends.
 
 Each case is an OA of its own: records are posted the way senders, operators and
 Zalo post them (sends, syncs, signed webhooks), then an admission is asked for

@@ -1,4 +1,4 @@
-"""Three `zns-gate serve` processes on one Kafka cluster (DESIGN.md 5, "several instances").
+"""Three `zns-gate serve` processes on one Kafka cluster (docs/api.md#forwarding-and-503).
 
 Every instance answers for every OA: the owner of the OA's partition decides,
 the others forward to it. The owner is then killed with SIGKILL while senders

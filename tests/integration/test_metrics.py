@@ -1,4 +1,4 @@
-"""`GET /metrics` after simulated traffic: every metric the README lists moves as it says."""
+"""`GET /metrics` after simulated traffic: every metric docs/operations.md lists moves as said."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The processor on both backends: fold, snapshot, restore, crash, rebalance (DESIGN.md 3 and 4).
+"""The processor on both backends: fold, snapshot, restore, crash, rebalance
+(docs/architecture.md#processor-and-fold).
 
 Every test compares what the processor stored with a clean pass: the same
 records folded once, in order, by a `PartitionFolder` in this process.

@@ -1,4 +1,4 @@
-"""Rules of DESIGN.md 4, 4.7 and 5 driven through HTTP on both backends with the stream
+"""Rules of docs/rules.md and docs/api.md driven through HTTP on both backends with the stream
 clock (`rules.clock = "stream"`): signed webhooks, sends, resumes, then the answers.
 
 Each test is an OA of its own; T0 is 10:00 in Vietnam three days ago, so every time
@@ -47,8 +47,9 @@ async def stream_service(service_factory: ServiceFactory) -> RunningService:
 async def test_an_operators_command_does_not_move_the_stream_clock(
     service_factory: ServiceFactory,
 ) -> None:
-    """DESIGN 4: "Events with no OA id do not move any clock, and neither does an operator's
-    `command`: it has no event time, and takes effect at the OA's current "now"."""
+    """docs/rules.md#time-and-windows: "Events with no OA id do not move any clock, and neither
+    does an operator's `command`: it has no event time, and takes effect at the OA's current
+    "now"."""
     service = await stream_service(service_factory)
     oa_id = "5100000000001"
     await post_webhook(service, feed.template_status("t1", "ENABLE", T0, oa_id=oa_id))
@@ -65,8 +66,8 @@ async def test_an_operators_command_does_not_move_the_stream_clock(
 
 
 async def test_a_later_value_from_zalo_ends_a_minus_144(service_factory: ServiceFactory) -> None:
-    """DESIGN 4.7: -144 sets "remaining today 0, until a later value from Zalo for today (a
-    send's `quota`, a `sync`, `change_oa_daily_quota`) or the next day"."""
+    """docs/rules.md#send-errors: -144 sets "remaining today 0, until a later value from Zalo for
+    today (a send's `quota`, a `sync`, `change_oa_daily_quota`) or the next day"."""
     service = await stream_service(service_factory)
     oa_id = "5100000000002"
     path = f"/v1/oas/{oa_id}/sends"
@@ -85,7 +86,7 @@ async def test_a_later_value_from_zalo_ends_a_minus_144(service_factory: Service
 async def test_duplicates_are_counted_against_earlier_requests(
     service_factory: ServiceFactory,
 ) -> None:
-    """DESIGN 5: `POST /v1/oas/{oa_id}/sends` "answers `{"accepted": n, "duplicates": n}`:
+    """docs/api.md: `POST /v1/oas/{oa_id}/sends` "answers `{"accepted": n, "duplicates": n}`:
     `duplicates` counts the items already recorded (by `tracking_id` or `msg_id`), in this
     request or an earlier one; `accepted` the others"."""
     service = await stream_service(service_factory)

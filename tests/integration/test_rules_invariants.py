@@ -1,4 +1,4 @@
-"""A generated multi-day stream of several OAs through HTTP, with what DESIGN.md 3-5 implies
+"""A generated multi-day stream of several OAs through HTTP, with what docs/rules.md implies
 checked after every step, on both backends, and a replay of the log checked against the
 live states.
 
@@ -224,8 +224,8 @@ async def run(service: RunningService, steps: list[Step]) -> list[Any]:
 
 
 def check_quota(quota: dict[str, Any]) -> None:
-    """DESIGN 4.3: remaining today = the daily quota - what was consumed today: never
-    above the quota, never below 0."""
+    """docs/rules.md#tier-daily-quota: remaining today = the daily quota - what was consumed today:
+    never above the quota, never below 0."""
     remaining, daily = quota["remaining_today"], quota["daily_quota"]
     assert remaining >= 0, quota
     if daily is not None:
@@ -256,10 +256,11 @@ async def live_and_replayed(service: RunningService) -> tuple[dict[str, Any], di
 async def test_a_generated_stream_keeps_the_invariants_on_both_backends_and_in_a_replay(
     kafka_bootstrap: str, tmp_path: Path
 ) -> None:
-    """DESIGN 4.3: remaining today never above the daily quota nor below 0; DESIGN 3 and 5: a
-    repeated request never changes an answer; DESIGN 4: "a replay of last month gives the
-    same decisions live traffic did", and with `clock = "stream"` "in both backends, so
-    they behave the same"; an operator's command "takes effect at the OA's current now"
+    """docs/rules.md#tier-daily-quota: remaining today never above the daily quota nor below 0;
+    docs/rules.md and docs/api.md: a repeated request never changes an answer;
+    docs/rules.md#time-and-windows: "a replay of last
+    month gives the same decisions live traffic did", and with `clock = "stream"` "in both
+    backends, so they behave the same"; an operator's command "takes effect at the OA's current now"
     (it raises nothing)."""
     steps = generate(seed=7)
     answers = []

@@ -1,4 +1,5 @@
-"""Admission decisions (DESIGN.md 5): every denial reason, its order, partial grants."""
+"""Admission decisions (docs/rules.md#denial-reasons): every denial reason, its order, partial
+grants."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Settings: the TOML file of DESIGN.md section 1, ZNS_GATE_* overrides, clear refusals."""
+"""Settings: the TOML file of docs/operations.md#settings, ZNS_GATE_* overrides, clear refusals."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from service.config import ConfigError, load_settings
 
-DESIGN_EXAMPLE = """
+SETTINGS_EXAMPLE = """
 [server]
 host = "127.0.0.1"
 port = 8080
@@ -73,7 +73,7 @@ def test_defaults_without_a_file() -> None:
 
 
 def test_the_design_example_reads_as_written(tmp_path: Path) -> None:
-    settings = load_settings(write(tmp_path, DESIGN_EXAMPLE))
+    settings = load_settings(write(tmp_path, SETTINGS_EXAMPLE))
     assert settings.app_secrets("2074138120372622546") == ("oa-secret-key",)
     assert settings.app_secrets("someone-else") is None
     [oa] = settings.oas
@@ -91,7 +91,7 @@ def test_file_named_by_the_environment(tmp_path: Path, monkeypatch: pytest.Monke
 
 
 def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    path = write(tmp_path, DESIGN_EXAMPLE)
+    path = write(tmp_path, SETTINGS_EXAMPLE)
     monkeypatch.setenv("ZNS_GATE_LOG__BACKEND", "kafka")
     monkeypatch.setenv("ZNS_GATE_LOG__BOOTSTRAP_SERVERS", "127.0.0.1:19092")
     monkeypatch.setenv("ZNS_GATE_SERVER__PORT", "9090")

@@ -1,4 +1,4 @@
-"""The fold, rule by rule (DESIGN.md 3 and 4), with the clock passed in."""
+"""The fold, rule by rule (docs/rules.md), with the clock passed in."""
 
 from __future__ import annotations
 
@@ -531,7 +531,7 @@ def test_template_status_and_quality_follow_zalo() -> None:
     assert (template.status, template.zalo_quality, template.tag) == ("DISABLE", "HIGH", 2)
 
 
-# --- send errors fed back (DESIGN.md 4.7) -----------------------------------------------------
+# --- send errors fed back (docs/rules.md#send-errors) ------------------------------------------
 
 PERSON = recipient_hash(feed.PHONE)
 
@@ -683,7 +683,7 @@ def test_a_sync_lifts_minus_146_by_the_templates_quality_not_its_status() -> Non
     oa = Oa()
     oa.apply(feed.send("t1", "x", vn(D, 10), error=-146))
     oa.apply(feed.sync(vn(D, 11), templates=[{"template_id": "t1", "status": "ENABLE"}]))
-    assert oa.state.templates["t1"].zalo_disabled  # DESIGN 4.7: a status does not lift it
+    assert oa.state.templates["t1"].zalo_disabled  # a status does not lift it (docs/rules.md)
     oa.apply(feed.sync(vn(D, 12), templates=[{"template_id": "t1", "quality": "HIGH"}]))
     assert not oa.state.templates["t1"].zalo_disabled
 

@@ -1,4 +1,4 @@
-"""The fold over time: long gaps, clock steps, and what the state keeps (DESIGN.md 4 and 7)."""
+"""The fold over time: long gaps, clock steps, and what the state keeps (docs/rules.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The forecast of `GET /v1/oas/{oa_id}/quality` (DESIGN.md 5), from the domain alone."""
+"""The forecast of `GET /v1/oas/{oa_id}/quality` (docs/api.md), from the domain alone."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The governor's rows (DESIGN.md 4.6), each alone, with the clock passed in."""
+"""The governor's rows (docs/rules.md#governor), each alone, with the clock passed in."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The monthly promotion quota (DESIGN.md 4.4), with the worked example of zns-domain.md 4.9."""
+"""The monthly promotion quota, with the worked example of docs/rules.md#promotion-tag-3."""
 
 from __future__ import annotations
 

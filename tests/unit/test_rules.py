@@ -1,4 +1,4 @@
-"""Rule sets as data (DESIGN.md 4.3 and 4.4): ladders, steps, tag 3, the penalty threshold."""
+"""Rule sets as data (docs/rules.md): ladders, steps, tag 3, the penalty threshold."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The rules of DESIGN.md 3, 4 and 4.1-4.7 where they could be read two ways, each pinned
+"""The rules of docs/rules.md where they could be read two ways, each pinned
 by the sentence that settles it (quoted in the test's docstring)."""
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ def as_record(raw: Raw, offset: int, appended: datetime) -> Record:
 
 
 def test_a_command_does_not_move_the_stream_clock() -> None:
-    """DESIGN 4: "Events with no OA id do not move any clock, and neither does an operator's
-    `command`: it has no event time, and takes effect at the OA's current "now"."""
+    """docs/rules.md#time-and-windows: "Events with no OA id do not move any clock, and neither
+    does an operator's `command`: it has no event time, and takes effect at the OA's current
+    "now"."""
     folder = PartitionFolder("events", 0, PolicyBook(make_settings()), stream_clock=True)
     out = Output()
     folder.handle(as_record(feed.template_status("t1", "ENABLE", T0), 0, T0), out)
@@ -55,8 +56,8 @@ def test_a_command_does_not_move_the_stream_clock() -> None:
 
 
 def test_a_command_takes_effect_at_the_oas_now() -> None:
-    """DESIGN 4: an operator's `command` "has no event time, and takes effect at the OA's
-    current "now"."""
+    """docs/rules.md#time-and-windows: an operator's `command` "has no event time, and takes effect
+    at the OA's current "now"."""
     oa = Oa()
     oa.apply(feed.send("t1", "s", T0, error=-1351))
     now = T0 + timedelta(hours=2)
@@ -70,11 +71,11 @@ def test_a_command_takes_effect_at_the_oas_now() -> None:
 
 
 def test_a_tag3_send_after_its_grants_ttl_takes_a_promotion_unit() -> None:
-    """DESIGN 3: "A send that names an admission with no unit left in it (its units went back
-    after `grant_ttl`, or sends or receipts settled them all) counts like a send without an
-    admission: if it succeeded it consumes a unit on its own day, a tag-3 unit of the monthly
-    promotion quota included; the recipient's promotion counts were already taken at grant
-    time.\""""
+    """docs/rules.md#counting-against-the-quota: "A send that names an admission with no unit left
+    in it (its units went back after `grant_ttl`, or sends or receipts settled them all) counts
+    like a send without an admission: if it succeeded it consumes a unit on its own day, a tag-3
+    unit of the monthly promotion quota included; the recipient's promotion counts were already
+    taken at grant time.\""""
     oa = Oa()
     oa.apply(feed.admission("a1", "t3", 3, 1, T0, recipients=(PERSON,)))
     thresholds = oa.policy.thresholds
@@ -90,8 +91,9 @@ def test_a_tag3_send_after_its_grants_ttl_takes_a_promotion_unit() -> None:
 
 
 def test_a_send_naming_a_grant_settled_by_a_receipt_counts_on_its_own() -> None:
-    """DESIGN 3: a send naming an admission whose units "sends or receipts settled them all"
-    counts like a send without an admission, a tag-3 unit of the promotion quota included."""
+    """docs/rules.md#counting-against-the-quota: a send naming an admission whose units "sends or
+    receipts settled them all" counts like a send without an admission, a tag-3 unit of the
+    promotion quota included."""
     oa = Oa()
     oa.apply(feed.admission("a1", "t3", 3, 1, T0, recipients=(PERSON,)))
     oa.apply(feed.send("t3", "s1", T0, msg_id="m1", admission_id="a1", recipient=PERSON))
@@ -104,8 +106,8 @@ def test_a_send_naming_a_grant_settled_by_a_receipt_counts_on_its_own() -> None:
 
 
 def test_after_minus_144_a_later_value_from_zalo_for_today_counts() -> None:
-    """DESIGN 4.7: -144 sets "remaining today 0, until a later value from Zalo for today (a
-    send's `quota`, a `sync`, `change_oa_daily_quota`) or the next day"."""
+    """docs/rules.md#send-errors: -144 sets "remaining today 0, until a later value from Zalo for
+    today (a send's `quota`, a `sync`, `change_oa_daily_quota`) or the next day"."""
     oa = Oa()
     oa.apply(feed.send("t1", "s1", T0, error=-144))
     assert oa.remaining(T0) == 0
@@ -118,8 +120,8 @@ def test_after_minus_144_a_later_value_from_zalo_for_today_counts() -> None:
 
 
 def test_after_minus_144_a_sync_or_a_quota_event_lifts_it() -> None:
-    """DESIGN 4.7: -144 holds "until a later value from Zalo for today (a send's `quota`, a
-    `sync`, `change_oa_daily_quota`) or the next day"."""
+    """docs/rules.md#send-errors: -144 holds "until a later value from Zalo for today (a send's
+    `quota`, a `sync`, `change_oa_daily_quota`) or the next day"."""
     by_sync = Oa()
     by_sync.apply(feed.send("t1", "s1", T0, error=-144))
     by_sync.apply(feed.sync(T0 + timedelta(seconds=1), daily_quota=20_000))
@@ -137,8 +139,8 @@ def test_after_minus_144_a_sync_or_a_quota_event_lifts_it() -> None:
 
 
 def test_minus_146_is_not_lifted_by_a_status_event() -> None:
-    """DESIGN 4.7: -146 means "template disabled, as Zalo's quality LOW (Zalo disables a
-    template for its quality): until Zalo reports the template's quality again
+    """docs/rules.md#send-errors: -146 means "template disabled, as Zalo's quality LOW (Zalo
+    disables a template for its quality): until Zalo reports the template's quality again
     (`change_template_quality`, `sync`); a status event does not lift it"."""
     oa = Oa()
     oa.apply(feed.template_status("t1", "ENABLE", T0))
@@ -156,7 +158,7 @@ def test_minus_146_is_not_lifted_by_a_status_event() -> None:
 
 
 def test_minus_146_is_lifted_by_a_syncs_template_quality() -> None:
-    """DESIGN 4.7: -146 holds "until Zalo reports the template's quality again
+    """docs/rules.md#send-errors: -146 holds "until Zalo reports the template's quality again
     (`change_template_quality`, `sync`)"."""
     oa = Oa()
     oa.apply(feed.send("t1", "s1", T0, error=-146))
@@ -169,9 +171,9 @@ def test_minus_146_is_lifted_by_a_syncs_template_quality() -> None:
 
 
 def test_receipts_before_their_send_records_count_for_the_template() -> None:
-    """DESIGN 4.1: "Each signal counts for the message's template as soon as the template is
-    known: a receipt, rating or reply that arrives before the send record naming its template
-    (Zalo's receipts often come first) is added to that template's counts, at its own event
+    """docs/rules.md#signals: "Each signal counts for the message's template as soon as the
+    template is known: a receipt, rating or reply that arrives before the send record naming its
+    template (Zalo's receipts often come first) is added to that template's counts, at its own event
     time, when the send record arrives.\""""
     counts = []
     for receipts_first in (True, False):
@@ -198,9 +200,9 @@ def test_receipts_before_their_send_records_count_for_the_template() -> None:
 
 
 def test_a_rating_before_its_send_record_counts_for_the_template_and_pauses_it() -> None:
-    """DESIGN 4.1: a rating "that arrives before the send record naming its template ... is
-    added to that template's counts, at its own event time, when the send record arrives";
-    DESIGN 4.5: the pause is "checked when a record changes the template's counts"."""
+    """docs/rules.md#signals: a rating "that arrives before the send record naming its template ...
+    is added to that template's counts, at its own event time, when the send record arrives";
+    docs/rules.md#templates: the pause is "checked when a record changes the template's counts"."""
     oa = Oa()
     delivered, rated = T0 + timedelta(seconds=5), T0 + timedelta(seconds=9)
     for i in range(5):
@@ -223,9 +225,9 @@ def test_a_rating_before_its_send_record_counts_for_the_template_and_pauses_it()
 
 
 def test_zalos_remaining_is_reduced_by_all_consumed_after_it() -> None:
-    """DESIGN 4.3: "remaining is the smaller of that figure minus all that was consumed today
-    after it (section 3: grants made after it less their units that went back, and successful
-    sends or receipts that no grant covers), and the computed one.\""""
+    """docs/rules.md#tier-daily-quota: "remaining is the smaller of that figure minus all that was
+    consumed today after it (section 3: grants made after it less their units that went back, and
+    successful sends or receipts that no grant covers), and the computed one.\""""
     oa = Oa()
     quota = {"dailyQuota": 20_000, "remainingQuota": 500}
     oa.apply(feed.send("t1", "s0", T0, msg_id="m0", quota=quota))
@@ -239,13 +241,13 @@ def test_zalos_remaining_is_reduced_by_all_consumed_after_it() -> None:
     assert oa.remaining(T0 + timedelta(hours=1, seconds=6)) == 497  # 9 units went back
 
 
-# --- also written in DESIGN ----------------------------------------------------------------
+# --- also written in docs/rules.md ----------------------------------------------------------------
 
 
 def test_windows_are_whole_hour_buckets() -> None:
-    """DESIGN 4: "Windows are bucketed counters of whole hours: the 48 h window at "now" is
-    the bucket of now's hour and the 47 before it (7 days: 168 buckets); the tier evaluation
-    at 00:00 uses the 168 hours before midnight.\""""
+    """docs/rules.md#time-and-windows: "Windows are bucketed counters of whole hours: the 48 h
+    window at "now" is the bucket of now's hour and the 47 before it (7 days: 168 buckets); the
+    tier evaluation at 00:00 uses the 168 hours before midnight.\""""
     oa = Oa()
     oa.apply(feed.receipt("early", vn(D, 10, 59)))
     oa.apply(feed.receipt("on-the-hour", vn(D, 11, 0)))
@@ -258,7 +260,8 @@ def test_windows_are_whole_hour_buckets() -> None:
 
 
 def test_the_evaluation_at_midnight_uses_the_168_hours_before_it() -> None:
-    """DESIGN 4: "the tier evaluation at 00:00 uses the 168 hours before midnight"."""
+    """docs/rules.md#time-and-windows: "the tier evaluation at 00:00 uses the 168 hours before
+    midnight"."""
     oa = Oa()
     oa.apply(feed.daily_quota(1_000, vn(D, 8)))
     oa.apply(feed.send("t1", "first", vn(D, 9), msg_id="first", tag=1))
@@ -272,9 +275,9 @@ def test_the_evaluation_at_midnight_uses_the_168_hours_before_it() -> None:
 
 
 def test_a_receipt_runs_the_templates_pause_check() -> None:
-    """DESIGN 4.5: zns-gate pauses a template whose proxy quality_7d turns LOW "(checked when a
-    record changes the template's counts and when a pause ends, never at admission)"; a
-    receipt is such a record."""
+    """docs/rules.md#templates: zns-gate pauses a template whose proxy quality_7d turns LOW
+    "(checked when a record changes the template's counts and when a pause ends, never at
+    admission)"; a receipt is such a record."""
     oa = Oa()
     for i in range(1_000):
         oa.apply(feed.send("t1", f"old{i}", vn(D, 9), msg_id=f"old{i}", tag=2))
@@ -292,8 +295,8 @@ def test_a_receipt_runs_the_templates_pause_check() -> None:
 
 
 def test_an_operators_resume_holds_while_the_proxy_stays_low() -> None:
-    """DESIGN 4.5: "`POST /v1/oas/{oa_id}/templates/{template_id}/resume` lifts a pause or
-    zns-gate's disable; the resume holds while the proxy stays LOW: the template is paused
+    """docs/rules.md#templates: "`POST /v1/oas/{oa_id}/templates/{template_id}/resume` lifts a
+    pause or zns-gate's disable; the resume holds while the proxy stays LOW: the template is paused
     again only after its proxy quality_7d has left LOW and turned LOW again.\""""
     oa = Oa()
     for i in range(3):
@@ -325,9 +328,9 @@ def test_an_operators_resume_holds_while_the_proxy_stays_low() -> None:
 
 
 def test_a_reply_before_its_send_record_is_judged_by_the_template_it_names() -> None:
-    """DESIGN 4.1: "a receipt, rating or reply that arrives before the send record naming its
-    template (Zalo's receipts often come first) is added to that template's counts, at its
-    own event time, when the send record arrives"; a quick-reply answer is negative when
+    """docs/rules.md#signals: "a receipt, rating or reply that arrives before the send record
+    naming its template (Zalo's receipts often come first) is added to that template's counts, at
+    its own event time, when the send record arrives"; a quick-reply answer is negative when
     "its label is configured as negative for its template"."""
     oa = Oa(negative_replies={"t1": frozenset({"Ngừng nhận"})})
     delivered, replied = T0 + timedelta(seconds=5), T0 + timedelta(seconds=9)
@@ -350,8 +353,8 @@ def test_a_reply_before_its_send_record_is_judged_by_the_template_it_names() -> 
 
 
 def test_units_of_an_earlier_grant_going_back_do_not_raise_zalos_remaining() -> None:
-    """DESIGN 4.3: Zalo's `remainingQuota` less "all that was consumed today after it
-    (section 3: grants made after it less their units that went back, ...)": the units of
+    """docs/rules.md#tier-daily-quota: Zalo's `remainingQuota` less "all that was consumed today
+    after it (section 3: grants made after it less their units that went back, ...)": the units of
     a grant made before it are not in Zalo's figure, so their going back adds nothing."""
     oa = Oa()
     oa.apply(feed.admission("a1", "t1", 2, 10, T0))

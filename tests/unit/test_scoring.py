@@ -1,4 +1,5 @@
-"""Proxy quality levels (DESIGN.md 4.2): the Wilson lower bound against Zalo's rates."""
+"""Proxy quality levels (docs/rules.md#quality-level): the Wilson lower bound against Zalo's
+rates."""
 
 from __future__ import annotations
 

@@ -38,7 +38,7 @@ CHECKS: dict[str, Callable[[Oa], bool]] = {
     "the OA suspended": lambda oa: oa.state.suspended,
 }
 
-DESIGN_EFFECTS = {
+DOCUMENTED_EFFECTS = {
     -144: "remaining today 0",
     -1441: "monthly promotion remaining 0",
     -146: "template disabled as Zalo's quality LOW",
@@ -63,14 +63,14 @@ def failed_with(error: int) -> Oa:
 
 
 def test_the_table_holds_exactly_the_errors_the_design_gives_an_effect() -> None:
-    assert sorted(SEND_ERROR_EFFECTS) == sorted(DESIGN_EFFECTS)
+    assert sorted(SEND_ERROR_EFFECTS) == sorted(DOCUMENTED_EFFECTS)
 
 
 @pytest.mark.parametrize("error", sorted(SEND_ERROR_EFFECTS))
 def test_each_error_in_the_table_has_its_effect_and_no_other(error: int) -> None:
     oa = failed_with(error)
     effects = {name for name, holds in CHECKS.items() if holds(oa)}
-    assert effects == {DESIGN_EFFECTS[error]}
+    assert effects == {DOCUMENTED_EFFECTS[error]}
 
 
 def test_an_error_outside_the_table_blocks_nothing() -> None:

@@ -1,4 +1,4 @@
-"""The fold: how each record of `zns.events` changes the state of its OA (DESIGN.md 3 and 4).
+"""The fold: how each record of `zns.events` changes the state of its OA (docs/rules.md).
 
 `read_item` turns a record (kind, key, value, headers) into an `Item`, or
 raises `Unprocessable` with the reason the processor puts in `zns.dlq`.

@@ -47,8 +47,8 @@ class Item:
     oa_id: str
     body: Body
     at: datetime
-    """The event time (DESIGN.md 4): delivery, submit, sent time, or the `timestamp`; for
-    a command, when the operator asked (see `has_event_time`)."""
+    """The event time (docs/rules.md#time-and-windows): delivery, submit, sent time, or the
+    `timestamp`; for a command, when the operator asked (see `has_event_time`)."""
     dedup_key: str | None = None
 
     @property

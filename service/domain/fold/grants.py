@@ -146,8 +146,8 @@ def give_back(run: Run, grant: Grant, units: int) -> None:
 
 def settle_unsent(run: Run, message: Message, day: int) -> None:
     """A receipt with no send record: it settles one open unit of that day's grants,
-    or, with none open, consumes a unit itself (DESIGN.md 3). Which grant it was is
-    not known, so the message does not take the grant's template or tag."""
+    or, with none open, consumes a unit itself (docs/rules.md#counting-against-the-quota). Which
+    grant it was is not known, so the message does not take the grant's template or tag."""
     grants = run.state.grants
     for admission_id in run.state.open_grants:
         grant = grants.get(admission_id)

@@ -40,7 +40,8 @@ def set_quality(run: Run, template: Template, quality: str, at: datetime, rule: 
 
 
 def check_template(run: Run, template: Template, at: datetime) -> None:
-    """Its proxy level after its counts changed; a turn to LOW pauses it (DESIGN.md 4.5)."""
+    """Its proxy level after its counts changed; a turn to LOW pauses it
+    (docs/rules.md#templates)."""
     level = template.proxy_level(run.now, run.thresholds)
     before = template.proxy_7d
     if level.value == before:
