@@ -175,6 +175,13 @@ def _parser() -> argparse.ArgumentParser:
         "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
     )
     token_status.add_argument("--oa", metavar="OA", help="only this OA")
+    backup = commands.add_parser(
+        "backup", help="copy the embedded log's file, consistently, while the service runs"
+    )
+    backup.add_argument("--to", required=True, metavar="FILE", help="the copy (must not exist)")
+    backup.add_argument(
+        "--config", metavar="FILE", help="TOML settings file (default: $ZNS_GATE_CONFIG)"
+    )
     schemas = commands.add_parser("schemas", help="write the JSON Schemas of every payload")
     schemas.add_argument("--out", metavar="DIR", default="schemas", help="default: ./schemas")
     schemas.add_argument(
@@ -361,6 +368,25 @@ def _config_show(settings: Settings, form: Literal["toml", "json"]) -> int:
     return EXIT_OK
 
 
+def _backup(settings: Settings, target: Path) -> int:
+    from service.log.backup import BackupError, backup
+
+    if settings.log.backend != "embedded":
+        print(
+            "zns-gate: backup copies the embedded log's file; on Kafka the topics are the "
+            "state (see docs/operations.md#backups-and-restore)",
+            file=sys.stderr,
+        )
+        return EXIT_INVALID_SETTINGS
+    try:
+        report = backup(settings.log.path, target)
+    except BackupError as exc:
+        print(f"zns-gate: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{report.target}: {report.size_bytes} bytes in {report.seconds:.2f} s")
+    return EXIT_OK
+
+
 def _replay(settings: Settings, dry_run: bool, dump: str | None, quiet: bool) -> int:
     import orjson
     from tqdm import tqdm
@@ -540,6 +566,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _demo(args, settings)
     if args.command == "token":
         return _token_status(settings, args.oa)
+    if args.command == "backup":
+        return _backup(settings, Path(args.to))
     raise AssertionError(f"unhandled command {args.command!r}")  # argparse refuses others
 
 
