@@ -100,6 +100,9 @@ class Stream:
         self._posts = asyncio.Semaphore(self.options.concurrency)
         self._room = asyncio.Event()
         self._room.set()
+        self.following = False
+        """The cursor is loaded (or, for a new target, written): decisions from it on are
+        this stream's."""
 
     @property
     def cursor(self) -> int:
@@ -114,6 +117,7 @@ class Stream:
             start = (await self.notifier.log.end_offsets([tp]))[tp]
             await cursors.save(self.label, self.partition, start)
         self._next = self._saved = start
+        self.following = True
         last_save = time.monotonic()
         try:
             while True:
@@ -277,9 +281,9 @@ class Notifier:
             await session.close()
         self._sessions = {}
 
-    def streams(self) -> list[tuple[str, int]]:
-        """(target label, partition) of the streams running now."""
-        return sorted(self._streams)
+    def following(self) -> frozenset[tuple[str, int]]:
+        """(target label, partition) of the streams that follow their cursor now."""
+        return frozenset(key for key, (stream, _) in self._streams.items() if stream.following)
 
     async def _run(self) -> None:
         while True:
