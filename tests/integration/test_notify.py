@@ -113,11 +113,12 @@ async def start(
         oas=ZNS_2024,
     )
     await ready(service)
-    app = service.client.server.app
+    app = service.client.app
+    assert app is not None
     wanted = {(t["name"], p) for t in targets for p in range(service.log.partitions)}
 
     async def following() -> bool:
-        return app[NOTIFIER].following() >= wanted
+        return bool(app[NOTIFIER].following() >= wanted)
 
     await eventually(following)
     return service
@@ -292,7 +293,8 @@ async def test_a_restart_delivers_what_was_in_flight_and_nothing_is_lost(
 
     await eventually(all_came)
     # Delivered, the cursor moves on: a second restart posts none of them again.
-    app = second.client.server.app
+    app = second.client.app
+    assert app is not None
     streams = app[NOTIFIER]._streams.values()
 
     async def saved() -> bool:
