@@ -597,4 +597,3 @@ class TokenKeeper:
             ZALO_TOKEN_STATE.labels(oa_id, state).set(1 if state == current else 0)
         left = 0.0 if token.access_expires_at is None else token.access_expires_at - now_ms
         ZALO_TOKEN_EXPIRES_SECONDS.labels(oa_id).set(max(left, 0.0) / 1000)
-

@@ -20,9 +20,19 @@ from standardwebhooks import Webhook
 from service.app import NOTIFIER
 from service.log.base import Record, TopicPartition
 from service.metrics import NOTIFY_DELIVERED, NOTIFY_DLQ, NOTIFY_FAILED
-from tests import feed
+from tests import feed, zalo
 from tests.conftest import RunningService, ServiceFactory
 from tests.integration.test_api import NOW, OA, admit, eventually, get, post_webhook, ready
+from tests.integration.test_zalo_tokens import (  # noqa: F401 (the fixture `fake`)
+    REFRESH,
+    Fake,
+    fake,
+    keeper_of,
+    later,
+    put,
+    until_owner,
+    zalo_sections,
+)
 
 SECRET = "whsec_" + base64.b64encode(b"notify-test-key-0123456789abcdef").decode()
 FAST = {"backoff_first_s": 0.05, "backoff_most_s": 0.2, "poll_s": 0.05}
@@ -318,9 +328,7 @@ async def test_a_hanging_target_holds_back_neither_the_api_nor_another_target(
 ) -> None:
     slow = await receiver(receivers, hang=asyncio.Event())
     fast = await receiver(receivers)
-    service = await start(
-        service_factory, target(slow, "slow"), target(fast, "fast"), timeout_s=60
-    )
+    service = await start(service_factory, target(slow, "slow"), target(fast, "fast"), timeout_s=60)
     await low_quality(service)
 
     async def hanging() -> bool:
@@ -346,3 +354,44 @@ async def test_a_hanging_target_holds_back_neither_the_api_nor_another_target(
         return set(slow.ids()) >= made
 
     await eventually(slow_has_all)
+
+
+async def test_token_expiring_warns_once_per_refresh_token(
+    service_factory: ServiceFactory,
+    receivers: list[Receiver],
+    fake: Fake,  # noqa: F811
+) -> None:
+    hook = await receiver(receivers)
+    service = await service_factory(
+        **zalo_sections(fake),
+        notify=[target(hook, "tokens", kinds=["token_expiring"])],
+        notifier=FAST,
+        processor=PROCESSOR,
+    )
+    await until_owner(service)
+    app = service.client.app
+    assert app is not None
+
+    async def following() -> bool:
+        return len(app[NOTIFIER].following()) == service.log.partitions
+
+    await eventually(following)
+    body = {"app_id": zalo.APP_ID, "refresh_token": REFRESH}
+    assert (await put(service, body))[0] == 200
+    keeper = keeper_of(service)
+    # Zalo rate-limits every refresh: the refresh token ages towards its end unrenewed.
+    await fake.control("/errors", {"endpoint": "oauth", "error": -32, "times": 10_000})
+    later(keeper, 84 * 86_400)  # 6 days left of 90
+
+    async def warned() -> bool:
+        return bool(hook.delivered)
+
+    await eventually(warned)
+    await asyncio.sleep(keeper.options.tail_every_s * 3)  # more ticks: no second warning
+    (warning,) = hook.delivered
+    assert (warning["data"]["kind"], warning["data"]["rule"]) == ("warning", "token_expiring")
+    assert warning["data"]["source"]["topic"] == service.log.topics.tokens
+    assert "refresh token expires at" in warning["explanation"]
+    made = [d for d in await decisions(service) if d["rule"] == "token_expiring"]
+    assert [d["decision_id"] for d in made] == [warning["data"]["decision_id"]]
+    assert keeper._tokens[OA].expiring_warned  # kept in the token's record
