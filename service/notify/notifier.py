@@ -192,7 +192,9 @@ class Stream:
     async def _post(self, msg_id: str, body: bytes) -> Attempt:
         headers = payloads.headers(self._key, msg_id, int(time.time()), body)
         try:
-            async with self.session.post(self.target.url, data=body, headers=headers) as answer:
+            async with self.session.post(
+                self.target.url, data=body, headers=headers, allow_redirects=False
+            ) as answer:
                 await answer.read()
                 if 200 <= answer.status < 300:
                     return Attempt(True)

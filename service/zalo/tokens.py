@@ -39,7 +39,7 @@ _log = get_logger("zalo.tokens")
 REFRESH_TOKEN_LIFETIME_S = 90 * 86_400
 """A refresh token dies 3 months after it was issued (Zalo's OAuth v4)."""
 EXPIRING_WARNING_S = 7 * 86_400
-"""`token_expiring` warns when the refresh token has less than this left (DESIGN 9)."""
+"""`token_expiring` warns when the refresh token has less than this left."""
 STATES: tuple[State, ...] = ("valid", "expiring", "dead", "missing")
 
 

@@ -1,5 +1,5 @@
-"""The warnings (DESIGN 9): decisions of kind `warning` that say a penalty or a step down is
-near, before Zalo's rules act, once per episode.
+"""The warnings (docs/notifications.md): decisions of kind `warning` that say a penalty or
+a step down is near, before Zalo's rules act, once per episode.
 
 - `penalty_near`: today's negatives reach half of the penalty threshold T; once per OA
   and day (`OAState.warned_penalty_day`).
