@@ -123,7 +123,7 @@ class Stream:
             while True:
                 await self._room.wait()
                 room = self.options.window - len(self._pending)
-                batch = await self.notifier.log.read(tp, self._next, min(room, 500))
+                batch = await self.notifier.log.read(tp, self._next, min(room, 200))
                 for record in batch:
                     self._take(record)
                     self._next = record.offset + 1

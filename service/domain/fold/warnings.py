@@ -20,12 +20,14 @@ NEAR_SHARE = 0.5
 
 
 def check_warnings(run: Run) -> None:
-    """The warnings a record made due. Only looked at when the counts or the tier moved:
-    nothing else changes what they read."""
-    if not (run.counts_changed or run.changes):
-        return
-    _penalty_near(run)
-    _tier_down_likely(run)
+    """The warnings a record made due, each looked at only when what it reads may have
+    moved: today's negatives for `penalty_near`; for `tier_down_likely` a decision of
+    the record (a level or the tier changed: only those turn a projection into a step
+    down or back), since a forecast at every receipt would cost more than its fold."""
+    if run.counts_changed:
+        _penalty_near(run)
+    if any(change.kind != "warning" for change in run.changes):
+        _tier_down_likely(run)
 
 
 def _penalty_near(run: Run) -> None:
