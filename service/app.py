@@ -27,6 +27,7 @@ from service.log import create_log
 from service.log.base import EventLog, LogUnavailable
 from service.logsetup import get_logger
 from service.metrics import REGISTRY
+from service.notify.notifier import Notifier, Owner
 from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
@@ -47,6 +48,9 @@ the application starts; the poller (and the send proxy) take their tokens from i
 
 POLLER = web.AppKey("zalo_poller", Poller)
 """The Zalo poller while `zalo.enabled` and tokens are wired."""
+
+NOTIFIER = web.AppKey("notifier", Notifier)
+"""The notifier while `[[notify]]` targets are configured."""
 
 
 async def healthz(_: web.Request) -> web.Response:
@@ -121,7 +125,14 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
             processor.oa_gauges.tokens = keeper  # the refresh tokens' expiry, per OA
             if ZALO_TOKENS not in app:  # the poller's tokens, unless given (as tests do)
                 app[ZALO_TOKENS] = keeper
+        notifier = None
+        if settings.notify:
+            # The decisions of the partitions this instance owns, to the [[notify]] targets.
+            notifier = app[NOTIFIER] = Notifier(app[LOG], settings, Owner(processor))
+            await notifier.start()
         yield
+        if notifier is not None:
+            await notifier.close()
         if keeper is not None:
             await keeper.close()
         await processor.close()

@@ -300,6 +300,94 @@ class ApiSettings(_Section):
     most 10,000, which keeps an admission record within the broker's default limit."""
 
 
+NOTIFY_KINDS = ("quality", "tier", "penalty", "pause", "suspension", "template", "token", "warning")
+"""The kinds of `zns.decisions` (`DecisionRecord.kind`; a test keeps the two the same)."""
+NOTIFY_WARNINGS = ("penalty_near", "tier_down_likely", "token_expiring", "token_dead")
+"""The warnings (rules) a target may name in `kinds` beside the kinds themselves."""
+
+
+class NotifyTarget(_Section):
+    """One receiver of decisions (`[[notify]]`): each decision whose kind or rule is in
+    `kinds` is posted to `url`, signed as Standard Webhooks do (docs/notifications.md)."""
+
+    name: str | None = Field(default=None, pattern=r"^[A-Za-z0-9._-]{1,64}$")
+    """The target's label in metrics and logs, and the name of its durable cursor;
+    default: the URL's host and port. Renaming it starts its cursor from the log's end."""
+    url: str
+    secret: SecretStr
+    """`whsec_` and the base64 of the signing key (Standard Webhooks)."""
+    kinds: list[str] | None = None
+    """Kinds (`tier`, `penalty`, ..., `warning`) or rules (`penalty_near`, `token_dead`,
+    ...) to send; default all."""
+    format: Literal["standard", "slack"] = "standard"
+    """`standard`: the decision as JSON; `slack`: `{"text": <its explanation>}`."""
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _whsec(cls, value: SecretStr) -> SecretStr:
+        text = value.get_secret_value()
+        if not text.startswith("whsec_"):
+            raise ValueError("must start with whsec_ (a Standard Webhooks secret)")
+        try:
+            key = base64.b64decode(text.removeprefix("whsec_"), validate=True)
+        except (binascii.Error, ValueError):
+            raise ValueError("must be whsec_ and base64") from None
+        if len(key) < 16:
+            raise ValueError("the key after whsec_ must be at least 16 bytes")
+        return value
+
+    @field_validator("kinds")
+    @classmethod
+    def _known_kinds(cls, kinds: list[str] | None) -> list[str] | None:
+        if kinds is None:
+            return None
+        unknown = sorted(set(kinds) - set(NOTIFY_KINDS) - set(NOTIFY_WARNINGS))
+        if unknown:
+            raise ValueError(f"unknown kinds: {', '.join(unknown)}")
+        return kinds
+
+    @property
+    def label(self) -> str:
+        """`name`, or the URL's host and port."""
+        if self.name is not None:
+            return self.name
+        rest = self.url.split("://", 1)[1]
+        return rest.split("/", 1)[0]
+
+    def key(self) -> bytes:
+        """The signing key: the secret's bytes after `whsec_`."""
+        return base64.b64decode(self.secret.get_secret_value().removeprefix("whsec_"))
+
+    def wants(self, kind: str, rule: str) -> bool:
+        return self.kinds is None or kind in self.kinds or rule in self.kinds
+
+
+class NotifierSettings(_Section):
+    """How decisions are delivered to the `[[notify]]` targets."""
+
+    retry_for_s: float = Field(default=86_400.0, gt=0)
+    """A decision a target has not taken (2xx) this long after its first try goes to
+    `zns.notify-dlq`."""
+    backoff_first_s: float = Field(default=1.0, gt=0)
+    backoff_most_s: float = Field(default=600.0, gt=0)
+    """Retries wait first, doubling up to most (each wait jittered)."""
+    timeout_s: float = Field(default=10.0, gt=0, le=120)
+    """One delivery attempt's limit."""
+    concurrency: int = Field(default=8, ge=1, le=256)
+    """Deliveries in flight per target and partition."""
+    window: int = Field(default=256, ge=1, le=100_000)
+    """Decisions read ahead of the oldest undelivered one, per target and partition."""
+    poll_s: float = Field(default=0.2, gt=0, le=60)
+    """How often the tail of `zns.decisions` is read when nothing is new."""
+
+
 class Settings(BaseSettings):
     """Everything one `zns-gate` process is configured with."""
 
@@ -319,6 +407,8 @@ class Settings(BaseSettings):
     oas: list[OaSettings] = Field(default_factory=list)
     api: ApiSettings = ApiSettings()
     zalo: ZaloSettings = ZaloSettings()
+    notify: list[NotifyTarget] = Field(default_factory=list)
+    notifier: NotifierSettings = NotifierSettings()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("apps")
@@ -334,6 +424,13 @@ class Settings(BaseSettings):
     def _unique_oas(cls, oas: list[OaSettings]) -> list[OaSettings]:
         _refuse_repeats("oa_id", [oa.oa_id for oa in oas])
         return oas
+
+    @field_validator("notify")
+    @classmethod
+    def _unique_targets(cls, targets: list[NotifyTarget]) -> list[NotifyTarget]:
+        # The label names the target's cursor: two targets must not share one.
+        _refuse_repeats("notify target", [target.label for target in targets])
+        return targets
 
     @classmethod
     def settings_customise_sources(

@@ -214,3 +214,33 @@ OA_TOKEN_EXPIRES_SECONDS = Gauge(
     ["oa_id"],
     registry=REGISTRY,
 )
+
+NOTIFY_DELIVERED = Counter(
+    "zns_gate_notify_delivered",
+    "Decisions a notification target took (2xx), per target label.",
+    ["target"],
+    registry=REGISTRY,
+)
+
+NOTIFY_FAILED = Counter(
+    "zns_gate_notify_failed",
+    "Delivery attempts that failed (not 2xx, timeout, unreachable) and will be retried or "
+    "dead-lettered, per target label.",
+    ["target"],
+    registry=REGISTRY,
+)
+
+NOTIFY_DLQ = Counter(
+    "zns_gate_notify_dlq",
+    "Decisions moved to zns.notify-dlq after the retry window, per target label.",
+    ["target"],
+    registry=REGISTRY,
+)
+
+NOTIFY_DELAY_SECONDS = Histogram(
+    "zns_gate_notify_delay_seconds",
+    "Time from a decision's append to zns.decisions to the target's 2xx, per target label.",
+    ["target"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600, 86_400),
+    registry=REGISTRY,
+)

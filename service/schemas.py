@@ -21,6 +21,7 @@ from service.domain.records import (
     CommandRecord,
     DeadLetter,
     DecisionRecord,
+    NotifyDeadLetter,
     SendRecord,
     SyncRecord,
 )
@@ -41,6 +42,7 @@ def _documents() -> dict[str, Any]:
     docs["topics/oa-state.json"] = SnapshotChunk | PartitionMark
     docs["topics/decisions.json"] = DecisionRecord
     docs["topics/dlq.json"] = DeadLetter
+    docs["topics/notify-dlq.json"] = NotifyDeadLetter
     return docs
 
 

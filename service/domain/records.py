@@ -238,13 +238,16 @@ class Source(_Record):
 
 class DecisionRecord(_Record):
     """A value of `zns.decisions`: one change of a quality level, a tier, a penalty, a pause,
-    a suspension or of an OA's Zalo token (`token_dead`), with what caused it."""
+    a suspension or of an OA's Zalo token (`token_dead`), or a warning (kind `warning`,
+    rule `penalty_near`, `tier_down_likely` or `token_expiring`), with what caused it."""
 
     decision_id: str
     """Made from the source's partition and offset and the rule: the same on a repeat."""
     oa_id: str
     template_id: str | None = None
-    kind: Literal["quality", "tier", "penalty", "pause", "suspension", "template", "token"]
+    kind: Literal[
+        "quality", "tier", "penalty", "pause", "suspension", "template", "token", "warning"
+    ]
     rule: str
     """What fired, e.g. `evaluation_up`, `penalty`, `zalo_change_oa_daily_quota`."""
     before: Any
@@ -268,3 +271,20 @@ class DeadLetter(_Record):
     value: str
     """The record's value, as text (invalid UTF-8 replaced)."""
     headers: dict[str, str] = Field(default_factory=dict)
+
+
+class NotifyDeadLetter(_Record):
+    """A value of `zns.notify-dlq`: a decision a notification target did not take (2xx)
+    within the retry window; its cursor moved on."""
+
+    target: str
+    """The target's label (`[[notify]] name`, or the URL's host and port)."""
+    url: str
+    attempts: int = Field(ge=1)
+    first_attempt_at: str
+    """ISO 8601 (UTC)."""
+    last_error: str
+    """The last answer's status (`http_500`), or `timeout` / `unreachable`."""
+    source: Source
+    """The decision's place in `zns.decisions`."""
+    decision: DecisionRecord

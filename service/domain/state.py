@@ -223,6 +223,10 @@ class OAState:
     """The daily quota at the start of today (the penalty threshold is 2 % of it)."""
     tier_changed_day: int | None = None
     penalty_day: int | None = None
+    warned_penalty_day: int | None = None
+    """The day `penalty_near` last warned of (once per OA and day)."""
+    warned_tier_down: bool = False
+    """`tier_down_likely` has warned, and the projection is still a step down."""
     exhausted_day: int | None = None
     """-144: today's remaining is 0 (until a later value from Zalo for that day)."""
     exhausted_at: int = 0

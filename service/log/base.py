@@ -78,6 +78,11 @@ class Topics:
     dlq: str = field(init=False)
     tokens: str = field(init=False)
     """The OAs' Zalo tokens, encrypted: compacted, one record per OA (key = OA id)."""
+    notify_cursor: str = field(init=False)
+    """The notifier's cursors: compacted, one record per target and partition of
+    `decisions`, in that partition (key = `<target>/<partition>`)."""
+    notify_dlq: str = field(init=False)
+    """Decisions a notification target did not take within the retry window."""
 
     def __post_init__(self) -> None:
         for name, suffix in (
@@ -87,14 +92,25 @@ class Topics:
             ("decisions", "decisions"),
             ("dlq", "dlq"),
             ("tokens", "tokens"),
+            ("notify_cursor", "notify-cursor"),
+            ("notify_dlq", "notify-dlq"),
         ):
             object.__setattr__(self, name, f"{self.prefix}.{suffix}")
 
     def all(self) -> tuple[str, ...]:
-        return (self.events, self.oa_state, self.oa_index, self.decisions, self.dlq, self.tokens)
+        return (
+            self.events,
+            self.oa_state,
+            self.oa_index,
+            self.decisions,
+            self.dlq,
+            self.tokens,
+            self.notify_cursor,
+            self.notify_dlq,
+        )
 
     def compacted(self) -> frozenset[str]:
-        return frozenset({self.oa_state, self.oa_index, self.tokens})
+        return frozenset({self.oa_state, self.oa_index, self.tokens, self.notify_cursor})
 
 
 @functools.lru_cache(maxsize=65_536)

@@ -38,6 +38,8 @@ _log = get_logger("zalo.tokens")
 
 REFRESH_TOKEN_LIFETIME_S = 90 * 86_400
 """A refresh token dies 3 months after it was issued (Zalo's OAuth v4)."""
+EXPIRING_WARNING_S = 7 * 86_400
+"""`token_expiring` warns when the refresh token has less than this left."""
 STATES: tuple[State, ...] = ("valid", "expiring", "dead", "missing")
 
 
@@ -486,6 +488,58 @@ class TokenKeeper:
         )
         _log.error("token dead", oa_id=token.oa_id, app_id=token.app_id, error=error)
 
+    def _expiring_unwarned(self, token: StoredToken | None, now_ms: int) -> bool:
+        return (
+            token is not None
+            and token.state != "dead"
+            and not token.expiring_warned
+            and token.refresh_expires_at - now_ms < EXPIRING_WARNING_S * 1000
+        )
+
+    async def _warn_expiring(self, oa_id: str) -> StoredToken | None:
+        """`token_expiring`, once per refresh token: the token's record says it was given
+        (written first, so that another instance or a restart does not give it again),
+        then the decision, whose id the refresh token's expiry makes the same on a repeat.
+        Runs as the OA's one change of its token (`_alone`): a refresh is not overwritten."""
+        token = self._tokens.get(oa_id)
+        if not self._expiring_unwarned(token, self._now_ms()) or not self.owns(oa_id):
+            return token
+        assert token is not None
+        warned = replace(token, expiring_warned=True)
+        # Not `_write`: the same pair, so a refresh backing off keeps backing off.
+        position = await self._append(oa_id, self.vault.seal(warned))
+        self._tokens[oa_id] = warned
+        expires = datetime.fromtimestamp(token.refresh_expires_at / 1000, self.settings.rules.zone)
+        decision = DecisionRecord(
+            decision_id=f"{position.partition}-r{token.refresh_expires_at}-0-token_expiring",
+            oa_id=oa_id,
+            kind="warning",
+            rule="token_expiring",
+            before=token.state_at(self._now_ms(), self.zalo.refresh_margin_s),
+            after="expiring",
+            inputs={
+                "app_id": token.app_id,
+                "refresh_expires_at": expires.isoformat(),
+                "warn_within_s": EXPIRING_WARNING_S,
+            },
+            at=datetime.fromtimestamp(self.clock(), self.settings.rules.zone).isoformat(),
+            source=Source(
+                topic=position.topic, partition=position.partition, offset=position.offset
+            ),
+        )
+        await self.log.append(
+            self.log.topics.decisions,
+            oa_id.encode(),
+            orjson.dumps(decision.model_dump(mode="json")),
+            timeout_s=self.options.append_timeout_s,
+        )
+        _log.warning("refresh token expiring", oa_id=oa_id, refresh_expires_at=expires.isoformat())
+        return warned
+
+    async def _quietly_warn(self, oa_id: str) -> None:
+        with contextlib.suppress(TokenUnavailable, LogError):
+            await self._alone(oa_id, lambda: self._warn_expiring(oa_id))
+
     def _due(self, token: StoredToken, now: float) -> bool:
         if token.state == "dead" or self._backing_off(token.oa_id):
             return False
@@ -504,14 +558,19 @@ class TokenKeeper:
             now = self.clock()
             for n, (oa_id, token) in enumerate(list(self._tokens.items()), 1):
                 if self._due(token, now) and self.owns(oa_id) and oa_id not in self._flights:
-                    task = asyncio.create_task(self._quietly(oa_id))
-                    self._background.add(task)
-                    task.add_done_callback(self._background.discard)
+                    self._in_background(self._quietly(oa_id))
+                elif self._expiring_unwarned(token, int(now * 1000)) and self.owns(oa_id):
+                    self._in_background(self._quietly_warn(oa_id))
                 self._show(oa_id)
                 if n % 500 == 0:
                     await asyncio.sleep(0)  # many OAs: let requests in between
             for oa_id in self._shown - self._tokens.keys():
                 self._show(oa_id)
+
+    def _in_background(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _quietly(self, oa_id: str) -> None:
         with contextlib.suppress(TokenUnavailable, LogError):
@@ -538,4 +597,3 @@ class TokenKeeper:
             ZALO_TOKEN_STATE.labels(oa_id, state).set(1 if state == current else 0)
         left = 0.0 if token.access_expires_at is None else token.access_expires_at - now_ms
         ZALO_TOKEN_EXPIRES_SECONDS.labels(oa_id).set(max(left, 0.0) / 1000)
-

@@ -48,6 +48,9 @@ class StoredToken:
     refreshed_at: int
     state: StoredState = "valid"
     last_error: str | None = None
+    expiring_warned: bool = False
+    """The `token_expiring` warning was given for this refresh token (a new pair starts
+    without it: the warning comes once per refresh token)."""
 
     def __repr__(self) -> str:  # printed by accident, it shows no token
         return f"StoredToken(oa_id={self.oa_id!r}, state={self.state!r})"
@@ -135,6 +138,7 @@ class Vault:
                 "refreshed_at": token.refreshed_at,
                 "state": token.state,
                 "last_error": token.last_error,
+                "expiring_warned": token.expiring_warned,
             }
         )
         nonce = os.urandom(12)
@@ -168,6 +172,7 @@ class Vault:
                 refreshed_at=int(inner["refreshed_at"]),
                 state="dead" if inner["state"] == "dead" else "valid",
                 last_error=inner["last_error"],
+                expiring_warned=bool(inner.get("expiring_warned", False)),
             )
         except InvalidTag:
             raise VaultError("the record does not open with this key for this OA") from None

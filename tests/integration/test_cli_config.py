@@ -29,6 +29,7 @@ SECRETS = {
     "api_token": "an-api-token-of-32-characters-xx",
     "cluster_secret": "a-cluster-secret-0123456789",
     "token_key": "ZmFrZS10b2tlbi1rZXktb2YtMzItYnl0ZXMtZXhhY3Q=",
+    "notify_secret": "whsec_bm90aWZ5LXNpZ25pbmcta2V5LTAxMjM0NQ==",
 }
 
 SETTINGS_WITH_SECRETS = f"""
@@ -56,6 +57,11 @@ cluster_secret = "{SECRETS["cluster_secret"]}"
 [zalo]
 enabled = true
 token_key = "{SECRETS["token_key"]}"
+
+[[notify]]
+url = "https://hooks.example/zns"
+secret = "{SECRETS["notify_secret"]}"
+kinds = ["penalty", "warning"]
 """
 
 
@@ -152,6 +158,8 @@ def test_config_show_masks_every_secret(settings_file: Path, tmp_path: Path, for
     assert shown["api"]["tokens"] == [{"token": MASK, "scopes": ["read", "send"]}]
     assert shown["api"]["cluster_secret"] == MASK
     assert shown["zalo"]["token_key"] == MASK
+    assert shown["notify"][0]["secret"] == MASK
+    assert shown["notify"][0]["kinds"] == ["penalty", "warning"]
     # What is not secret is shown as the service reads it: the id as digits, the rest.
     assert shown["apps"][0]["app_id"] == "2074138120372622546"
     assert shown["log"]["path"] == "db/gate.db"

@@ -27,6 +27,7 @@ from service.domain.fold.signals import check_oa_levels, feedback, quick_reply, 
 from service.domain.fold.sync import sync
 from service.domain.fold.templates import end_pauses, set_quality, set_status
 from service.domain.fold.tier import change_days, set_quota
+from service.domain.fold.warnings import check_warnings
 from service.domain.records import AdmissionRecord, CommandRecord, SendRecord, SyncRecord
 from service.domain.state import Change, OAState, Policy
 
@@ -49,6 +50,7 @@ def fold(state: OAState, item: Item, now: datetime, policy: Policy) -> list[Chan
     if rule is not None:
         rule(run, item.body, at)
     check_oa_levels(run)
+    check_warnings(run)
     return run.changes
 
 
