@@ -61,6 +61,25 @@ OPERATIONS = (
         "Quality (effective, proxy and Zalo's), counts, explanation and forecast",
         models.QualityAnswer,
     ),
+    Operation(
+        "get",
+        f"{_OA}/history",
+        "The last 7 days hour by hour: delivered and negatives (the proxy), Zalo's levels",
+        models.HistoryAnswer,
+    ),
+    Operation(
+        "get",
+        f"{_OA}/decisions",
+        "The OA's last decisions (tier, penalty, quality, pauses...), each explained",
+        models.DecisionsAnswer,
+        errors=(401, 403, 422, 503),
+        headers=(),
+        notes=(
+            "Query `limit` (1 to 200, default 20) and `kind` (comma-separated kinds of "
+            "zns.decisions records); 422 invalid_request otherwise. Read from the last "
+            "5,000 records of the OA's zns.decisions partition (`scanned`) by any instance."
+        ),
+    ),
     Operation("get", f"{_OA}/templates", "Every template of the OA", models.TemplatesAnswer),
     Operation(
         "get",
