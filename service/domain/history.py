@@ -77,8 +77,10 @@ def _quality(decision: Mapping[str, Any]) -> str:
     counts = ""
     if "delivered" in inputs and "negatives" in inputs:
         counts = f" ({inputs['negatives']} negatives of {inputs['delivered']} delivered)"
+    template = decision.get("template_id")
+    whose = f"Template {template}'s" if template else "The OA's"
     return (
-        f"The proxy quality over {window} went from {decision.get('before')} to "
+        f"{whose} proxy quality over {window} went from {decision.get('before')} to "
         f"{decision.get('after')}{counts}."
     )
 

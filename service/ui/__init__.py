@@ -22,6 +22,7 @@ _TYPES = {
     "index.html": "text/html",
     "app.js": "text/javascript",
     "style.css": "text/css",
+    "favicon.svg": "image/svg+xml",
 }
 """The files served, by name, with their content types: nothing else under /ui/."""
 

@@ -50,7 +50,7 @@ function el(tag, attributes = {}, ...children) {
   for (const [name, value] of Object.entries(attributes)) {
     if (value !== null && value !== undefined) node.setAttribute(name, value);
   }
-  node.append(...children.flat().filter((c) => c !== null && c !== undefined));
+  node.append(...children.flat(Infinity).filter((c) => c !== null && c !== undefined));
   return node;
 }
 
@@ -194,13 +194,16 @@ function levelsStrip(history, quality) {
     ["Proxy 48h", quality.proxy.quality_48h],
     ["Proxy 7d", quality.proxy.quality_7d],
   ];
-  const strip = svg("svg", { viewBox: `0 0 ${CHART.width} ${rows.length * 22 + 4}`, class: "levels", role: "img", "aria-label": "Quality levels" });
+  const left = 80;
+  const full = CHART.width - left - CHART.right;
+  const strip = svg("svg", { viewBox: `0 0 ${CHART.width} ${rows.length * 18 + 4}`, class: "levels", role: "img", "aria-label": "Quality levels" });
   rows.forEach(([name, value], row) => {
+    // The bar's length is the level's rank: UNDEFINED a quarter, HIGH the whole width.
     const rank = Math.max(0, LEVELS.indexOf(value || "UNDEFINED"));
-    const y = 2 + row * 22;
-    strip.append(svg("text", { x: CHART.left - 6, y: y + 14, class: "tick", "text-anchor": "end" }, name));
-    strip.append(svg("rect", { x: CHART.left, y, width: ((CHART.width - CHART.left - CHART.right) * (rank + 1)) / 4, height: 18, class: `bar-${(value || "UNDEFINED").toLowerCase()}` }));
-    strip.append(svg("text", { x: CHART.left + 6, y: y + 14, class: "bar-label" }, value || "not read"));
+    const y = 2 + row * 18;
+    strip.append(svg("text", { x: left - 6, y: y + 11, class: "tick", "text-anchor": "end" }, name));
+    strip.append(svg("rect", { x: left, y, width: (full * (rank + 1)) / 4, height: 14, class: `bar-${(value || "UNDEFINED").toLowerCase()}` }));
+    strip.append(svg("text", { x: left + 6, y: y + 11, class: "bar-label" }, value || "not read"));
   });
   return strip;
 }
