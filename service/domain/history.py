@@ -49,6 +49,14 @@ def _quota(value: Any) -> str:
     return str(value)
 
 
+_QUOTA_SOURCES = {
+    "zalo_change_oa_daily_quota": "Zalo's webhook changed",
+    "zalo_send_quota": "Zalo's answer to a send showed a change of",
+    "sync": "A sync of Zalo's values changed",
+}
+"""Who told zns-gate of a new daily quota, by the rule of the `tier` decision."""
+
+
 def _tier(decision: Mapping[str, Any]) -> str:
     rule = str(decision.get("rule", ""))
     before, after = _quota(decision.get("before")), _quota(decision.get("after"))
@@ -59,7 +67,8 @@ def _tier(decision: Mapping[str, Any]) -> str:
             f"The weekly evaluation moved the daily quota from {before} to {after} "
             f"(7-day quality {level}, judged on {inputs.get('basis', 'the proxy')})."
         )
-    return f"Zalo set the daily quota from {before} to {after} ({rule})."
+    source = _QUOTA_SOURCES.get(rule, f"A record ({rule}) changed")
+    return f"{source} the daily quota from {before} to {after}."
 
 
 def _penalty(decision: Mapping[str, Any]) -> str:

@@ -11,6 +11,7 @@ and keeps it in the tab's sessionStorage (docs/dashboard.md).
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib import resources
 
 from aiohttp import web
@@ -44,23 +45,19 @@ def _headers() -> dict[str, str]:
 def add_routes(app: web.Application) -> None:
     files = _load()
 
-    def serve(name: str) -> web.Response:
-        return web.Response(
-            body=files[name], content_type=_TYPES[name], charset="utf-8", headers=_headers()
-        )
+    def serving(name: str) -> Callable[[web.Request], Awaitable[web.Response]]:
+        async def serve(_: web.Request) -> web.Response:
+            return web.Response(
+                body=files[name], content_type=_TYPES[name], charset="utf-8", headers=_headers()
+            )
 
-    async def page(_: web.Request) -> web.Response:
-        return serve("index.html")
-
-    async def asset(request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        if name not in files:
-            raise web.HTTPNotFound(reason="no such file of the dashboard")
-        return serve(name)
+        return serve
 
     async def to_page(_: web.Request) -> web.Response:
         raise web.HTTPFound("/ui/")
 
     app.router.add_get("/ui", to_page)
-    app.router.add_get("/ui/", page)
-    app.router.add_get("/ui/{name}", asset)
+    app.router.add_get("/ui/", serving("index.html"))
+    for name in _TYPES:
+        if name != "index.html":
+            app.router.add_get(f"/ui/{name}", serving(name))
