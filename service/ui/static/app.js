@@ -10,10 +10,20 @@
 const TOKEN_KEY = "zns-gate-token";
 const SVG = "http://www.w3.org/2000/svg";
 const LEVELS = ["UNDEFINED", "LOW", "MEDIUM", "HIGH"];
+const TOKEN_LOOKUPS = 100;
 
 // --- the API -------------------------------------------------------------------------------
 
 class Unauthenticated extends Error {}
+
+/** An error answer of the API, with its machine-readable code. */
+class ApiError extends Error {
+  constructor(path, status, body) {
+    const code = body && body.error ? body.error.code : `http_${status}`;
+    super(`${path} answered ${status} ${code}${body && body.error ? `: ${body.error.message}` : ""}`);
+    this.code = code;
+  }
+}
 
 async function api(path) {
   const token = sessionStorage.getItem(TOKEN_KEY);
@@ -23,20 +33,18 @@ async function api(path) {
     throw new Unauthenticated(response.status === 403 ? "the token lacks the read scope" : "");
   }
   const body = await response.json().catch(() => null);
-  if (!response.ok) {
-    const message = body && body.error ? `${body.error.code}: ${body.error.message}` : "";
-    throw new Error(`${path} answered ${response.status} ${message}`);
-  }
+  if (!response.ok) throw new ApiError(path, response.status, body);
   return body;
 }
 
-/** The answer, or `fallback` when the API answers an error (a missing feature). */
-async function optional(path, fallback) {
+/** The OA's Zalo token state: null when the service does not connect to Zalo
+ * (`zalo_disabled`), undefined when it could not be read now. */
+async function tokenState(oaId) {
   try {
-    return await api(path);
+    return await api(oaPath(oaId, "zalo/token"));
   } catch (error) {
     if (error instanceof Unauthenticated) throw error;
-    return fallback;
+    return error.code === "zalo_disabled" ? null : undefined;
   }
 }
 
@@ -95,7 +103,8 @@ function status(text, isError = false) {
 // --- the list of OAs -----------------------------------------------------------------------
 
 function tokenCell(token) {
-  if (!token) return el("span", { class: "muted" }, "off");
+  if (token === undefined) return el("span", { class: "muted" }, "—");
+  if (token === null) return el("span", { class: "muted" }, "off");
   return el("span", { class: `token token-${token.state}` }, token.state);
 }
 
@@ -106,11 +115,19 @@ function negativesCell(oa) {
   return el("span", { class: near ? "warn" : "" }, text);
 }
 
+/** Each OA's token state (one request an OA, for the first TOKEN_LOOKUPS OAs); none at all
+ * when the first answer says the service does not connect to Zalo (`zalo_disabled`). */
+async function tokenStates(oas) {
+  if (!oas.length) return [];
+  const first = await tokenState(oas[0].oa_id);
+  if (first === null) return oas.map(() => null);
+  const rest = await Promise.all(oas.slice(1, TOKEN_LOOKUPS).map((oa) => tokenState(oa.oa_id)));
+  return [first, ...rest];
+}
+
 async function listView() {
   const listing = await api("/v1/oas");
-  const tokens = await Promise.all(
-    listing.oas.map((oa) => optional(oaPath(oa.oa_id, "zalo/token"), null)),
-  );
+  const tokens = await tokenStates(listing.oas);
   const rows = listing.oas.map((oa, i) => [
     el("a", { href: `#/oa/${encodeURIComponent(oa.oa_id)}`, class: "oa-link" }, oa.oa_id),
     number(oa.daily_quota),
@@ -279,7 +296,7 @@ async function oaView(oaId) {
     api(oaPath(oaId, "templates")),
     api(`${oaPath(oaId, "decisions")}?limit=30`),
     api(`${oaPath(oaId, "decisions")}?kind=tier,penalty&limit=50`),
-    optional(oaPath(oaId, "zalo/token"), null),
+    tokenState(oaId),
   ]);
   show(
     el("p", {}, el("a", { href: "#/" }, "← every OA")),
