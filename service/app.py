@@ -16,6 +16,7 @@ from prometheus_client import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
 from service.api.app import access_middleware
 from service.api.app import add_routes as add_api_routes
+from service.api.decisions import add_routes as add_decision_routes
 from service.api.messages import PROXY
 from service.api.messages import add_routes as add_message_routes
 from service.api.routing import advertised_url, forwarded_middleware
@@ -31,6 +32,7 @@ from service.notify.notifier import Notifier, Owner
 from service.processor.owned import OWNED
 from service.processor.runner import Processor, ProcessorOptions
 from service.receiver.app import add_routes as add_receiver_routes
+from service.ui import add_routes as add_ui_routes
 from service.zalo.access import AccessTokens
 from service.zalo.client import ZaloClient
 from service.zalo.poller import Poller
@@ -174,6 +176,8 @@ def build_app(settings: Settings, log: EventLog | None = None) -> web.Applicatio
     add_api_routes(app)
     add_zalo_routes(app)
     add_message_routes(app)
+    add_decision_routes(app)
+    add_ui_routes(app)
     return app
 
 

@@ -495,6 +495,7 @@ def add_routes(app: web.Application) -> None:
     r.add_get("/v1/oas/{oa_id}/quota", _read(views.quota))
     r.add_get("/v1/oas/{oa_id}/message/quota", _read(views.zalo_quota))
     r.add_get("/v1/oas/{oa_id}/quality", _read(views.quality))
+    r.add_get("/v1/oas/{oa_id}/history", _read(views.history))
     r.add_get("/v1/oas/{oa_id}/templates", get_templates)
     r.add_get("/v1/oas/{oa_id}/templates/{template_id}", get_templates)
     r.add_post("/v1/oas/{oa_id}/admissions", post_admissions)

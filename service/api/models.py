@@ -8,7 +8,7 @@ contract tests). `service/api/openapi.py` builds `schemas/openapi.json` from the
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AwareDatetime,
@@ -406,6 +406,58 @@ class OASummary(_Model):
     quality_7d: Level
     suspended: bool
     templates: int
+    negatives_today: int
+    """Negative signals counted today (the proxy)."""
+    penalty_threshold_today: int | None
+    """T: the tier drops one step on the first negative beyond it (null: unlimited)."""
+
+
+class HistoryHour(_Model):
+    at: AwareDatetime
+    """The hour's start."""
+    delivered: int
+    negatives: int
+
+
+class HistoryZalo(_Model):
+    quality_48h: str | None
+    quality_7d: str | None
+    as_of: AwareDatetime | None
+
+
+class HistoryAnswer(_Model):
+    """`GET /v1/oas/{oa_id}/history`: the last 7 days hour by hour (168 hours, oldest first),
+    Zalo's levels and the tier as they are now; their changes are the OA's decisions."""
+
+    oa_id: str
+    hours: list[HistoryHour]
+    zalo: HistoryZalo
+    daily_quota: int | None
+    tier_changed_at: AwareDatetime | None
+
+
+class DecisionAnswer(_Model):
+    """One record of `zns.decisions`, with a sentence saying what it changed and why."""
+
+    decision_id: str
+    oa_id: str
+    template_id: str | None = None
+    kind: str
+    rule: str
+    before: Any
+    after: Any
+    inputs: dict[str, Any]
+    at: AwareDatetime
+    explanation: str
+
+
+class DecisionsAnswer(_Model):
+    """`GET /v1/oas/{oa_id}/decisions`: the OA's last decisions, newest first."""
+
+    decisions: list[DecisionAnswer]
+    scanned: int
+    """How many records at the tail of the OA's `zns.decisions` partition were read: older
+    decisions of a busy partition may lie beyond them."""
 
 
 class OAList(_Model):

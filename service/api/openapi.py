@@ -36,6 +36,8 @@ class Operation:
     """Of the 200 answer."""
     redirect: bool = False
     """The answer is a 302 to the `Location` header, not a 200."""
+    query: tuple[dict[str, Any], ...] = ()
+    """The query parameters it takes, as OpenAPI parameter objects."""
 
 
 _OA = "/v1/oas/{oa_id}"
@@ -60,6 +62,41 @@ OPERATIONS = (
         f"{_OA}/quality",
         "Quality (effective, proxy and Zalo's), counts, explanation and forecast",
         models.QualityAnswer,
+    ),
+    Operation(
+        "get",
+        f"{_OA}/history",
+        "The last 7 days hour by hour: delivered and negatives (the proxy), Zalo's levels",
+        models.HistoryAnswer,
+    ),
+    Operation(
+        "get",
+        f"{_OA}/decisions",
+        "The OA's last decisions (tier, penalty, quality, pauses...), each explained",
+        models.DecisionsAnswer,
+        errors=(401, 403, 422, 503),
+        headers=(),
+        notes=(
+            "Query `limit` (1 to 200, default 20) and `kind` (comma-separated kinds of "
+            "zns.decisions records); 422 invalid_request otherwise. Read from the last "
+            "5,000 records of the OA's zns.decisions partition (`scanned`) by any instance."
+        ),
+        query=(
+            {
+                "name": "limit",
+                "in": "query",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 1, "maximum": 200, "default": 20},
+            },
+            {
+                "name": "kind",
+                "in": "query",
+                "required": False,
+                "description": "Comma-separated: quality, tier, penalty, pause, suspension, "
+                "template, token.",
+                "schema": {"type": "string"},
+            },
+        ),
     ),
     Operation("get", f"{_OA}/templates", "Every template of the OA", models.TemplatesAnswer),
     Operation(
@@ -231,6 +268,44 @@ OPERATIONS = (
         content_type="text/plain",
     ),
     Operation("get", "/openapi.json", "This document", None, scope=None, errors=(), headers=()),
+    Operation(
+        "get",
+        "/ui",
+        "The operators' dashboard, at /ui/",
+        None,
+        scope=None,
+        errors=(),
+        headers=(),
+        redirect=True,
+    ),
+    Operation(
+        "get",
+        "/ui/",
+        "The operators' dashboard (docs/dashboard.md); it reads this API with a read token",
+        None,
+        scope=None,
+        errors=(),
+        headers=(),
+        content_type="text/html",
+        notes="Served with Content-Security-Policy: default-src 'self'.",
+    ),
+    *(
+        Operation(
+            "get",
+            f"/ui/{name}",
+            f"The dashboard's {what}",
+            None,
+            scope=None,
+            errors=(),
+            headers=(),
+            content_type=content_type,
+        )
+        for name, what, content_type in (
+            ("app.js", "script", "text/javascript"),
+            ("style.css", "style sheet", "text/css"),
+            ("favicon.svg", "icon", "image/svg+xml"),
+        )
+    ),
 )
 
 _HEADERS: dict[str, dict[str, Any]] = {
@@ -321,7 +396,7 @@ def document() -> dict[str, Any]:
         if op.redirect:
             responses["302"] = {
                 "description": "Found",
-                "headers": {"Location": {"schema": {"type": "string", "format": "uri"}}},
+                "headers": {"Location": {"schema": {"type": "string", "format": "uri-reference"}}},
             }
         else:
             responses["200"] = ok
@@ -356,6 +431,7 @@ def document() -> dict[str, Any]:
                         },
                     }
                 )
+        parameters.extend(op.query)
         if parameters:
             operation["parameters"] = parameters
         body = ref(op.body) if op.body is not None else op.raw_body
@@ -392,4 +468,5 @@ def statuses(op: Operation) -> list[int]:
 
 def _operation_id(op: Operation) -> str:
     words = [w for w in op.path.replace("{", "").replace("}", "").split("/") if w and w != "v1"]
-    return op.method + "_" + "_".join(words).replace("-", "_")
+    index = "_index" if op.path.endswith("/") else ""  # `/ui/` beside its redirect `/ui`
+    return op.method + "_" + "_".join(words).replace("-", "_") + index

@@ -14,6 +14,7 @@ from typing import Any
 from service.domain.admission import grantable
 from service.domain.forecast import forecast, next_evaluation
 from service.domain.governor import Limit, governor
+from service.domain.history import hourly
 from service.domain.scoring import Level, score
 from service.domain.state import WINDOW_7D, WINDOW_48H, OAState, Policy, Template
 from service.domain.windows import day_start, next_day_start
@@ -257,4 +258,33 @@ def summary(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
         "quality_7d": levels[1].value,
         "suspended": state.suspended,
         "templates": len(state.templates),
+        "negatives_today": state.negatives_by_day.get(today),
+        "penalty_threshold_today": state.penalty_threshold(policy),
+    }
+
+
+def history(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
+    """`GET /v1/oas/{oa_id}/history`: the last 7 days hour by hour (the proxy's counts),
+    with Zalo's levels and the tier as they are now (the state keeps no older values:
+    their changes are decisions)."""
+    hours = hourly(state, now)
+    return {
+        "oa_id": state.oa_id,
+        "hours": [
+            {
+                "at": datetime.fromtimestamp(hour.start_s, tz=policy.zone).isoformat(),
+                "delivered": hour.delivered,
+                "negatives": hour.negatives,
+            }
+            for hour in hours
+        ],
+        "zalo": {
+            "quality_48h": state.zalo_quality_48h,
+            "quality_7d": state.zalo_quality_7d,
+            "as_of": None
+            if state.zalo_quality_at == 0
+            else datetime.fromtimestamp(state.zalo_quality_at / 1000, tz=policy.zone).isoformat(),
+        },
+        "daily_quota": state.daily_quota,
+        "tier_changed_at": _iso_day(state.tier_changed_day, policy),
     }

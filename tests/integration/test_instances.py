@@ -132,6 +132,7 @@ async def _check_same_answers(session: aiohttp.ClientSession, instances: list[Se
     served_by = {headers["X-Served-By"] for _, _, headers in answers}
     assert len(served_by) == 1, "one owner answers, whichever instance is asked"
     assert served_by <= {i.url for i in instances}
+    await _dashboard_reads_alike(session, instances, served_by)
 
     # The same admission through every instance: one decision, the same answer.
     request = {"template_id": "t1", "tag": 1, "count": 2, "idempotency_key": "same-everywhere"}
@@ -142,6 +143,26 @@ async def _check_same_answers(session: aiohttp.ClientSession, instances: list[Se
             admitted.append(await answer.json())
     assert admitted[0]["granted"] == 2
     assert admitted[0] == admitted[1] == admitted[2]
+
+
+async def _dashboard_reads_alike(
+    session: aiohttp.ClientSession, instances: list[Served], owner: set[str]
+) -> None:
+    """The dashboard's reads: the history from the owner whichever instance is asked, and
+    the sync's tier decision read from the shared log by every instance."""
+    histories = [await get(session, f"{i.url}/v1/oas/{OA}/history") for i in instances]
+    assert {headers["X-Served-By"] for _, _, headers in histories} == owner
+    assert all(body["daily_quota"] == QUOTA for _, body, _ in histories)
+    deadline = time.monotonic() + 30
+    while True:
+        path = f"/v1/oas/{OA}/decisions?kind=tier"
+        answers = [await get(session, f"{i.url}{path}") for i in instances]
+        if all(status == 200 and body["decisions"] for status, body, _ in answers):
+            break
+        assert time.monotonic() < deadline, answers
+        await asyncio.sleep(0.2)
+    assert answers[0][1]["decisions"] == answers[1][1]["decisions"] == answers[2][1]["decisions"]
+    assert answers[0][1]["decisions"][0]["after"] == QUOTA
 
 
 async def _admissions_while_the_owner_dies(
