@@ -5,20 +5,21 @@ Decisions are keyed by the OA, so all of an OA's are in one partition of
 read them (the log is shared): no forwarding to the OA's owner. The read is
 bounded: at most `DECISIONS_SCAN` records at the partition's end, whatever
 the log holds, and only the chosen ones are decoded, in a thread. Each answer
-carries the sentence `domain.history.explain` makes of it.
+carries the sentence `domain.explain.explain` makes of it.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 from aiohttp import web
 
 from service.api.app import _oa_id
-from service.domain.history import explain
+from service.domain.explain import explain
+from service.domain.records import DecisionRecord
 from service.http import LOG, error_response, json_response
 from service.log.base import EventLog, Record, TopicPartition
 
@@ -26,7 +27,7 @@ DECISIONS_SCAN = 5000
 """The most records read at the tail of a `zns.decisions` partition for one answer."""
 MAX_LIMIT = 200
 DEFAULT_LIMIT = 20
-KINDS = frozenset({"quality", "tier", "penalty", "pause", "suspension", "template", "token"})
+KINDS = frozenset(get_args(DecisionRecord.model_fields["kind"].annotation))
 """The kinds of `zns.decisions` records (DecisionRecord.kind)."""
 
 

@@ -7,13 +7,14 @@ file current; `GET /openapi.json` serves the same document.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from service import __version__
 from service.api import models
+from service.domain.records import DecisionRecord
 
 REF = "#/components/schemas/{model}"
 JSON = "application/json"
@@ -92,8 +93,9 @@ OPERATIONS = (
                 "name": "kind",
                 "in": "query",
                 "required": False,
-                "description": "Comma-separated: quality, tier, penalty, pause, suspension, "
-                "template, token.",
+                "description": "Comma-separated, of: "
+                + ", ".join(get_args(DecisionRecord.model_fields["kind"].annotation))
+                + ".",
                 "schema": {"type": "string"},
             },
         ),

@@ -10,24 +10,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-from typing import Any, Literal
+from typing import Literal
 
 import orjson
 
+from service.domain.explain import explain as explained
 from service.domain.records import DecisionRecord
 
 Format = Literal["standard", "slack"]
-
-_KIND_WORDS = {
-    "quality": "quality level",
-    "tier": "daily quota",
-    "penalty": "daily quota (penalty)",
-    "pause": "pause",
-    "suspension": "suspension",
-    "template": "template status",
-    "token": "Zalo token",
-}
-
 
 def signature(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """`v1,<base64 HMAC-SHA256 of "id.timestamp.body">`: the `webhook-signature` header."""
@@ -65,38 +55,6 @@ def body(decision: DecisionRecord, fmt: Format) -> bytes:
 
 
 def explain(decision: DecisionRecord) -> str:
-    """One sentence a person reads in a chat: what changed for which OA, by which rule."""
-    who = f"OA {decision.oa_id}"
-    if decision.template_id is not None:
-        who += f", template {decision.template_id}"
-    if decision.kind == "warning":
-        return f"{who}: {_warning(decision.rule, decision.inputs)} (at {decision.at})."
-    what = _KIND_WORDS.get(decision.kind, decision.kind)
-    return (
-        f"{who}: {what} {_shown(decision.before)} → {_shown(decision.after)} "
-        f"(rule {decision.rule}, at {decision.at})."
-    )
-
-
-def _warning(rule: str, inputs: dict[str, Any]) -> str:
-    if rule == "penalty_near":
-        return (
-            f"warning penalty_near: {inputs.get('negatives_today')} negatives today, the "
-            f"penalty (one tier down) comes above {inputs.get('threshold')}"
-        )
-    if rule == "tier_down_likely":
-        return (
-            f"warning tier_down_likely: the next evaluation "
-            f"({inputs.get('next_evaluation_at')}) projects the daily quota "
-            f"{_shown(inputs.get('daily_quota'))} → {_shown(inputs.get('projected_daily_quota'))}"
-        )
-    if rule == "token_expiring":
-        return (
-            f"warning token_expiring: the Zalo refresh token expires at "
-            f"{inputs.get('refresh_expires_at')}; connect the OA again before then"
-        )
-    return f"warning {rule}"
-
-
-def _shown(value: Any) -> str:
-    return "unlimited" if value is None else str(value)
+    """One sentence a person reads in a chat: which OA, what changed and why, and when
+    (the dashboard shows the same sentence, without the OA and the time)."""
+    return f"OA {decision.oa_id} at {decision.at}: {explained(decision.model_dump(mode='json'))}"

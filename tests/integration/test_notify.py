@@ -186,7 +186,7 @@ async def test_a_penalty_from_negative_ratings_reaches_the_receiver_verified(
     assert penalty["type"] == "decision.penalty"
     assert (penalty["data"]["before"], penalty["data"]["after"]) == (5_000, 2_000)
     assert penalty["data"]["inputs"]["negatives_today"] == 101
-    assert "5000 → 2000" in penalty["explanation"]
+    assert "dropped one step, from 5,000 to 2,000" in penalty["explanation"]
     # webhook-id is the decision's id, and everything in zns.decisions came, verified.
     assert set(hook.ids()) == {d["decision_id"] for d in await decisions(service)}
     assert hook.attempts[: len(hook.delivered)] == hook.ids()
@@ -210,8 +210,9 @@ async def test_slack_format_posts_the_explanation_as_text(
     assert len(hook.delivered) == 1
     (body,) = hook.delivered
     assert set(body) == {"text"}
-    assert body["text"].startswith(f"OA {OA}: warning penalty_near: 50 negatives today")
-    assert "above 100" in body["text"]
+    assert body["text"].startswith(f"OA {OA} at ")
+    assert "Warning penalty_near: 50 negatives today" in body["text"]
+    assert "above 100 the daily quota drops one step" in body["text"]
 
 
 async def test_kinds_choose_what_each_target_gets(

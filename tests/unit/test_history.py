@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from service.domain.history import HISTORY_HOURS, explain, hourly
+from service.domain.explain import explain
+from service.domain.history import HISTORY_HOURS, hourly
 from service.domain.rules import RULE_SETS
 from service.domain.state import OAState
 

@@ -98,8 +98,8 @@ def test_the_signature_verifies_with_the_reference_library() -> None:
 def test_the_slack_body_is_the_explanation() -> None:
     text = orjson.loads(payloads.body(DECISION, "slack"))["text"]
     assert text == (
-        "OA 388613280878808645: daily quota (penalty) 20000 → 10000 "
-        "(rule penalty, at 2026-03-02T10:00:00+07:00)."
+        "OA 388613280878808645 at 2026-03-02T10:00:00+07:00: 401 negatives today went "
+        "beyond the threshold of 400: the daily quota dropped one step, from 20,000 to 10,000."
     )
 
 
