@@ -14,6 +14,7 @@ import binascii
 import functools
 import os
 import tomllib
+import urllib.parse
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -348,6 +349,8 @@ class NotifyTarget(_Section):
     def _known_kinds(cls, kinds: list[str] | None) -> list[str] | None:
         if kinds is None:
             return None
+        if not kinds:
+            raise ValueError("an empty list would send nothing; leave kinds out for every kind")
         unknown = sorted(set(kinds) - set(NOTIFY_KINDS) - set(NOTIFY_WARNINGS))
         if unknown:
             raise ValueError(f"unknown kinds: {', '.join(unknown)}")
@@ -355,18 +358,30 @@ class NotifyTarget(_Section):
 
     @property
     def label(self) -> str:
-        """`name`, or the URL's host and port."""
+        """`name`, or the URL's host and port: never its path, query or user, which may
+        hold a credential (a Slack webhook's path is one)."""
         if self.name is not None:
             return self.name
-        rest = self.url.split("://", 1)[1]
-        return rest.split("/", 1)[0]
+        return self.origin.split("://", 1)[1]
+
+    @property
+    def origin(self) -> str:
+        """`scheme://host:port` of the URL, what logs and dead letters may show of it."""
+        url = urllib.parse.urlsplit(self.url)
+        host = url.hostname or ""
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{url.scheme}://{host}" + (f":{url.port}" if url.port else "")
 
     def key(self) -> bytes:
         """The signing key: the secret's bytes after `whsec_`."""
         return base64.b64decode(self.secret.get_secret_value().removeprefix("whsec_"))
 
     def wants(self, kind: str, rule: str) -> bool:
-        return self.kinds is None or kind in self.kinds or rule in self.kinds
+        if self.kinds is None or kind in self.kinds or rule in self.kinds:
+            return True
+        # `token_dead` is a warning too, though its record is of kind `token`.
+        return rule == "token_dead" and "warning" in self.kinds
 
 
 class NotifierSettings(_Section):

@@ -21,6 +21,7 @@ import contextlib
 import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,7 +53,7 @@ def backup(source: Path, target: Path) -> BackupReport:
         _flush(partial)
         os.replace(partial, target)
         _flush(target.parent)
-    except sqlite3.Error as exc:
+    except (sqlite3.Error, OSError) as exc:
         raise BackupError(f"the copy of {source} failed: {exc}") from exc
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -62,7 +63,8 @@ def backup(source: Path, target: Path) -> BackupReport:
 
 def _copy(source: Path, partial: Path) -> None:
     # Read-only: the backup never writes to the service's file (nor checkpoints its WAL).
-    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=5.0)
+    uri = f"file:{urllib.parse.quote(str(source.resolve()))}?mode=ro"  # a `?` or `#` in a name
+    src = sqlite3.connect(uri, uri=True, timeout=5.0)
     try:
         dst = sqlite3.connect(partial)
         try:

@@ -48,15 +48,16 @@ OWNERS_EVERY_S = 1.0
 
 
 class Owner:
-    """Which partitions this instance owns now: those its processor holds, while the group
-    is in contact with it (as the token keeper decides whom a token belongs to)."""
+    """Which partitions this instance owns now: those its processor holds. Not also "while
+    in contact with the group", as granting is: a moment out of contact would stop and
+    restart every stream, posting everything in flight again. A partition that really
+    moves leaves the processor's folders at its revocation; until then, at worst, both
+    instances post a decision, which at-least-once allows (`webhook-id` is the same)."""
 
     def __init__(self, processor: Processor) -> None:
         self.processor = processor
 
     def partitions(self) -> frozenset[int]:
-        if not self.processor.in_contact():
-            return frozenset()
         return frozenset(self.processor.folders)
 
 
@@ -71,7 +72,8 @@ def backoff(attempt: int, options: NotifierSettings, rand: Callable[[], float]) 
     """The wait before retry number `attempt` (1 first): doubling from `backoff_first_s`,
     capped at `backoff_most_s`, jittered to between half and all of it so that the
     streams retrying one target do not come back at the same moment."""
-    capped: float = min(options.backoff_first_s * 2.0 ** (attempt - 1), options.backoff_most_s)
+    doublings = min(attempt - 1, 60)  # past that the cap holds anyway; 2.0 ** 1024 overflows
+    capped: float = min(options.backoff_first_s * 2.0**doublings, options.backoff_most_s)
     return capped * (0.5 + 0.5 * rand())
 
 
@@ -155,15 +157,30 @@ class Stream:
             return
         if not self.target.wants(decision.kind, decision.rule):
             return
-        task = asyncio.create_task(self._deliver(record, decision))
-        self._pending[record.offset] = task
+        self._start(record, decision)
         if len(self._pending) >= self.options.window:
             self._room.clear()
-        task.add_done_callback(lambda done: self._done(record.offset, done))
 
-    def _done(self, offset: int, task: asyncio.Task[None]) -> None:
+    def _start(self, record: Record, decision: DecisionRecord) -> None:
+        task = asyncio.create_task(self._deliver(record, decision))
+        self._pending[record.offset] = task
+        task.add_done_callback(lambda done: self._done(record.offset, record, decision, done))
+
+    def _done(
+        self, offset: int, record: Record, decision: DecisionRecord, task: asyncio.Task[None]
+    ) -> None:
         if task.cancelled():
             return  # stopped in flight: the cursor stays before it, it is posted again
+        if task.exception() is not None:
+            # A bug, not the target: never let the cursor pass an undelivered decision.
+            _log.error(
+                "a notify delivery failed; trying it again",
+                error=repr(task.exception()),
+                target=self.label,
+                offset=offset,
+            )
+            self._start(record, decision)
+            return
         self._pending.pop(offset, None)
         self._room.set()
 
@@ -171,6 +188,9 @@ class Stream:
         """Post until a 2xx or the end of the retry window, then the dead-letter topic."""
         body = payloads.body(decision, self.target.format)
         first = time.time()
+        # The retry window runs from the decision's append, not from this first try: a
+        # target down for days, or a restart, does not stretch it.
+        since = record.timestamp_ms / 1000 if record.timestamp_ms else first
         attempts = 0
         while True:
             attempts += 1
@@ -183,7 +203,7 @@ class Stream:
                     NOTIFY_DELAY_SECONDS.labels(self.label).observe(delay)
                 return
             NOTIFY_FAILED.labels(self.label).inc()
-            left = first + self.options.retry_for_s - time.time()
+            left = since + self.options.retry_for_s - time.time()
             if left <= 0:
                 await self._dead_letter(record, decision, attempts, first, outcome.error)
                 return
@@ -195,7 +215,7 @@ class Stream:
             async with self.session.post(
                 self.target.url, data=body, headers=headers, allow_redirects=False
             ) as answer:
-                await answer.read()
+                # Only the status counts; the body is not read (it may be of any size).
                 if 200 <= answer.status < 300:
                     return Attempt(True)
                 return Attempt(False, f"http_{answer.status}")
@@ -216,7 +236,7 @@ class Stream:
         cursor cannot pass it before)."""
         value = NotifyDeadLetter(
             target=self.label,
-            url=self.target.url,
+            url=self.target.origin,
             attempts=attempts,
             first_attempt_at=datetime.fromtimestamp(first, UTC).isoformat(),
             last_error=error or "unknown",

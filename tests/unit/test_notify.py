@@ -110,3 +110,29 @@ def test_backoff_doubles_is_capped_and_jittered() -> None:
     waits = {backoff(3, options, random.random) for _ in range(50)}
     assert all(2 <= w <= 4 for w in waits)
     assert len(waits) > 1
+
+
+def test_a_long_outage_never_overflows_the_backoff() -> None:
+    options = NotifierSettings(backoff_first_s=1, backoff_most_s=60)
+    assert backoff(5_000, options, lambda: 1.0) == 60
+
+
+def test_a_targets_label_and_origin_keep_no_credential() -> None:
+    (slack,) = Settings(
+        notify=[
+            {"url": "https://user:pw@hooks.slack.com:8443/services/T0/B0/XX?t=1", "secret": SECRET}
+        ]
+    ).notify
+    assert slack.label == "hooks.slack.com:8443"
+    assert slack.origin == "https://hooks.slack.com:8443"
+
+
+def test_warning_takes_token_dead_and_an_empty_kinds_is_refused() -> None:
+    (warnings,) = Settings(
+        notify=[{"url": "https://x", "secret": SECRET, "kinds": ["warning"]}]
+    ).notify
+    assert warnings.wants("token", "token_dead")
+    assert warnings.wants("warning", "penalty_near")
+    assert not warnings.wants("tier", "evaluation_down")
+    with pytest.raises(ValidationError, match="empty list"):
+        Settings(notify=[{"url": "https://x", "secret": SECRET, "kinds": []}])

@@ -125,7 +125,7 @@ async function tokenStates(oas) {
   return [first, ...rest];
 }
 
-async function listView() {
+async function listView(current) {
   const listing = await api("/v1/oas");
   const tokens = await tokenStates(listing.oas);
   const rows = listing.oas.map((oa, i) => [
@@ -140,6 +140,7 @@ async function listView() {
   const unreachable = listing.unreachable.length
     ? el("p", { class: "error" }, `Not answering: ${listing.unreachable.join(", ")}`)
     : null;
+  if (!current()) return; // the operator has gone elsewhere meanwhile
   show(
     panel(
       `OAs (${listing.oas.length})`,
@@ -287,7 +288,7 @@ function templatesPanel(templates) {
   );
 }
 
-async function oaView(oaId) {
+async function oaView(oaId, current) {
   document.getElementById("where").textContent = oaId;
   const [quota, quality, history, templates, decisions, tiers, token] = await Promise.all([
     api(oaPath(oaId, "quota")),
@@ -298,6 +299,7 @@ async function oaView(oaId) {
     api(`${oaPath(oaId, "decisions")}?kind=tier,penalty&limit=50`),
     tokenState(oaId),
   ]);
+  if (!current()) return; // the operator has gone elsewhere meanwhile
   show(
     el("p", {}, el("a", { href: "#/" }, "← every OA")),
     el("h1", {}, `OA ${oaId}`, " ", quota.suspended ? el("span", { class: "bad" }, "suspended") : "", " ", tokenCell(token)),
@@ -326,15 +328,19 @@ function askForToken(message) {
   status("");
 }
 
+let routes = 0;
+/** Each hash change starts a view; a slower earlier one must not draw over a later one. */
 async function route() {
+  const mine = ++routes;
+  const current = () => mine === routes;
   document.getElementById("login").hidden = true;
   document.getElementById("forget").hidden = !sessionStorage.getItem(TOKEN_KEY);
   document.getElementById("where").textContent = "";
   const match = location.hash.match(/^#\/oa\/(.+)$/);
   status("Loading…");
   try {
-    if (match) await oaView(decodeURIComponent(match[1]));
-    else await listView();
+    if (match) await oaView(decodeURIComponent(match[1]), current);
+    else await listView(current);
   } catch (error) {
     if (error instanceof Unauthenticated) {
       const had = sessionStorage.getItem(TOKEN_KEY);
