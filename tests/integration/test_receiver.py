@@ -47,7 +47,7 @@ async def test_every_event_is_accepted_and_published_unchanged(service: RunningS
         ("change_oa_template_tags", "change_oa_template_tags:{oa_id}:{timestamp}"),
     ],
 )
-async def test_dedup_key_follows_the_design(
+async def test_dedup_key_follows_the_documented_rule(
     service: RunningService, event_name: str, expected: str
 ) -> None:
     hook = hooks.build(event_name)

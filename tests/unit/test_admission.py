@@ -105,7 +105,7 @@ def test_each_reason_that_denies_the_whole_request(setup, reason: str, zalo: int
     assert denied == [(None, 2, reason, zalo)]
 
 
-def test_the_first_reason_in_the_designs_order_is_given() -> None:
+def test_the_first_reason_in_the_documented_order_is_given() -> None:
     oa = Oa()
     oa.apply(feed.template_quality("t1", "LOW", vn(D, 9)))
     oa.apply(feed.sync(vn(D, 9), remaining_quota=0))

@@ -72,7 +72,7 @@ def test_defaults_without_a_file() -> None:
     assert settings.api.tokens == []
 
 
-def test_the_design_example_reads_as_written(tmp_path: Path) -> None:
+def test_the_documented_example_reads_as_written(tmp_path: Path) -> None:
     settings = load_settings(write(tmp_path, SETTINGS_EXAMPLE))
     assert settings.app_secrets("2074138120372622546") == ("oa-secret-key",)
     assert settings.app_secrets("someone-else") is None

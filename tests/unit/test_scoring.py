@@ -17,7 +17,7 @@ T = Thresholds()
     ("negatives", "delivered", "bound"),
     [(6, 2000, 0.001376), (20, 2000, 0.006483), (0, 2000, 0.0), (0, 1, 0.0)],
 )
-def test_check_values_of_the_design(negatives: int, delivered: int, bound: float) -> None:
+def test_check_values_of_the_documented_rule(negatives: int, delivered: int, bound: float) -> None:
     assert wilson_lower_bound(negatives, delivered, 1.96) == pytest.approx(bound, abs=5e-7)
 
 

@@ -1,5 +1,5 @@
 """Send errors fed back, walked from the fold's table of their effects: every error the
-table holds does what the design says it blocks, and nothing else."""
+table holds does what docs/rules.md says it blocks, and nothing else."""
 
 from __future__ import annotations
 
@@ -53,7 +53,7 @@ DOCUMENTED_EFFECTS = {
     -1351: "the OA suspended",
     -135: "the OA suspended",
 }
-"""Each error of the design's table and the effect it gives."""
+"""Each error of the documented table (docs/rules.md) and the effect it gives."""
 
 
 def failed_with(error: int) -> Oa:
@@ -62,7 +62,7 @@ def failed_with(error: int) -> Oa:
     return oa
 
 
-def test_the_table_holds_exactly_the_errors_the_design_gives_an_effect() -> None:
+def test_the_table_holds_exactly_the_errors_the_docs_give_an_effect() -> None:
     assert sorted(SEND_ERROR_EFFECTS) == sorted(DOCUMENTED_EFFECTS)
 
 
