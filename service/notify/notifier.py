@@ -161,8 +161,8 @@ class Stream:
         if len(self._pending) >= self.options.window:
             self._room.clear()
 
-    def _start(self, record: Record, decision: DecisionRecord) -> None:
-        task = asyncio.create_task(self._deliver(record, decision))
+    def _start(self, record: Record, decision: DecisionRecord, after_s: float = 0.0) -> None:
+        task = asyncio.create_task(self._deliver(record, decision, after_s))
         self._pending[record.offset] = task
         task.add_done_callback(lambda done: self._done(record.offset, record, decision, done))
 
@@ -179,13 +179,16 @@ class Stream:
                 target=self.label,
                 offset=offset,
             )
-            self._start(record, decision)
+            self._start(record, decision, after_s=self.options.backoff_most_s)
             return
         self._pending.pop(offset, None)
         self._room.set()
 
-    async def _deliver(self, record: Record, decision: DecisionRecord) -> None:
-        """Post until a 2xx or the end of the retry window, then the dead-letter topic."""
+    async def _deliver(self, record: Record, decision: DecisionRecord, after_s: float) -> None:
+        """Post until a 2xx or the end of the retry window, then the dead-letter topic;
+        first wait `after_s` (a delivery tried again after a failure of its own)."""
+        if after_s:
+            await asyncio.sleep(after_s)
         body = payloads.body(decision, self.target.format)
         first = time.time()
         # The retry window runs from the decision's append, not from this first try: a
