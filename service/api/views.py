@@ -153,14 +153,7 @@ def quality(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
         "tier_basis": tier_basis,
         "score": score(counts["negatives_7d"], counts["delivered_7d"], t),
         "proxy": {**counts, "quality_48h": proxy_48h.value, "quality_7d": proxy_7d.value},
-        "zalo": {
-            "quality_48h": state.zalo_quality_48h,
-            "quality_7d": state.zalo_quality_7d,
-            "as_of": None
-            if state.zalo_quality_at == 0
-            else datetime.fromtimestamp(state.zalo_quality_at / 1000, tz=policy.zone).isoformat(),
-            "fresh": zalo is not None,
-        },
+        "zalo": {**_zalo_levels(state, policy), "fresh": zalo is not None},
         "used": "worse_of_zalo_and_proxy" if zalo is not None else "proxy",
         "rates": {
             "48h": _rate(counts["negatives_48h"], counts["delivered_48h"]),
@@ -278,13 +271,17 @@ def history(state: OAState, now: datetime, policy: Policy) -> dict[str, Any]:
             }
             for hour in hours
         ],
-        "zalo": {
-            "quality_48h": state.zalo_quality_48h,
-            "quality_7d": state.zalo_quality_7d,
-            "as_of": None
-            if state.zalo_quality_at == 0
-            else datetime.fromtimestamp(state.zalo_quality_at / 1000, tz=policy.zone).isoformat(),
-        },
+        "zalo": _zalo_levels(state, policy),
         "daily_quota": state.daily_quota,
         "tier_changed_at": _iso_day(state.tier_changed_day, policy),
+    }
+
+
+def _zalo_levels(state: OAState, policy: Policy) -> dict[str, Any]:
+    """Zalo's own quality levels as last read, and when (null: never read)."""
+    at = state.zalo_quality_at
+    return {
+        "quality_48h": state.zalo_quality_48h,
+        "quality_7d": state.zalo_quality_7d,
+        "as_of": None if at == 0 else datetime.fromtimestamp(at / 1000, tz=policy.zone).isoformat(),
     }

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ from service.app import build_app, freeze_what_started
 from service.config import Settings
 from service.http import LOG
 from service.logsetup import configure_logging
-from tests.bench.loop_lag import Probe
+from tests.bench.loop_lag import Probe, report
 from tests.serve import free_port
 
 OA = "oa7"
@@ -115,14 +114,7 @@ async def main(rounds: int) -> None:
                         results.setdefault(name, []).append(await _measure(session, url, probe))
         finally:
             await runner.cleanup()
-    print(f"{'request':36} {'longest stall p50':>18} {'max':>8} {'answer p50':>11}")
-    for name, values in results.items():
-        stalls = [v[0] * 1000 for v in values]
-        took = [v[1] * 1000 for v in values]
-        print(
-            f"{name:36} {statistics.median(stalls):15.1f} ms {max(stalls):5.1f} ms"
-            f" {statistics.median(took):8.1f} ms"
-        )
+    report(results, width=36)
 
 
 if __name__ == "__main__":

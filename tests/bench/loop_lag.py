@@ -173,12 +173,18 @@ async def main(rounds: int) -> None:
                         )
         finally:
             await runner.cleanup()
-    print(f"{'request':34} {'longest stall p50':>18} {'max':>8} {'answer p50':>11}")
+    report(results, width=34)
+
+
+def report(results: dict[str, list[tuple[float, float]]], width: int) -> None:
+    """One line per request: the loop's longest stall while it was answered (median and
+    max over the rounds) and its answer time (median), from (stall s, answer s) pairs."""
+    print(f"{'request':{width}} {'longest stall p50':>18} {'max':>8} {'answer p50':>11}")
     for name, values in results.items():
         stalls = [v[0] * 1000 for v in values]
         took = [v[1] * 1000 for v in values]
         print(
-            f"{name:34} {statistics.median(stalls):15.1f} ms {max(stalls):5.1f} ms"
+            f"{name:{width}} {statistics.median(stalls):15.1f} ms {max(stalls):5.1f} ms"
             f" {statistics.median(took):8.1f} ms"
         )
 

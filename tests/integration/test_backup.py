@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import subprocess
 from pathlib import Path
 
 import aiohttp
@@ -122,24 +123,14 @@ async def test_backup_of_a_running_service_restores_into_a_working_service(
                 async with session.post(url, json=body) as response:
                     assert response.status == 200, await response.text()
                     admitted += 1
-        done = await asyncio.to_thread(
-            zns_gate,
-            "backup",
-            "--to",
-            str(tmp_path / "gate.backup"),
-            cwd=live,
-            ZNS_GATE_LOG__PATH="var/gate.db",
-        )
+        def take_backup() -> subprocess.CompletedProcess[bytes]:
+            target = str(tmp_path / "gate.backup")
+            return zns_gate("backup", "--to", target, cwd=live, ZNS_GATE_LOG__PATH="var/gate.db")
+
+        done = await asyncio.to_thread(take_backup)
         assert done.returncode == EXIT_OK, done.stderr
         assert b"bytes in" in done.stdout
-        again = await asyncio.to_thread(
-            zns_gate,
-            "backup",
-            "--to",
-            str(tmp_path / "gate.backup"),
-            cwd=live,
-            ZNS_GATE_LOG__PATH="var/gate.db",
-        )
+        again = await asyncio.to_thread(take_backup)
         assert again.returncode == EXIT_FAILED
         assert b"exists" in again.stderr
         assert await answers(f"{served.url}/readyz") == 200  # it went on as it was
