@@ -110,6 +110,30 @@ def transaction(conn: sqlite3.Connection) -> Iterator[None]:
         raise
 
 
+STATEMENT_ROWS = 500
+"""Rows per statement of `insert_rows` (7 columns: 3,500 parameters, well inside SQLite's
+32,766)."""
+
+
+def insert_rows(
+    conn: sqlite3.Connection,
+    head: str,
+    rows: Sequence[Sequence[object]],
+    tail: str = "",
+) -> None:
+    """`head VALUES (...), (...) tail` for many rows at once. `executemany` steps SQLite
+    once a row, letting the GIL go and taking it back each time: while the event loop is
+    busy, each take waits for the loop to let go, so a batch of a few hundred rows took
+    a hundred milliseconds or more. One statement a piece steps once."""
+    if not rows:
+        return
+    one = "(" + ", ".join("?" * len(rows[0])) + ")"
+    for start in range(0, len(rows), STATEMENT_ROWS):
+        piece = rows[start : start + STATEMENT_ROWS]
+        values = ", ".join([one] * len(piece))
+        conn.execute(f"{head} VALUES {values}{tail}", [v for row in piece for v in row])
+
+
 @dataclass(slots=True)
 class _Append:
     topic: str
@@ -244,6 +268,14 @@ class EmbeddedLog(EventLog):
     async def _on_writer(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._writer_thread, fn)
 
+    async def on_writer(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the thread that writes the file, after the writes queued before it.
+        Other writers of the same file (the index stores' tables) go through here, in
+        small pieces: on a thread of their own they would take turns with the log at
+        SQLite's lock, and the one waiting sleeps in steps of up to 100 ms, so an append
+        would wait for a whole checkpoint and then for the sleep."""
+        return await self._on_writer(fn)
+
     async def _on_reader(self, fn: Callable[[], T]) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._reader_thread, fn)
 
@@ -311,15 +343,16 @@ class EmbeddedLog(EventLog):
         conn = self._conn(self._writer)
         self._check_file()  # a stat per commit group: committing to a deleted file loses it
         with transaction(conn):
-            conn.executemany(
-                "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp_ms)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            insert_rows(
+                conn,
+                "INSERT INTO records (topic, partition, offset, key, value, headers, timestamp_ms)",
                 rows,
             )
-            conn.executemany(
-                "INSERT INTO heads (topic, partition, next_offset) VALUES (?, ?, ?)"
-                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
+            insert_rows(
+                conn,
+                "INSERT INTO heads (topic, partition, next_offset)",
                 [(tp.topic, tp.partition, nxt) for tp, nxt in heads.items()],
+                " ON CONFLICT (topic, partition) DO UPDATE SET next_offset = excluded.next_offset",
             )
 
     # -- appending ---------------------------------------------------------------------

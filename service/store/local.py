@@ -24,7 +24,7 @@ from typing import Protocol
 import orjson
 import rocksdict
 
-from service.log.embedded import transaction
+from service.log.embedded import STATEMENT_ROWS, insert_rows, transaction
 from service.store.changelog import decode_change, encode_change
 from service.store.versions import VoidRanges, resolve
 
@@ -210,17 +210,22 @@ class SqliteEntries:
         self._reader.close()
 
     def _upsert(self, rows: Sequence[Row]) -> None:
-        self._writer.executemany(
+        insert_rows(
+            self._writer,
             "INSERT OR REPLACE INTO index_entries"
-            " (store_id, key, write_id, before, after, expiry_day) VALUES (?, ?, ?, ?, ?, ?)",
+            " (store_id, key, write_id, before, after, expiry_day)",
             [(self._store, *row) for row in rows],
         )
 
     def _delete(self, keys: Sequence[bytes]) -> None:
-        self._writer.executemany(
-            "DELETE FROM index_entries WHERE store_id = ? AND key = ?",
-            [(self._store, key) for key in keys],
-        )
+        # One statement a piece, as `insert_rows` does, not one a key.
+        for start in range(0, len(keys), STATEMENT_ROWS):
+            piece = keys[start : start + STATEMENT_ROWS]
+            marks = ", ".join("?" * len(piece))  # placeholders only: the keys are bound
+            self._writer.execute(
+                f"DELETE FROM index_entries WHERE store_id = ? AND key IN ({marks})",  # noqa: S608
+                (self._store, *piece),
+            )
 
     def _set_next(self, next_id: int) -> None:
         self._writer.execute(

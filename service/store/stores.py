@@ -11,7 +11,8 @@ is opened again (from the last mark), because what it holds is then unknown.
 Work on the local entries runs on the store's own thread, except `get`: a point
 read by key, a few microseconds, done on the loop so a fold's cache miss does
 not wait for a thread hop. Bulk work goes to the thread in pieces, with the
-loop let through between them.
+loop let through between them. The embedded backend writes its rows on the log's
+own writer thread instead, in small transactions between the log's appends.
 """
 
 from __future__ import annotations
@@ -46,6 +47,9 @@ INDEX_PIECE = 50_000
 """Entries given their by-day keys per call on the store's thread, after a rebuild."""
 LOOP_PIECE = 1_000
 """Entries handled on the loop (cache updates) between yields to it."""
+WRITE_PIECE = 200
+"""Rows per transaction when an embedded store writes on the log's writer thread (a few
+milliseconds each): what an append may wait for."""
 
 _log = get_logger("store")
 _scopes = itertools.count(1)
@@ -75,9 +79,12 @@ class IndexStore(abc.ABC):
         self._scope = 0
         self._state = "new"
         self._lock = asyncio.Lock()
-        self._changes = 0
-        """Twice the writes and deletions done, plus one while one is under way: a value read
-        while one was under way, or before one that began since, is not cached."""
+        self._changing_keys: set[bytes] = set()
+        """The keys of the write or deletion under way (one at a time, under `_lock`)."""
+        self._readers: list[set[bytes]] = []
+        """Per `get_many` reading or caching: the keys written or deleted since it began. A
+        value it read of such a key may be older than the one cached by the write, so it
+        is not cached; the others are current, whatever else was written meanwhile."""
 
     # -- life cycle -------------------------------------------------------------------
 
@@ -158,12 +165,15 @@ class IndexStore(abc.ABC):
             else:
                 missing.append(key)
         if missing:
-            changes = self._changes if self._changes % 2 == 0 else None
-            read = await self._on_thread(
-                partial(read_resolved, entries, missing, self.upto, list(self.void))
-            )
-            if changes is not None:
-                await self._cache_all(read.items(), unless_changed_since=changes)
+            changed = set(self._changing_keys)
+            self._readers.append(changed)
+            try:
+                read = await self._on_thread(
+                    partial(read_resolved, entries, missing, self.upto, list(self.void))
+                )
+                await self._cache_all(read.items(), unless_in=changed)
+            finally:
+                self._readers.remove(changed)
             out.update(read)
         return out
 
@@ -223,7 +233,7 @@ class IndexStore(abc.ABC):
         if not changes:
             return
         rows = [(key, before, after, day) for key, (before, after, day) in changes.items()]
-        with self._changing():
+        with self._changing(changes.keys()):
             upto = await self._put_or_break(rows)
             self.upto = max(self.upto, upto)
             # Under the lock: a later write's values must not be cached over by this one's.
@@ -254,8 +264,8 @@ class IndexStore(abc.ABC):
     async def _delete_chosen(self, choose: Callable[[], list[bytes]]) -> int:
         deleted = 0
         async with self._lock:
-            with self._changing():
-                while keys := await self._on_thread(choose):
+            while keys := await self._on_thread(choose):
+                with self._changing(keys):
                     try:
                         await self._delete(keys)
                     except Exception as exc:
@@ -272,25 +282,26 @@ class IndexStore(abc.ABC):
     # -- helpers ----------------------------------------------------------------------
 
     @contextlib.contextmanager
-    def _changing(self) -> Iterator[None]:
-        self._changes += 1
+    def _changing(self, keys: Iterable[bytes]) -> Iterator[None]:
+        """A write or deletion of `keys` is under way: reads running now do not cache them."""
+        self._changing_keys = set(keys)
+        for changed in self._readers:
+            changed |= self._changing_keys
         try:
             yield
         finally:
-            self._changes += 1
+            self._changing_keys = set()
 
     async def _cache_all(
-        self, values: Iterable[tuple[bytes, bytes | None]], unless_changed_since: int | None = None
+        self, values: Iterable[tuple[bytes, bytes | None]], unless_in: set[bytes] | None = None
     ) -> None:
-        """Cache `values`, in pieces; values read before a change began stop being cached
-        once it has, because the change may have cached newer ones meanwhile."""
+        """Cache `values`, in pieces; not those whose keys are `unless_in` when they come
+        (a set a change under way may add to meanwhile)."""
         for index, (key, value) in enumerate(values):
-            if index % LOOP_PIECE == 0:
-                if index:
-                    await asyncio.sleep(0)
-                if unless_changed_since is not None and self._changes != unless_changed_since:
-                    return
-            self.cache.put(self._scope, key, value)
+            if index and index % LOOP_PIECE == 0:
+                await asyncio.sleep(0)
+            if unless_in is None or key not in unless_in:
+                self.cache.put(self._scope, key, value)
 
     def _live(self) -> LocalEntries:
         if self._state != "open" or self._entries is None:
@@ -318,6 +329,7 @@ class EmbeddedIndexStore(IndexStore):
     def __init__(self, log: EmbeddedLog, partition: int, cache: ValueCache) -> None:
         super().__init__(log.topics.oa_index, partition, cache)
         self.path = log.path
+        self._log = log
         self._next_id = 0
 
     def _local(self) -> LocalEntries:
@@ -333,17 +345,25 @@ class EmbeddedIndexStore(IndexStore):
         return self._next_id - 1
 
     async def _put(self, rows: list[tuple[bytes, bytes | None, bytes | None, int]]) -> int:
-        first = self._next_id
-        stored = [
-            (key, first + i, before, after, day) for i, (key, before, after, day) in enumerate(rows)
-        ]
-        nxt = first + len(rows)
-        await self._on_thread(partial(self._opened().put_rows, stored, nxt))
-        self._next_id = nxt
-        return nxt - 1
+        # In pieces on the log's writer thread, each with its own next id: an append waits
+        # for one piece at most. A crash between pieces leaves some of the batch written
+        # beyond the mark, which a restore treats as any write no mark included.
+        for start in range(0, len(rows), WRITE_PIECE):
+            first = self._next_id
+            stored = [
+                (key, first + i, before, after, day)
+                for i, (key, before, after, day) in enumerate(rows[start : start + WRITE_PIECE])
+            ]
+            nxt = first + len(stored)
+            await self._log.on_writer(partial(self._opened().put_rows, stored, nxt))
+            self._next_id = nxt
+        return self._next_id - 1
 
     async def _delete(self, keys: list[bytes]) -> None:
-        await self._on_thread(partial(self._opened().delete_keys, keys, None))
+        entries = self._opened()
+        for start in range(0, len(keys), WRITE_PIECE):
+            piece = keys[start : start + WRITE_PIECE]
+            await self._log.on_writer(partial(entries.delete_keys, piece, None))
 
 
 class KafkaIndexStore(IndexStore):

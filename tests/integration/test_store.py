@@ -88,6 +88,27 @@ async def test_a_confirmed_batch_is_read_back_after_a_restart(reopen: Opener) ->
     assert await store.get_many([A, B, C]) == {A: b"a1", B: b"b1", C: None}
 
 
+async def test_a_read_beside_a_write_caches_what_the_write_did_not_change(
+    reopen: Opener,
+) -> None:
+    many = [key("oa1", "rcp", str(i)) for i in range(3_000)]
+    store, _ = await reopen()
+    upto = await store.write({k: (None, b"v1", DAY) for k in many})
+    store, _ = await reopen(upto=upto)
+    cached = len(store.cache)
+    written = many[2_000:2_100]
+    # The read goes to the store's thread first, the write after it, while the read's
+    # values are cached in pieces: the write's keys may have been read before it.
+    read, _ = await asyncio.gather(
+        store.get_many(many), store.write({k: (b"v1", b"v2", DAY) for k in written})
+    )
+    assert set(read) == set(many)
+    assert all(store.get(k) == b"v2" for k in written)  # never the value read before
+    assert all(store.get(k) == b"v1" for k in many[:2_000])
+    # Every key is cached: the write's by the write, the others by the read.
+    assert len(store.cache) == cached + len(many)
+
+
 async def test_a_batch_whose_checkpoint_did_not_complete_is_not_seen_after_a_restore(
     reopen: Opener,
 ) -> None:
