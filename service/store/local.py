@@ -51,6 +51,9 @@ class LocalEntries(Protocol):
 
     def read_row(self, key: bytes) -> Stored | None: ...
 
+    def read_rows(self, keys: Sequence[bytes]) -> dict[bytes, Stored]:
+        """The rows of those of `keys` the store holds, read together."""
+
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
         """Up to `limit` keys whose expiry day is before `before_day`; the caller deletes
         them before it asks for more."""
@@ -66,9 +69,10 @@ class LocalEntries(Protocol):
 def read_resolved(
     entries: LocalEntries, keys: Sequence[bytes], upto: int, void: VoidRanges
 ) -> dict[bytes, bytes | None]:
+    rows = entries.read_rows(keys)
     out: dict[bytes, bytes | None] = {}
     for key in keys:
-        row = entries.read_row(key)
+        row = rows.get(key)
         out[key] = None if row is None else resolve(row[0], row[1], row[2], upto, void)
     return out
 
@@ -183,6 +187,20 @@ class SqliteEntries:
             (self._store, key),
         ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
+
+    def read_rows(self, keys: Sequence[bytes]) -> dict[bytes, Stored]:
+        # One statement a piece, not one a key (see `insert_rows`).
+        out: dict[bytes, Stored] = {}
+        for start in range(0, len(keys), STATEMENT_ROWS):
+            piece = keys[start : start + STATEMENT_ROWS]
+            marks = ", ".join("?" * len(piece))  # placeholders only: the keys are bound
+            rows = self._reader.execute(
+                "SELECT key, write_id, before, after FROM index_entries"  # noqa: S608
+                f" WHERE store_id = ? AND key IN ({marks})",
+                (self._store, *piece),
+            )
+            out.update((key, (write_id, before, after)) for key, write_id, before, after in rows)
+        return out
 
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
         rows = self._writer.execute(
@@ -359,6 +377,14 @@ class RocksEntries:
             return None
         before, after, _ = decode_change(value[_WRITE_ID.size :])
         return _WRITE_ID.unpack_from(value)[0], before, after
+
+    def read_rows(self, keys: Sequence[bytes]) -> dict[bytes, Stored]:
+        out: dict[bytes, Stored] = {}
+        for key in keys:
+            row = self.read_row(key)
+            if row is not None:
+                out[key] = row
+        return out
 
     def keys_expiring(self, before_day: int, limit: int) -> list[bytes]:
         if not self._days_indexed:

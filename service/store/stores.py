@@ -216,8 +216,9 @@ class IndexStore(abc.ABC):
 
             def choose() -> Changes:
                 changes: dict[bytes, tuple[bytes | None, bytes | None, int]] = {}
+                rows = entries.read_rows(list(values))
                 for key, (after, day) in values.items():
-                    row = entries.read_row(key)
+                    row = rows.get(key)
                     if row is None:
                         if after is not None:
                             changes[key] = (None, after, day)
