@@ -22,7 +22,7 @@ from service.log.kafka import KafkaLog
 from service.store import IndexStore, IndexStoreError, IndexStores, KafkaIndexStore
 from service.store.changelog import ChangelogWriter
 from service.store.local import RocksEntries
-from service.store.stores import PIECE
+from service.store.stores import PIECE, WRITE_PIECE
 from tests.conftest import LogOpener
 
 DAY = 740_000
@@ -121,6 +121,20 @@ async def test_a_batch_whose_checkpoint_did_not_complete_is_not_seen_after_a_res
     assert void == [(mark, unconfirmed)]
     assert store.get(A) == b"a1"
     assert await store.get_many([A, B]) == {A: b"a1", B: None}
+
+
+async def test_a_batch_written_in_pieces_is_void_as_a_whole_after_a_crash(
+    reopen: Opener,
+) -> None:
+    many = [key("oa1", "rcp", str(i)) for i in range(WRITE_PIECE * 3 + 7)]
+    store, _ = await reopen()
+    mark = await store.write({k: (None, b"v1", DAY) for k in many})
+    unconfirmed = await store.write({k: (b"v1", b"v2", DAY) for k in many})
+    assert await store.get_many(many) == dict.fromkeys(many, b"v2")
+    # The crash: the mark still says `mark`, whatever pieces of the second batch landed.
+    store, void = await reopen(upto=mark)
+    assert void == [(mark, unconfirmed)]
+    assert await store.get_many(many) == dict.fromkeys(many, b"v1")
 
 
 async def test_a_second_crash_before_any_new_mark_extends_the_void_range(reopen: Opener) -> None:
