@@ -7,9 +7,10 @@ included on Kafka (as Kafka Streams' checkpoint file keeps it). Rows and
 `next_id` change in one atomic write, so the two never disagree. Both keep the
 entries ordered by expiry day as well, so that expiry costs what it deletes.
 
-Every method runs on the store's own thread, except `read_row`, a point read
-that is safe beside the thread's writes (a second SQLite connection in WAL
-mode; RocksDB's reads are thread-safe).
+Every method runs on one thread at a time (the store's own; an embedded store's
+writes on the log's writer thread), except `read_row`, a point read that is safe
+beside the writes (a second SQLite connection in WAL mode; RocksDB's reads are
+thread-safe).
 """
 
 from __future__ import annotations
