@@ -7,10 +7,10 @@ included on Kafka (as Kafka Streams' checkpoint file keeps it). Rows and
 `next_id` change in one atomic write, so the two never disagree. Both keep the
 entries ordered by expiry day as well, so that expiry costs what it deletes.
 
-Every method runs on one thread at a time (the store's own; an embedded store's
-writes on the log's writer thread), except `read_row`, a point read that is safe
-beside the writes (a second SQLite connection in WAL mode; RocksDB's reads are
-thread-safe).
+The writes run on one thread at a time (the store's own; an embedded store's on
+the log's writer thread). The reads, `read_row` and `read_rows`, are safe beside
+them, from the loop or the store's thread (a second SQLite connection in WAL
+mode; RocksDB's reads are thread-safe).
 """
 
 from __future__ import annotations
