@@ -18,7 +18,7 @@ from __future__ import annotations
 import shutil
 import sqlite3
 import struct
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -99,6 +99,15 @@ def prefix_end(prefix: bytes) -> bytes:
 
 
 # --- SQLite -------------------------------------------------------------------------------
+
+
+def _in_pieces(keys: Sequence[bytes]) -> Iterator[tuple[str, Sequence[bytes]]]:
+    """`keys` in pieces for one statement each (not one a key, see `insert_rows`), with the
+    placeholders of each piece's `IN (...)`: only placeholders, the keys are bound."""
+    for start in range(0, len(keys), STATEMENT_ROWS):
+        piece = keys[start : start + STATEMENT_ROWS]
+        yield ", ".join("?" * len(piece)), piece
+
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS index_stores (
@@ -190,11 +199,8 @@ class SqliteEntries:
         return None if row is None else (row[0], row[1], row[2])
 
     def read_rows(self, keys: Sequence[bytes]) -> dict[bytes, Stored]:
-        # One statement a piece, not one a key (see `insert_rows`).
         out: dict[bytes, Stored] = {}
-        for start in range(0, len(keys), STATEMENT_ROWS):
-            piece = keys[start : start + STATEMENT_ROWS]
-            marks = ", ".join("?" * len(piece))  # placeholders only: the keys are bound
+        for marks, piece in _in_pieces(keys):
             rows = self._reader.execute(
                 "SELECT key, write_id, before, after FROM index_entries"  # noqa: S608
                 f" WHERE store_id = ? AND key IN ({marks})",
@@ -237,10 +243,7 @@ class SqliteEntries:
         )
 
     def _delete(self, keys: Sequence[bytes]) -> None:
-        # One statement a piece, as `insert_rows` does, not one a key.
-        for start in range(0, len(keys), STATEMENT_ROWS):
-            piece = keys[start : start + STATEMENT_ROWS]
-            marks = ", ".join("?" * len(piece))  # placeholders only: the keys are bound
+        for marks, piece in _in_pieces(keys):
             self._writer.execute(
                 f"DELETE FROM index_entries WHERE store_id = ? AND key IN ({marks})",  # noqa: S608
                 (self._store, *piece),

@@ -97,8 +97,8 @@ async def test_a_read_beside_a_write_caches_what_the_write_did_not_change(
     store, _ = await reopen(upto=upto)
     cached = len(store.cache)
     written = many[2_000:2_100]
-    # The read goes to the store's thread first, the write after it, while the read's
-    # values are cached in pieces: the write's keys may have been read before it.
+    # The read is under way when the write begins, and its values are cached in pieces
+    # while the write lands: the write's keys may have been read before it.
     read, _ = await asyncio.gather(
         store.get_many(many), store.write({k: (b"v1", b"v2", DAY) for k in written})
     )
